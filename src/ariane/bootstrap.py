@@ -1,0 +1,42 @@
+"""Composition root: the only place that builds things. Nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from ariane.domain.clock import utcnow
+from ariane.services.access import AccessService
+from ariane.services.ingest import IngestService
+from ariane.services.privacy import PrivacyService
+from ariane.services.profiles import ProfileService
+from ariane.settings import Settings
+from ariane.storage.database import Database
+
+
+@dataclass
+class Container:
+    settings: Settings
+    db: Database
+    clock: Callable[[], datetime]
+    access: AccessService
+    ingest: IngestService
+    profiles: ProfileService
+    privacy: PrivacyService
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Container:
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    return Container(
+        settings=settings,
+        db=db,
+        clock=clock,
+        access=AccessService(db, clock),
+        ingest=IngestService(db, settings, clock),
+        profiles=ProfileService(db, settings, clock),
+        privacy=PrivacyService(db, clock),
+    )

@@ -1,0 +1,168 @@
+"""Segment-spec messages: validation and normalisation of one incoming event.
+
+A message is checked field by field; the first problem raises `InvalidEvent` naming
+the field, so a quarantined event says exactly what its sender must fix.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ariane.domain.clock import iso, parse_timestamp
+from ariane.domain.errors import InvalidEvent
+
+MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+_OBJECT_FIELDS = ("context", "traits", "properties", "integrations")
+
+
+@dataclass(slots=True)
+class Message:
+    type: str
+    message_id: str
+    user_id: str | None
+    anonymous_id: str | None
+    event: str | None
+    timestamp: datetime
+    received_at: datetime
+    payload: dict[str, Any]
+
+    @property
+    def context(self) -> dict[str, Any]:
+        context: dict[str, Any] = self.payload.get("context") or {}
+        return context
+
+    @property
+    def traits(self) -> dict[str, Any]:
+        traits: dict[str, Any] = self.payload.get("traits") or {}
+        return traits
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        properties: dict[str, Any] = self.payload.get("properties") or {}
+        return properties
+
+
+def _optional_id(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidEvent(f"{key} must be a string or a number", field=key)
+    text = str(value).strip()
+    return text or None
+
+
+def _timestamp(raw: dict[str, Any], key: str) -> datetime | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{key} must be an ISO-8601 string", field=key)
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise InvalidEvent(
+            f"{key} {value!r} is not ISO-8601; send e.g. 2024-05-01T12:00:00.000Z", field=key
+        ) from None
+
+
+def parse_message(
+    raw: Any,
+    *,
+    received_at: datetime,
+    type_hint: str | None = None,
+    batch_context: dict[str, Any] | None = None,
+    batch_integrations: dict[str, Any] | None = None,
+    batch_sent_at: datetime | None = None,
+    max_bytes: int = 32 * 1024,
+) -> Message:
+    """Validate one event and return it normalised, or raise `InvalidEvent`."""
+    if not isinstance(raw, dict):
+        raise InvalidEvent("each event must be a JSON object", field="(event)")
+    size = len(orjson.dumps(raw))
+    if size > max_bytes:
+        raise InvalidEvent(
+            f"event is {size} bytes; the limit is {max_bytes} bytes per event", field="(event)"
+        )
+    msg_type = raw.get("type", type_hint) if type_hint is None else type_hint
+    if msg_type not in MESSAGE_TYPES:
+        raise InvalidEvent(
+            f"type {msg_type!r} is not one of {', '.join(sorted(MESSAGE_TYPES))}", field="type"
+        )
+    for key in _OBJECT_FIELDS:
+        if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
+            raise InvalidEvent(f"{key} must be a JSON object", field=key)
+
+    user_id = _optional_id(raw, "userId")
+    anonymous_id = _optional_id(raw, "anonymousId")
+    if msg_type == "alias":
+        if user_id is None:
+            raise InvalidEvent("alias needs userId, the id to link previousId to", field="userId")
+        if _optional_id(raw, "previousId") is None:
+            raise InvalidEvent("alias needs previousId, the id being linked", field="previousId")
+    elif user_id is None and anonymous_id is None:
+        raise InvalidEvent(
+            "every event needs a userId or an anonymousId", field="userId/anonymousId"
+        )
+
+    event_name: str | None = None
+    if msg_type == "track":
+        name = raw.get("event")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidEvent("track needs an event name (a non-empty string)", field="event")
+        event_name = name.strip()
+    elif msg_type in ("page", "screen"):
+        name = raw.get("name")
+        if name is not None and not isinstance(name, str):
+            raise InvalidEvent(f"{msg_type} name must be a string", field="name")
+        event_name = name
+    elif msg_type == "group" and _optional_id(raw, "groupId") is None:
+        raise InvalidEvent("group needs a groupId", field="groupId")
+
+    original = _timestamp(raw, "originalTimestamp") or _timestamp(raw, "timestamp")
+    sent_at = _timestamp(raw, "sentAt") or batch_sent_at
+    if original is None:
+        timestamp = received_at
+    elif sent_at is not None:
+        # Segment's clock-skew correction: the device clock may be wrong, but the time
+        # between the event and its sending is measured on that same clock.
+        timestamp = received_at - (sent_at - original)
+    else:
+        timestamp = original
+
+    message_id = _optional_id(raw, "messageId") or f"ariane-{uuid.uuid4()}"
+
+    payload = dict(raw)
+    payload["type"] = msg_type
+    payload["messageId"] = message_id
+    if batch_context:
+        payload["context"] = {**batch_context, **(raw.get("context") or {})}
+    if batch_integrations:
+        payload["integrations"] = {**batch_integrations, **(raw.get("integrations") or {})}
+    if original is not None:
+        payload["originalTimestamp"] = iso(original)
+    if sent_at is not None:
+        payload["sentAt"] = iso(sent_at)
+    payload["timestamp"] = iso(timestamp)
+    payload["receivedAt"] = iso(received_at)
+    payload.pop("writeKey", None)
+    if user_id is not None:
+        payload["userId"] = user_id
+    if anonymous_id is not None:
+        payload["anonymousId"] = anonymous_id
+
+    return Message(
+        type=msg_type,
+        message_id=message_id,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        event=event_name,
+        timestamp=timestamp,
+        received_at=received_at,
+        payload=payload,
+    )

@@ -1,0 +1,80 @@
+"""The live profile: traits with their provenance, and built-in computed values.
+
+Each trait remembers the timestamp and source of the event that set it, so that an
+older event arriving late never overwrites a newer value, and a merge keeps, field by
+field, the most recent value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ariane.domain.clock import iso
+from ariane.domain.messages import Message
+
+
+@dataclass(slots=True)
+class ProfileState:
+    id: str
+    traits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    computed: dict[str, Any] = field(default_factory=dict)
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+
+    def trait_values(self) -> dict[str, Any]:
+        return {key: cell["value"] for key, cell in self.traits.items()}
+
+
+def set_trait(
+    traits: dict[str, dict[str, Any]], key: str, value: Any, at: str, source: str
+) -> bool:
+    current = traits.get(key)
+    if current is not None and current["at"] > at:
+        return False
+    traits[key] = {"value": value, "at": at, "source": source}
+    return True
+
+
+def apply_message(profile: ProfileState, message: Message, source: str) -> None:
+    """Fold one accepted event into the profile."""
+    at = iso(message.timestamp)
+    context_traits = message.context.get("traits")
+    if isinstance(context_traits, dict):
+        for key, value in context_traits.items():
+            set_trait(profile.traits, key, value, at, source)
+    if message.type == "identify":
+        for key, value in message.traits.items():
+            set_trait(profile.traits, key, value, at, source)
+
+    computed = profile.computed
+    if message.type == "track" and message.event is not None:
+        counts = computed.setdefault("event_counts", {})
+        counts[message.event] = counts.get(message.event, 0) + 1
+    type_counts = computed.setdefault("type_counts", {})
+    type_counts[message.type] = type_counts.get(message.type, 0) + 1
+
+    if profile.first_seen is None or message.timestamp < profile.first_seen:
+        profile.first_seen = message.timestamp
+    if profile.last_seen is None or message.timestamp > profile.last_seen:
+        profile.last_seen = message.timestamp
+
+
+def _sum_counts(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict):
+            _sum_counts(into.setdefault(key, {}), value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            into[key] = into.get(key, 0) + value
+
+
+def merge_profiles(survivor: ProfileState, absorbed: ProfileState) -> None:
+    """Fold `absorbed` into `survivor`: nothing lost, nothing counted twice."""
+    for key, cell in absorbed.traits.items():
+        set_trait(survivor.traits, key, cell["value"], cell["at"], cell["source"])
+    _sum_counts(survivor.computed, absorbed.computed)
+    seen_first = [t for t in (survivor.first_seen, absorbed.first_seen) if t is not None]
+    seen_last = [t for t in (survivor.last_seen, absorbed.last_seen) if t is not None]
+    survivor.first_seen = min(seen_first) if seen_first else None
+    survivor.last_seen = max(seen_last) if seen_last else None

@@ -1,0 +1,236 @@
+"""Ingestion: validate a batch, resolve each event to a person, fold it into the profile.
+
+Everything a batch changes is written in one transaction, and the caller acknowledges
+only after it commits. The batch is processed in bulk: one query finds every known
+identifier, one locks every profile concerned, one statement writes each kind of row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from ariane.domain.consent import ConsentDecision, consents_from_message
+from ariane.domain.errors import InvalidEvent
+from ariane.domain.identity import (
+    Identifier,
+    IdentityIndex,
+    Resolver,
+    alias_lookups,
+    extract_identifiers,
+)
+from ariane.domain.messages import Message, parse_message
+from ariane.domain.profiles import ProfileState, apply_message, merge_profiles
+from ariane.settings import Settings
+from ariane.storage import consents as consent_store
+from ariane.storage import events as event_store
+from ariane.storage import profiles as profile_store
+from ariane.storage.database import Database
+from ariane.storage.tables import identity_decisions
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    merges: int = 0
+    problems: list[InvalidEvent] = field(default_factory=list)
+    profile_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Planned:
+    message: Message
+    identifiers: list[Identifier]
+    lookups: list[Identifier]
+
+
+@dataclass(slots=True)
+class Envelope:
+    """What a request says about all of its events."""
+
+    received_at: datetime
+    type_hint: str | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    sent_at: datetime | None = None
+
+
+class IngestService:
+    def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        self.limited_types = frozenset(settings.identity.limits)
+
+    def ingest(self, source_id: str, raw_events: Sequence[Any], envelope: Envelope) -> IngestResult:
+        result = IngestResult()
+        planned: list[_Planned] = []
+        rejected: list[dict[str, Any]] = []
+        batch_ids: set[str] = set()
+        identity_settings = self.settings.identity
+        for raw in raw_events:
+            try:
+                message = parse_message(
+                    raw,
+                    received_at=envelope.received_at,
+                    type_hint=envelope.type_hint,
+                    batch_context=envelope.context,
+                    batch_integrations=envelope.integrations,
+                    batch_sent_at=envelope.sent_at,
+                    max_bytes=self.settings.max_event_bytes,
+                )
+            except InvalidEvent as error:
+                result.problems.append(error)
+                rejected.append(
+                    event_store.quarantine_row(
+                        source_id, raw, error.message, error.field, envelope.received_at
+                    )
+                )
+                continue
+            if message.message_id in batch_ids:
+                result.duplicates += 1
+                continue
+            batch_ids.add(message.message_id)
+            planned.append(
+                _Planned(
+                    message,
+                    extract_identifiers(message, identity_settings),
+                    alias_lookups(message),
+                )
+            )
+        result.quarantined = len(rejected)
+
+        def work(conn: Connection) -> IngestResult:
+            outcome = IngestResult(
+                duplicates=result.duplicates,
+                quarantined=result.quarantined,
+                problems=result.problems,
+            )
+            event_store.insert_quarantine(conn, rejected)
+            self._apply(conn, source_id, planned, outcome)
+            return outcome
+
+        return self.db.write(work)
+
+    def _apply(
+        self, conn: Connection, source_id: str, planned: list[_Planned], result: IngestResult
+    ) -> None:
+        if not planned:
+            return
+        now = self.clock()
+        dialect = self.db.dialect
+        seen = event_store.seen_message_ids(
+            conn, source_id, [p.message.message_id for p in planned]
+        )
+        if seen:
+            result.duplicates += sum(1 for p in planned if p.message.message_id in seen)
+            planned = [p for p in planned if p.message.message_id not in seen]
+            if not planned:
+                return
+
+        keys = {i.key for p in planned for i in (*p.identifiers, *p.lookups)}
+        index = IdentityIndex()
+        owners = profile_store.find_owners(conn, keys)
+        existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in owners})
+        index.load(owners)
+        index.load(profile_store.held_identifiers(conn, existing, self.limited_types))
+
+        resolver = Resolver(self.settings.identity, index)
+        created: dict[str, ProfileState] = {}
+        live: dict[str, ProfileState] = dict(existing)
+        absorbed_into: dict[str, str] = {}
+        new_identities: list[tuple[Identifier, str, str]] = []
+        decisions: list[dict[str, Any]] = []
+        merge_log: list[tuple[Any, str, str]] = []
+        assigned: list[str] = []
+
+        for item in planned:
+            message = item.message
+            resolution = resolver.resolve(item.identifiers, item.lookups)
+            profile_id = resolution.profile_id
+            if resolution.created:
+                state = ProfileState(profile_id)
+                created[profile_id] = state
+                live[profile_id] = state
+            for merge in resolution.merges:
+                merge_profiles(live[merge.survivor], live.pop(merge.absorbed))
+                absorbed_into[merge.absorbed] = merge.survivor
+                if created.pop(merge.absorbed, None) is None:
+                    reason = (
+                        f"{message.type} event {message.message_id} carried identifiers of"
+                        " both profiles"
+                    )
+                    merge_log.append((merge, reason, message.message_id))
+                else:
+                    # Created in this very batch: it was never written, so there is
+                    # nothing to move; its identifiers are claimed by the survivor.
+                    new_identities = [
+                        (i, merge.survivor if p == merge.absorbed else p, s)
+                        for i, p, s in new_identities
+                    ]
+            for ident in resolution.attached:
+                new_identities.append((ident, profile_id, source_id))
+            for dropped in resolution.dropped:
+                decisions.append(
+                    {
+                        "profile_id": profile_id,
+                        "identifier_type": dropped.identifier.type,
+                        "identifier_value": dropped.identifier.value,
+                        "decision": "dropped",
+                        "reason": dropped.reason,
+                        "message_id": message.message_id,
+                        "at": now,
+                    }
+                )
+            apply_message(live[profile_id], message, source_id)
+            assigned.append(profile_id)
+
+        def final(profile_id: str) -> str:
+            while profile_id in absorbed_into:
+                profile_id = absorbed_into[profile_id]
+            return profile_id
+
+        profile_store.insert_profiles(conn, created.values(), now)
+        profile_store.insert_identities(conn, dialect, new_identities, now)
+        for merge, reason, message_id in merge_log:
+            merge.survivor = final(merge.survivor)
+            profile_store.record_merge(conn, merge, reason, message_id, now)
+        result.merges = len(merge_log)
+
+        rows = []
+        consent_updates: list[tuple[str, ConsentDecision]] = []
+        for item, profile_id in zip(planned, assigned, strict=True):
+            message = item.message
+            owner = final(profile_id)
+            rows.append(
+                {
+                    "source_id": source_id,
+                    "message_id": message.message_id,
+                    "profile_id": owner,
+                    "type": message.type,
+                    "event": message.event,
+                    "timestamp": message.timestamp,
+                    "received_at": message.received_at,
+                    "payload": message.payload,
+                }
+            )
+            for decision in consents_from_message(message.context, message.timestamp, source_id):
+                consent_updates.append((owner, decision))
+        event_store.insert_events(conn, dialect, rows)
+        for decision_row in decisions:
+            decision_row["profile_id"] = final(decision_row["profile_id"])
+        if decisions:
+            conn.execute(identity_decisions.insert(), decisions)
+        if consent_updates:
+            consent_store.record_changes(conn, consent_updates)
+        profile_store.update_profiles(
+            conn, [s for pid, s in live.items() if pid not in created], now
+        )
+        result.accepted = len(rows)
+        result.profile_ids = [str(row["profile_id"]) for row in rows]

@@ -1,0 +1,81 @@
+"""One typed settings object, read from ARIANE_* variables and an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class IdentitySettings(BaseModel):
+    """How events are resolved to people.
+
+    `custom_types` are identifier types read from traits of the same name (for example a
+    `loyalty_card` trait) in addition to `context.externalIds[]`, which may carry any type.
+    `limits` caps how many values of a type a profile may ever hold (absent: unlimited).
+    `priorities` decide which identifier is dropped when an event would merge profiles
+    beyond a limit: the lowest-priority conflicting one goes.
+    """
+
+    custom_types: list[str] = Field(default_factory=list)
+    limits: dict[str, int] = Field(default_factory=lambda: {"user_id": 1})
+    priorities: dict[str, int] = Field(
+        default_factory=lambda: {
+            "user_id": 100,
+            "email": 80,
+            "phone": 70,
+            "device_id": 40,
+            "anonymous_id": 20,
+        }
+    )
+    default_priority: int = 60
+    default_phone_region: str | None = None
+
+    def priority(self, id_type: str) -> int:
+        return self.priorities.get(id_type, self.default_priority)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ARIANE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///./ariane.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_inflight_ingest: int = Field(
+        default=64, description="Tracking requests processed at once before answering 429."
+    )
+    max_event_bytes: int = 32 * 1024
+    max_batch_bytes: int = 500 * 1024
+    max_batch_events: int = 2500
+    db_pool_size: int = 10
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("ARIANE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,93 @@
+"""Stored events, their messageId dedupe, and quarantined events."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ariane.storage.database import Dialect, RetryTransaction, chunked
+from ariane.storage.tables import events, quarantine
+
+
+def seen_message_ids(conn: Connection, source_id: str, message_ids: Collection[str]) -> set[str]:
+    seen: set[str] = set()
+    for chunk in chunked(sorted(message_ids), 500):
+        query = sa.select(events.c.message_id).where(
+            events.c.source_id == source_id, events.c.message_id.in_(chunk)
+        )
+        seen.update(conn.execute(query).scalars())
+    return seen
+
+
+def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert events; a messageId stored by a concurrent writer meanwhile is a lost race."""
+    if not rows:
+        return
+    statement = (
+        dialect.insert(events)
+        .on_conflict_do_nothing(index_elements=["source_id", "message_id"])
+        .returning(events.c.id)
+    )
+    inserted = conn.execute(statement, rows).all()
+    if len(inserted) != len(rows):
+        raise RetryTransaction("a messageId was stored by another writer meanwhile")
+
+
+def timeline(
+    conn: Connection, profile_id: str, *, limit: int, before: tuple[datetime, int] | None
+) -> list[dict[str, Any]]:
+    query = sa.select(events).where(events.c.profile_id == profile_id)
+    if before is not None:
+        at, event_id = before
+        query = query.where(
+            sa.or_(
+                events.c.timestamp < at,
+                sa.and_(events.c.timestamp == at, events.c.id < event_id),
+            )
+        )
+    query = query.order_by(events.c.timestamp.desc(), events.c.id.desc()).limit(limit)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def insert_quarantine(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(quarantine.insert(), list(rows))
+
+
+def quarantine_row(
+    source_id: str, raw: Any, reason: str, field: str | None, received_at: datetime
+) -> dict[str, Any]:
+    def ident(key: str) -> str | None:
+        value = raw.get(key) if isinstance(raw, dict) else None
+        return str(value).strip()[:512] if isinstance(value, (str, int)) else None
+
+    return {
+        "source_id": source_id,
+        "received_at": received_at,
+        "reason": reason,
+        "field": field,
+        "user_id": ident("userId"),
+        "anonymous_id": ident("anonymousId"),
+        "payload": orjson.dumps(raw, default=str).decode(),
+    }
+
+
+def list_quarantine(
+    conn: Connection, *, limit: int, after_id: int | None, source_id: str | None
+) -> list[dict[str, Any]]:
+    query = sa.select(quarantine).order_by(quarantine.c.id.desc()).limit(limit)
+    if after_id is not None:
+        query = query.where(quarantine.c.id < after_id)
+    if source_id is not None:
+        query = query.where(quarantine.c.source_id == source_id)
+    rows = []
+    for row in conn.execute(query):
+        item = dict(row._mapping)
+        item["payload"] = orjson.loads(item["payload"])
+        rows.append(item)
+    return rows

@@ -1,0 +1,200 @@
+"""Profiles, identities and merges: the rows behind identity resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ariane.domain.identity import Identifier, Merge
+from ariane.domain.profiles import ProfileState
+from ariane.storage.database import Dialect, RetryTransaction, chunked
+from ariane.storage.tables import PERSONAL_DATA, identities, merges, metadata, profiles
+
+_CHUNK = 400
+
+
+def find_owners(conn: Connection, keys: Collection[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    pair = sa.tuple_(identities.c.type, identities.c.value)
+    for chunk in chunked(sorted(keys), _CHUNK):
+        query = sa.select(identities.c.type, identities.c.value, identities.c.profile_id).where(
+            pair.in_(chunk)
+        )
+        rows.extend((t, v, p) for t, v, p in conn.execute(query))
+    return rows
+
+
+def held_identifiers(
+    conn: Connection, profile_ids: Collection[str], types: Collection[str]
+) -> list[tuple[str, str, str]]:
+    if not types or not profile_ids:
+        return []
+    rows: list[tuple[str, str, str]] = []
+    for chunk in chunked(sorted(profile_ids), _CHUNK):
+        query = sa.select(identities.c.type, identities.c.value, identities.c.profile_id).where(
+            identities.c.profile_id.in_(chunk), identities.c.type.in_(sorted(types))
+        )
+        rows.extend((t, v, p) for t, v, p in conn.execute(query))
+    return rows
+
+
+def lock_profiles(
+    conn: Connection, dialect: Dialect, profile_ids: Collection[str]
+) -> dict[str, ProfileState]:
+    """Load live profiles for update, in id order so that concurrent writers never deadlock.
+
+    A profile merged away since its identifiers were read means another transaction won
+    the race: start again.
+    """
+    states: dict[str, ProfileState] = {}
+    for chunk in chunked(sorted(profile_ids), _CHUNK):
+        query = dialect.lock_rows(
+            sa.select(
+                profiles.c.id,
+                profiles.c.merged_into,
+                profiles.c.traits,
+                profiles.c.computed,
+                profiles.c.first_seen,
+                profiles.c.last_seen,
+            )
+            .where(profiles.c.id.in_(chunk))
+            .order_by(profiles.c.id)
+        )
+        for row in conn.execute(query):
+            if row.merged_into is not None:
+                raise RetryTransaction(f"profile {row.id} was merged meanwhile")
+            states[row.id] = ProfileState(
+                row.id, row.traits, row.computed, row.first_seen, row.last_seen
+            )
+    if len(states) != len(profile_ids):
+        raise RetryTransaction("a profile disappeared meanwhile")
+    return states
+
+
+def insert_profiles(conn: Connection, states: Iterable[ProfileState], now: datetime) -> None:
+    rows = [
+        {
+            "id": s.id,
+            "merged_into": None,
+            "traits": s.traits,
+            "computed": s.computed,
+            "first_seen": s.first_seen,
+            "last_seen": s.last_seen,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for s in states
+    ]
+    if rows:
+        conn.execute(profiles.insert(), rows)
+
+
+def update_profiles(conn: Connection, states: Iterable[ProfileState], now: datetime) -> None:
+    rows = [
+        {
+            "pid": s.id,
+            "traits": s.traits,
+            "computed": s.computed,
+            "first_seen": s.first_seen,
+            "last_seen": s.last_seen,
+            "updated_at": now,
+        }
+        for s in states
+    ]
+    if rows:
+        statement = (
+            profiles.update()
+            .where(profiles.c.id == sa.bindparam("pid"))
+            .values(
+                traits=sa.bindparam("traits"),
+                computed=sa.bindparam("computed"),
+                first_seen=sa.bindparam("first_seen"),
+                last_seen=sa.bindparam("last_seen"),
+                updated_at=sa.bindparam("updated_at"),
+            )
+        )
+        conn.execute(statement, rows)
+
+
+def insert_identities(
+    conn: Connection,
+    dialect: Dialect,
+    rows: Sequence[tuple[Identifier, str, str]],
+    now: datetime,
+) -> None:
+    """Claim new identifiers. One already claimed by a concurrent writer means a lost race."""
+    if not rows:
+        return
+    params = [
+        {
+            "type": ident.type,
+            "value": ident.value,
+            "profile_id": profile_id,
+            "source_id": source_id,
+            "created_at": now,
+        }
+        for ident, profile_id, source_id in sorted(rows, key=lambda r: r[0].key)
+    ]
+    statement = (
+        dialect.insert(identities)
+        .on_conflict_do_nothing()
+        .returning(identities.c.type, identities.c.value)
+    )
+    inserted = conn.execute(statement, params).all()
+    if len(inserted) != len(params):
+        raise RetryTransaction("an identifier was claimed by another writer meanwhile")
+
+
+def _profile_tables() -> list[sa.Column[Any]]:
+    columns = []
+    for name, link in PERSONAL_DATA.items():
+        column = link.get("profile_column")
+        if column and name != "profiles":
+            columns.append(metadata.tables[name].c[column])
+    return columns
+
+
+def record_merge(
+    conn: Connection, merge: Merge, reason: str, message_id: str | None, now: datetime
+) -> None:
+    """Move everything of the absorbed profile to the survivor, keeping the old id alive."""
+    for column in _profile_tables():
+        conn.execute(
+            column.table.update()
+            .where(column == merge.absorbed)
+            .values({column.name: merge.survivor})
+        )
+    conn.execute(
+        profiles.update()
+        .where(profiles.c.merged_into == merge.absorbed)
+        .values(merged_into=merge.survivor)
+    )
+    conn.execute(
+        profiles.update()
+        .where(profiles.c.id == merge.absorbed)
+        .values(merged_into=merge.survivor, traits={}, computed={}, updated_at=now)
+    )
+    conn.execute(
+        merges.insert().values(
+            profile_id=merge.survivor,
+            absorbed_id=merge.absorbed,
+            reason=reason,
+            identifiers=[{"type": i.type, "value": i.value} for i in merge.identifiers],
+            message_id=message_id,
+            at=now,
+        )
+    )
+
+
+def resolve_profile_id(conn: Connection, profile_id: str) -> str | None:
+    """Follow an absorbed id to the profile that absorbed it."""
+    row = conn.execute(
+        sa.select(profiles.c.id, profiles.c.merged_into).where(profiles.c.id == profile_id)
+    ).first()
+    if row is None:
+        return None
+    return str(row.merged_into or row.id)

@@ -1,0 +1,178 @@
+"""The schema. A change here ships with its Alembic migration.
+
+`PERSONAL_DATA` lists, for every table holding data about a person, how to find a
+person's rows; the export and erasure code walk it, and a test fails when a table that
+refers to a profile is missing from it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on both databases."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        moment: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("write_key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+profiles = sa.Table(
+    "profiles",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("merged_into", sa.String(32), nullable=True, index=True),
+    sa.Column("traits", JSONDoc, nullable=False),
+    sa.Column("computed", JSONDoc, nullable=False),
+    sa.Column("first_seen", UTCDateTime, nullable=True),
+    sa.Column("last_seen", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("type", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(512), primary_key=True),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("source_id", sa.String(32), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("source_id", sa.String(32), nullable=False),
+    sa.Column("message_id", sa.String(200), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("event", sa.String(200), nullable=True),
+    sa.Column("timestamp", UTCDateTime, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("payload", JSONDoc, nullable=False),
+    sa.UniqueConstraint("source_id", "message_id"),
+    sa.Index("ix_events_profile_timeline", "profile_id", "timestamp", "id"),
+)
+
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("source_id", sa.String(32), nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("field", sa.String(200), nullable=True),
+    sa.Column("user_id", sa.String(512), nullable=True, index=True),
+    sa.Column("anonymous_id", sa.String(512), nullable=True, index=True),
+    sa.Column("payload", sa.Text, nullable=False),
+)
+
+merges = sa.Table(
+    "merges",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("absorbed_id", sa.String(32), nullable=False, index=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("identifiers", JSONDoc, nullable=False),
+    sa.Column("message_id", sa.String(200), nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+identity_decisions = sa.Table(
+    "identity_decisions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("identifier_type", sa.String(64), nullable=False),
+    sa.Column("identifier_value", sa.String(512), nullable=False),
+    sa.Column("decision", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("message_id", sa.String(200), nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+consents = sa.Table(
+    "consents",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("profile_id", sa.String(32), nullable=False),
+    sa.Column("purpose", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Index("ix_consents_profile_purpose", "profile_id", "purpose", "at"),
+)
+
+erasure_receipts = sa.Table(
+    "erasure_receipts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("erased_at", UTCDateTime, nullable=False),
+    sa.Column("requested_by", sa.String(200), nullable=False),
+    sa.Column("counts", JSONDoc, nullable=False),
+)
+
+# How each table holding personal data is tied to a person: by a profile-id column, or
+# by identifier values (quarantined events never reached a profile).
+PERSONAL_DATA: dict[str, dict[str, str]] = {
+    "profiles": {"profile_column": "id"},
+    "identities": {"profile_column": "profile_id"},
+    "events": {"profile_column": "profile_id"},
+    "merges": {"profile_column": "profile_id"},
+    "identity_decisions": {"profile_column": "profile_id"},
+    "consents": {"profile_column": "profile_id"},
+    "quarantine": {"identifier_columns": "user_id:user_id,anonymous_id:anonymous_id"},
+}
