@@ -1,9 +1,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make run` serves on 127.0.0.1:8000 with SQLite at ./ariane.db unless these are set.
 ARIANE_PORT ?= 8000
 ARIANE_DATABASE_URL ?= sqlite:///./ariane.db
-export ARIANE_PORT ARIANE_DATABASE_URL
 
 .PHONY: install run test lint typecheck bench clean
 
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/ariane migrate
-	$(VENV)/bin/ariane serve --host 127.0.0.1 --port $(ARIANE_PORT)
+	ARIANE_DATABASE_URL=$(ARIANE_DATABASE_URL) $(VENV)/bin/ariane migrate
+	ARIANE_DATABASE_URL=$(ARIANE_DATABASE_URL) $(VENV)/bin/ariane serve --host 127.0.0.1 --port $(ARIANE_PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
@@ -30,7 +30,7 @@ test: lint typecheck
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
-	$(PY) bench/ingest.py
+	$(PY) -m bench.ingest
 
 clean:
 	rm -rf $(VENV) ariane.db ariane.db-wal ariane.db-shm

@@ -36,7 +36,10 @@ def parse_timestamp(text: str) -> datetime:
 
 def iso(moment: datetime) -> str:
     """Canonical UTC text, fixed width, so that text order is time order."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # isoformat is several times faster than strftime, and this is on the ingestion path.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def utcnow() -> datetime:

@@ -10,6 +10,7 @@ from typing import Any
 from ariane.domain.errors import DomainError
 
 STATUSES = frozenset({"granted", "denied", "withdrawn"})
+MAX_PURPOSE_LENGTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,12 @@ class ConsentDecision:
     source: str
     expires_at: datetime | None = None
 
+    def status_at(self, now: datetime) -> str:
+        """`expired` once the expiry has passed, otherwise the status decided."""
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return self.status
+
 
 def check_status(status: str) -> str:
     if status not in STATUSES:
@@ -29,21 +36,52 @@ def check_status(status: str) -> str:
     return status
 
 
-def current_consents(
-    history: Iterable[ConsentDecision], now: datetime
-) -> dict[str, dict[str, Any]]:
-    """The status in force for each purpose: the latest decision, unless it has expired."""
+def check_purpose(purpose: str) -> str:
+    purpose = purpose.strip()
+    if not purpose or len(purpose) > MAX_PURPOSE_LENGTH:
+        raise DomainError(
+            f"purpose must be 1 to {MAX_PURPOSE_LENGTH} characters, such as marketing_email",
+            field="purpose",
+        )
+    return purpose
+
+
+def latest_decisions(history: Iterable[ConsentDecision]) -> dict[str, ConsentDecision]:
+    """The most recent decision for each purpose; on a tie, the one recorded last."""
     latest: dict[str, ConsentDecision] = {}
     for decision in history:
         known = latest.get(decision.purpose)
         if known is None or decision.at >= known.at:
             latest[decision.purpose] = decision
+    return latest
+
+
+def is_change(known: ConsentDecision | None, decision: ConsentDecision) -> bool:
+    """Whether `decision` changes the status in force when it was made.
+
+    Events repeat their consent preferences on every call, so a repeat is not history;
+    an older decision arriving late does not override a newer one either. A grant that
+    repeats one which had expired by then is a renewal, and so a change.
+    """
+    if known is None:
+        return True
+    if decision.at < known.at:
+        return False
+    if known.status_at(decision.at) != decision.status:
+        return True
+    return decision.expires_at is not None and decision.expires_at != known.expires_at
+
+
+def current_consents(
+    history: Iterable[ConsentDecision], now: datetime
+) -> dict[str, dict[str, Any]]:
+    """The status in force for each purpose: the latest decision, unless it has expired."""
     current: dict[str, dict[str, Any]] = {}
-    for purpose, decision in sorted(latest.items()):
-        expired = decision.expires_at is not None and decision.expires_at <= now
+    for purpose, decision in sorted(latest_decisions(history).items()):
+        status = decision.status_at(now)
         current[purpose] = {
-            "status": "expired" if expired else decision.status,
-            "granted": decision.status == "granted" and not expired,
+            "status": status,
+            "granted": status == "granted",
             "at": decision.at,
             "source": decision.source,
             "expires_at": decision.expires_at,
@@ -54,7 +92,11 @@ def current_consents(
 def consents_from_message(
     context: dict[str, Any], at: datetime, source: str
 ) -> list[ConsentDecision]:
-    """Segment's `context.consent.categoryPreferences`: {purpose: true|false}."""
+    """Segment's `context.consent.categoryPreferences`: {purpose: true|false}.
+
+    Purposes that are not booleans, or whose names do not fit, are ignored: consent is
+    never inferred from a value that does not plainly say yes or no.
+    """
     consent = context.get("consent")
     if not isinstance(consent, dict):
         return []
@@ -62,7 +104,7 @@ def consents_from_message(
     if not isinstance(preferences, dict):
         return []
     return [
-        ConsentDecision(str(purpose), "granted" if value else "denied", at, source)
+        ConsentDecision(str(purpose).strip(), "granted" if value else "denied", at, source)
         for purpose, value in preferences.items()
-        if isinstance(value, bool)
+        if isinstance(value, bool) and 0 < len(str(purpose).strip()) <= MAX_PURPOSE_LENGTH
     ]

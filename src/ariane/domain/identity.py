@@ -3,6 +3,9 @@
 The resolver works on an in-memory `IdentityIndex` that the storage layer fills with the
 identifiers already known for a batch. It decides, event by event, whether to create a
 profile, attach identifiers to one, or merge several — and records what it refused.
+Limits are never exceeded by a merge: two profiles holding different user ids (with the
+default limit of one) stay apart, and the event's lowest-priority identifier that would
+join them is dropped instead.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +44,10 @@ _BLOCKED_VALUES = frozenset(
 _ZEROS_AND_DASHES = re.compile(r"^[0-]*$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TYPE_NAME = re.compile(r"[^a-z0-9]+")
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# The widths of identities.type and identities.value: a longer one cannot be stored.
+MAX_TYPE_LENGTH = 64
+MAX_VALUE_LENGTH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +65,20 @@ def is_blocked(value: str) -> bool:
 
 
 def normalise_type(raw: str) -> str:
-    return _TYPE_NAME.sub("_", raw.strip().lower()).strip("_")
+    """`userId`, `User ID` and `user_id` all name the type `user_id`."""
+    return _TYPE_NAME.sub("_", _CAMEL_HUMP.sub("_", raw.strip()).lower()).strip("_")
 
 
 def normalise(
     id_type: str, raw: Any, *, default_phone_region: str | None = None
 ) -> Identifier | None:
     """The canonical form of an identifier, or None when the value cannot identify anyone."""
+    if not id_type or len(id_type) > MAX_TYPE_LENGTH:
+        return None
     if raw is None or isinstance(raw, (bool, dict, list)):
         return None
     value = unicodedata.normalize("NFC", str(raw)).strip()
-    if not value or is_blocked(value):
+    if not value or len(value) > MAX_VALUE_LENGTH or is_blocked(value):
         return None
     if id_type == "email":
         value = value.lower()
@@ -86,15 +96,20 @@ def normalise(
 
 
 def extract_identifiers(message: Message, settings: IdentitySettings) -> list[Identifier]:
-    """Every identifier the event carries, highest priority first, without duplicates."""
+    """Every identifier the event carries, highest priority first, without duplicates.
+
+    As in Segment, `email` is also read from `properties` of a track event. An alias's
+    `previousId` is not among them: see `previous_identifiers`.
+    """
     context = message.context
+    # An identify call's own traits come before the ones its context repeats: when both
+    # name a value of a limited type, the identify's is kept.
     sources: list[dict[str, Any]] = []
+    if message.type == "identify":
+        sources.append(message.traits)
     context_traits = context.get("traits")
     if isinstance(context_traits, dict):
         sources.append(context_traits)
-    if message.type == "identify":
-        sources.append(message.traits)
-    properties = message.properties
 
     candidates: list[tuple[str, Any]] = [
         ("user_id", message.user_id),
@@ -106,6 +121,7 @@ def extract_identifiers(message: Message, settings: IdentitySettings) -> list[Id
         for custom in settings.custom_types:
             candidates.append((custom, traits.get(custom)))
     if message.type == "track":
+        properties = message.properties
         candidates.append(("email", properties.get("email")))
         candidates.append(("phone", properties.get("phone")))
     device = context.get("device")
@@ -116,8 +132,6 @@ def extract_identifiers(message: Message, settings: IdentitySettings) -> list[Id
         for item in external:
             if isinstance(item, dict) and isinstance(item.get("type"), str):
                 candidates.append((normalise_type(item["type"]), item.get("id")))
-    if message.type == "alias":
-        candidates.append(("anonymous_id", message.payload.get("previousId")))
 
     seen: set[tuple[str, str]] = set()
     found: list[Identifier] = []
@@ -130,13 +144,12 @@ def extract_identifiers(message: Message, settings: IdentitySettings) -> list[Id
     return found
 
 
-def alias_lookups(message: Message) -> list[Identifier]:
-    """`alias` names a previous id that may be a user id rather than an anonymous id."""
-    previous = message.payload.get("previousId")
-    if message.type != "alias" or previous is None:
-        return []
-    ident = normalise("user_id", previous)
-    return [ident] if ident is not None else []
+def previous_identifiers(message: Message) -> list[Identifier]:
+    """What an alias's `previousId` may be: a user id if a profile holds it as one, else an
+    anonymous id. The resolver takes the first of these that is known."""
+    previous = message.payload.get("previousId") if message.type == "alias" else None
+    found = [normalise(id_type, previous) for id_type in ("user_id", "anonymous_id")]
+    return [ident for ident in found if ident is not None]
 
 
 @dataclass(slots=True)
@@ -147,8 +160,12 @@ class Dropped:
 
 @dataclass(slots=True)
 class Merge:
+    """`absorbed` joins `survivor`; `linked_by` are the event's identifiers that led to
+    it, `identifiers` every identifier of the absorbed profile the batch knew."""
+
     survivor: str
     absorbed: str
+    linked_by: list[Identifier]
     identifiers: list[Identifier]
 
 
@@ -163,7 +180,11 @@ class Resolution:
 
 @dataclass
 class IdentityIndex:
-    """The identifiers known to a batch, and the limited-type values each profile holds."""
+    """The identifiers known to a batch: who owns each one, and what each profile holds.
+
+    `held` must list, for every profile in `owners`, at least all its values of limited
+    types, so that limits can be checked without asking the database again.
+    """
 
     owners: dict[tuple[str, str], str] = field(default_factory=dict)
     held: dict[str, dict[str, set[str]]] = field(default_factory=dict)
@@ -183,74 +204,112 @@ class Resolver:
         self.settings = settings
         self.index = index
 
-    def _fits(self, held: dict[str, set[str]], adding: dict[str, set[str]]) -> bool:
-        for id_type, limit in self.settings.limits.items():
-            values = held.get(id_type, set()) | adding.get(id_type, set())
-            if len(values) > limit:
-                return False
-        return True
+    def _excess(
+        self, held: dict[str, set[str]], adding: dict[str, set[str]]
+    ) -> tuple[str, int] | None:
+        """The limited type (and how many values) joining `adding` to `held` would overfill.
 
-    def resolve(self, identifiers: list[Identifier], lookups: list[Identifier]) -> Resolution:
+        A side already over a limit (the limit was lowered after it was reached) may still
+        be joined by one that brings no new value of that type.
+        """
+        for id_type, limit in self.settings.limits.items():
+            theirs = adding.get(id_type)
+            if not theirs:
+                continue
+            mine = held.get(id_type, set())
+            count = len(mine | theirs)
+            if count > limit and count > len(mine) and count > len(theirs):
+                return id_type, count
+        return None
+
+    def _take(self, working: dict[str, set[str]], adding: dict[str, set[str]]) -> None:
+        for id_type in self.settings.limits:
+            values = adding.get(id_type)
+            if values:
+                working.setdefault(id_type, set()).update(values)
+
+    def resolve(
+        self, identifiers: Sequence[Identifier], previous: Sequence[Identifier] = ()
+    ) -> Resolution:
         """Decide the profile for one event and update the index accordingly.
 
         Identifiers are taken from the highest priority down. Each either joins the
         working set (its profile, if it has one, is merged in) or, when that would put
-        more values of a limited type on one person than allowed, is dropped.
+        more values of a limited type on one person than allowed, is dropped. The profile
+        of the highest-priority known identifier survives a merge.
         """
         index = self.index
+        owners = index.owners
+        candidates = list(identifiers)
+        if previous:
+            meant = next((i for i in previous if i.key in owners), previous[-1])
+            if all(i.key != meant.key for i in candidates):
+                candidates.append(meant)
+                candidates.sort(key=lambda i: -self.settings.priority(i.type))
+        if candidates:
+            # The usual case, a known person seen again, decided without the bookkeeping.
+            known = owners.get(candidates[0].key)
+            if known is not None and all(owners.get(i.key) == known for i in candidates):
+                return Resolution(known)
+
         target: str | None = None
         working: dict[str, set[str]] = {}
         new: list[Identifier] = []
-        absorbed: list[str] = []
+        absorbed: dict[str, list[Identifier]] = {}
         dropped: list[Dropped] = []
-
-        ordered = sorted(
-            [(i, True) for i in identifiers] + [(i, False) for i in lookups],
-            key=lambda pair: -self.settings.priority(pair[0].type),
-        )
-        for ident, attachable in ordered:
-            owner = index.owners.get(ident.key)
+        for ident in candidates:
+            owner = owners.get(ident.key)
             if owner is None:
-                if not attachable:
-                    continue
-                if self._fits(working, {ident.type: {ident.value}}):
-                    working.setdefault(ident.type, set()).add(ident.value)
+                adding = {ident.type: {ident.value}}
+                excess = self._excess(working, adding)
+                if excess is None:
+                    self._take(working, adding)
                     new.append(ident)
                 else:
-                    dropped.append(Dropped(ident, self._limit_reason(ident.type)))
+                    dropped.append(Dropped(ident, self._attach_refused(*excess)))
                 continue
-            if owner == target or owner in absorbed:
+            if owner == target:
+                continue
+            if owner in absorbed:
+                absorbed[owner].append(ident)
                 continue
             owner_held = index.held.get(owner, {})
-            if not self._fits(working, owner_held):
-                dropped.append(Dropped(ident, self._limit_reason(ident.type, merge=True)))
+            excess = self._excess(working, owner_held)
+            if excess is not None:
+                dropped.append(Dropped(ident, self._merge_refused(*excess)))
                 continue
-            for id_type, values in owner_held.items():
-                working.setdefault(id_type, set()).update(values)
+            self._take(working, owner_held)
             if target is None:
                 target = owner
             else:
-                absorbed.append(owner)
+                absorbed[owner] = [ident]
 
-        created = target is None
         profile_id = target if target is not None else _new_profile_id()
-        merges: list[Merge] = []
-        for other in absorbed:
-            moved = [Identifier(t, v) for (t, v), p in index.owners.items() if p == other]
-            for ident in moved:
-                index.owners[ident.key] = profile_id
-            merges.append(Merge(profile_id, other, moved))
-            other_held = index.held.pop(other, {})
-            mine = index.held.setdefault(profile_id, {})
-            for id_type, values in other_held.items():
-                mine.setdefault(id_type, set()).update(values)
         mine = index.held.setdefault(profile_id, {})
+        merges: list[Merge] = []
+        for other, linked_by in absorbed.items():
+            moved: list[Identifier] = []
+            for id_type, values in index.held.pop(other, {}).items():
+                mine.setdefault(id_type, set()).update(values)
+                for value in values:
+                    owners[(id_type, value)] = profile_id
+                    moved.append(Identifier(id_type, value))
+            merges.append(Merge(profile_id, other, linked_by, moved))
         for ident in new:
-            index.owners[ident.key] = profile_id
+            owners[ident.key] = profile_id
             mine.setdefault(ident.type, set()).add(ident.value)
-        return Resolution(profile_id, created, new, merges, dropped)
+        return Resolution(profile_id, target is None, new, merges, dropped)
 
-    def _limit_reason(self, id_type: str, *, merge: bool = False) -> str:
-        limit = self.settings.limits.get(id_type)
-        what = "merging these profiles" if merge else "attaching it"
-        return f"{what} would give one profile more than {limit} {id_type} value(s)"
+    def _attach_refused(self, id_type: str, count: int) -> str:
+        limit = self.settings.limits[id_type]
+        return (
+            f"attaching it would give the profile {count} {id_type} values;"
+            f" the limit is {limit} (identity.limits)"
+        )
+
+    def _merge_refused(self, id_type: str, count: int) -> str:
+        limit = self.settings.limits[id_type]
+        return (
+            f"it belongs to another profile; merging the two would give one profile {count}"
+            f" {id_type} values, the limit is {limit} (identity.limits)"
+        )

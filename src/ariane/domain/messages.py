@@ -17,6 +17,8 @@ from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.errors import InvalidEvent
 
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+# Stored in indexed columns of this width (storage.tables.events).
+MAX_NAME_LENGTH = 200
 _OBJECT_FIELDS = ("context", "traits", "properties", "integrations")
 
 
@@ -116,11 +118,16 @@ def parse_message(
         if not isinstance(name, str) or not name.strip():
             raise InvalidEvent("track needs an event name (a non-empty string)", field="event")
         event_name = name.strip()
+        if len(event_name) > MAX_NAME_LENGTH:
+            raise InvalidEvent(
+                f"event name is {len(event_name)} characters; at most {MAX_NAME_LENGTH}",
+                field="event",
+            )
     elif msg_type in ("page", "screen"):
         name = raw.get("name")
         if name is not None and not isinstance(name, str):
             raise InvalidEvent(f"{msg_type} name must be a string", field="name")
-        event_name = name
+        event_name = name[:MAX_NAME_LENGTH] if name else name
     elif msg_type == "group" and _optional_id(raw, "groupId") is None:
         raise InvalidEvent("group needs a groupId", field="groupId")
 
@@ -136,6 +143,11 @@ def parse_message(
         timestamp = original
 
     message_id = _optional_id(raw, "messageId") or f"ariane-{uuid.uuid4()}"
+    if len(message_id) > MAX_NAME_LENGTH:
+        raise InvalidEvent(
+            f"messageId is {len(message_id)} characters; at most {MAX_NAME_LENGTH}",
+            field="messageId",
+        )
 
     payload = dict(raw)
     payload["type"] = msg_type

@@ -19,9 +19,10 @@ from ariane.domain.errors import InvalidEvent
 from ariane.domain.identity import (
     Identifier,
     IdentityIndex,
+    Merge,
     Resolver,
-    alias_lookups,
     extract_identifiers,
+    previous_identifiers,
 )
 from ariane.domain.messages import Message, parse_message
 from ariane.domain.profiles import ProfileState, apply_message, merge_profiles
@@ -30,7 +31,6 @@ from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
 from ariane.storage.database import Database
-from ariane.storage.tables import identity_decisions
 
 
 @dataclass(slots=True)
@@ -47,7 +47,13 @@ class IngestResult:
 class _Planned:
     message: Message
     identifiers: list[Identifier]
-    lookups: list[Identifier]
+    previous: list[Identifier]
+
+
+_NO_IDENTIFIER = (
+    "no usable identifier: userId and anonymousId are missing or placeholders such as"
+    " 'undefined', 'null' or '0'; send the real id"
+)
 
 
 @dataclass(slots=True)
@@ -85,6 +91,11 @@ class IngestService:
                     batch_sent_at=envelope.sent_at,
                     max_bytes=self.settings.max_event_bytes,
                 )
+                identifiers = extract_identifiers(message, identity_settings)
+                previous = previous_identifiers(message)
+                if not identifiers and not previous:
+                    # An event that names no one would make a profile of its own.
+                    raise InvalidEvent(_NO_IDENTIFIER, field="userId/anonymousId")
             except InvalidEvent as error:
                 result.problems.append(error)
                 rejected.append(
@@ -97,13 +108,7 @@ class IngestService:
                 result.duplicates += 1
                 continue
             batch_ids.add(message.message_id)
-            planned.append(
-                _Planned(
-                    message,
-                    extract_identifiers(message, identity_settings),
-                    alias_lookups(message),
-                )
-            )
+            planned.append(_Planned(message, identifiers, previous))
         result.quarantined = len(rejected)
 
         def work(conn: Connection) -> IngestResult:
@@ -134,7 +139,7 @@ class IngestService:
             if not planned:
                 return
 
-        keys = {i.key for p in planned for i in (*p.identifiers, *p.lookups)}
+        keys = {i.key for p in planned for i in (*p.identifiers, *p.previous)}
         index = IdentityIndex()
         owners = profile_store.find_owners(conn, keys)
         existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in owners})
@@ -144,15 +149,17 @@ class IngestService:
         resolver = Resolver(self.settings.identity, index)
         created: dict[str, ProfileState] = {}
         live: dict[str, ProfileState] = dict(existing)
+        # Every profile id handed out in this batch leads, through these links, to the
+        # profile that holds it at the end; ids are finalised only when rows are written.
         absorbed_into: dict[str, str] = {}
-        new_identities: list[tuple[Identifier, str, str]] = []
-        decisions: list[dict[str, Any]] = []
-        merge_log: list[tuple[Any, str, str]] = []
+        new_identities: list[tuple[Identifier, str]] = []
+        dropped: list[tuple[str, Identifier, str, str]] = []
+        merge_log: list[tuple[Merge, str, str]] = []
         assigned: list[str] = []
 
         for item in planned:
             message = item.message
-            resolution = resolver.resolve(item.identifiers, item.lookups)
+            resolution = resolver.resolve(item.identifiers, item.previous)
             profile_id = resolution.profile_id
             if resolution.created:
                 state = ProfileState(profile_id)
@@ -161,33 +168,16 @@ class IngestService:
             for merge in resolution.merges:
                 merge_profiles(live[merge.survivor], live.pop(merge.absorbed))
                 absorbed_into[merge.absorbed] = merge.survivor
+                # A profile created earlier in this batch was never written: nothing to
+                # move and no merge to record, its rows are written under the survivor.
                 if created.pop(merge.absorbed, None) is None:
-                    reason = (
-                        f"{message.type} event {message.message_id} carried identifiers of"
-                        " both profiles"
-                    )
+                    linked = ", ".join(sorted({i.type for i in merge.linked_by}))
+                    reason = f"{message.type} event linked it by {linked}"
                     merge_log.append((merge, reason, message.message_id))
-                else:
-                    # Created in this very batch: it was never written, so there is
-                    # nothing to move; its identifiers are claimed by the survivor.
-                    new_identities = [
-                        (i, merge.survivor if p == merge.absorbed else p, s)
-                        for i, p, s in new_identities
-                    ]
-            for ident in resolution.attached:
-                new_identities.append((ident, profile_id, source_id))
-            for dropped in resolution.dropped:
-                decisions.append(
-                    {
-                        "profile_id": profile_id,
-                        "identifier_type": dropped.identifier.type,
-                        "identifier_value": dropped.identifier.value,
-                        "decision": "dropped",
-                        "reason": dropped.reason,
-                        "message_id": message.message_id,
-                        "at": now,
-                    }
-                )
+            new_identities.extend((ident, profile_id) for ident in resolution.attached)
+            dropped.extend(
+                (profile_id, d.identifier, d.reason, message.message_id) for d in resolution.dropped
+            )
             apply_message(live[profile_id], message, source_id)
             assigned.append(profile_id)
 
@@ -197,7 +187,9 @@ class IngestService:
             return profile_id
 
         profile_store.insert_profiles(conn, created.values(), now)
-        profile_store.insert_identities(conn, dialect, new_identities, now)
+        profile_store.insert_identities(
+            conn, dialect, [(i, final(p), source_id) for i, p in new_identities], now
+        )
         for merge, reason, message_id in merge_log:
             merge.survivor = final(merge.survivor)
             profile_store.record_merge(conn, merge, reason, message_id, now)
@@ -223,10 +215,9 @@ class IngestService:
             for decision in consents_from_message(message.context, message.timestamp, source_id):
                 consent_updates.append((owner, decision))
         event_store.insert_events(conn, dialect, rows)
-        for decision_row in decisions:
-            decision_row["profile_id"] = final(decision_row["profile_id"])
-        if decisions:
-            conn.execute(identity_decisions.insert(), decisions)
+        profile_store.record_decisions(
+            conn, [(final(p), ident, reason, mid) for p, ident, reason, mid in dropped], now
+        )
         if consent_updates:
             consent_store.record_changes(conn, consent_updates)
         profile_store.update_profiles(

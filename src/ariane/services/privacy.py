@@ -9,9 +9,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ariane.domain.errors import NotFound
+from ariane.services.profiles import live_profile_id
 from ariane.storage import personal_data
-from ariane.storage import profiles as profile_store
 from ariane.storage.database import Database
 from ariane.storage.tables import erasure_receipts
 
@@ -21,27 +20,29 @@ class PrivacyService:
         self.db = db
         self.clock = clock
 
-    def _live(self, conn: Connection, profile_id: str) -> str:
-        live = profile_store.resolve_profile_id(conn, profile_id)
-        if live is None:
-            raise NotFound(f"no profile {profile_id!r}", field="id")
-        return live
-
     def export(self, profile_id: str) -> dict[str, Any]:
+        """Every row held about the person, by table."""
         with self.db.read() as conn:
-            live = self._live(conn, profile_id)
-            data = personal_data.export(conn, live)
+            live = live_profile_id(conn, profile_id)
+            person = personal_data.find_person(conn, live)
+            data = personal_data.export(conn, person)
         return {"profile_id": live, "exported_at": self.clock(), "data": data}
 
     def erase(self, profile_id: str, *, requested_by: str) -> dict[str, Any]:
+        """Delete the person everywhere, in one transaction, and keep a receipt.
+
+        The receipt holds when, who asked and how many rows went from each table: no
+        profile id and no identifier, so it is not personal data itself.
+        """
+
         def work(conn: Connection) -> dict[str, Any]:
-            live = self._live(conn, profile_id)
-            counts = personal_data.erase(conn, live)
+            live = live_profile_id(conn, profile_id)
+            person = personal_data.find_person(conn, live, lock=self.db.dialect)
             receipt = {
                 "id": uuid.uuid4().hex,
                 "erased_at": self.clock(),
                 "requested_by": requested_by,
-                "counts": counts,
+                "counts": personal_data.erase(conn, person),
             }
             conn.execute(erasure_receipts.insert().values(**receipt))
             return receipt

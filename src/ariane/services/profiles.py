@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-from ariane.domain.consent import ConsentDecision, check_status, current_consents
+from ariane.domain.clock import iso, parse_timestamp
+from ariane.domain.consent import ConsentDecision, check_purpose, check_status, current_consents
 from ariane.domain.errors import DomainError, NotFound
 from ariane.domain.identity import normalise, normalise_type
 from ariane.settings import Settings
@@ -18,6 +22,34 @@ from ariane.storage import profiles as profile_store
 from ariane.storage.database import Database
 from ariane.storage.tables import identities, profiles
 
+MAX_PAGE = 1000
+
+
+def encode_cursor(timestamp: datetime, event_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{iso(timestamp)}|{event_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at_text, id_text = text.split("|")
+        return parse_timestamp(at_text), int(id_text)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise DomainError(
+            "cursor is not one this API returned; pass next_cursor from the previous page",
+            field="cursor",
+        ) from None
+
+
+def live_profile_id(conn: Connection, profile_id: str) -> str:
+    """The profile that now holds `profile_id`, following merges."""
+    live = profile_store.resolve_profile_id(conn, profile_id)
+    if live is None:
+        raise NotFound(
+            f"no profile {profile_id!r}; find one with /api/profiles/lookup", field="profile_id"
+        )
+    return live
+
 
 class ProfileService:
     def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime]) -> None:
@@ -25,20 +57,14 @@ class ProfileService:
         self.settings = settings
         self.clock = clock
 
-    def _live_id(self, conn: Any, profile_id: str) -> str:
-        live = profile_store.resolve_profile_id(conn, profile_id)
-        if live is None:
-            raise NotFound(f"no profile {profile_id!r}", field="id")
-        return live
-
     def view(self, profile_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
-            live = self._live_id(conn, profile_id)
+            live = live_profile_id(conn, profile_id)
             row = conn.execute(sa.select(profiles).where(profiles.c.id == live)).one()
             idents = conn.execute(
                 sa.select(identities.c.type, identities.c.value, identities.c.created_at)
                 .where(identities.c.profile_id == live)
-                .order_by(identities.c.type, identities.c.created_at)
+                .order_by(identities.c.type, identities.c.created_at, identities.c.value)
             ).all()
             merged = (
                 conn.execute(sa.select(profiles.c.id).where(profiles.c.merged_into == live))
@@ -63,12 +89,18 @@ class ProfileService:
         }
 
     def lookup(self, id_type: str, value: str) -> str:
+        """The profile holding an identifier, given in any form that normalises to it."""
         id_type = normalise_type(id_type)
+        if not id_type:
+            raise DomainError("type must name an identifier type, such as email", field="type")
         ident = normalise(
             id_type, value, default_phone_region=self.settings.identity.default_phone_region
         )
         if ident is None:
-            raise DomainError(f"{value!r} is not a usable {id_type}", field="value")
+            raise DomainError(
+                f"{value!r} cannot identify anyone as a {id_type} (see docs/identity.md)",
+                field="value",
+            )
         with self.db.read() as conn:
             owner = conn.execute(
                 sa.select(identities.c.profile_id).where(
@@ -82,27 +114,19 @@ class ProfileService:
     def events(
         self, profile_id: str, *, limit: int = 50, cursor: str | None = None
     ) -> dict[str, Any]:
-        if not 1 <= limit <= 1000:
-            raise DomainError("limit must be between 1 and 1000", field="limit")
-        before = None
-        if cursor:
-            try:
-                at_text, id_text = cursor.split("_", 1)
-                before = (datetime.fromisoformat(at_text), int(id_text))
-            except ValueError:
-                raise DomainError("cursor is not one this API returned", field="cursor") from None
+        """One page of the timeline, newest first; `next_cursor` is None on the last page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise DomainError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        before = decode_cursor(cursor) if cursor else None
         with self.db.read() as conn:
-            live = self._live_id(conn, profile_id)
+            live = live_profile_id(conn, profile_id)
             rows = event_store.timeline(conn, live, limit=limit + 1, before=before)
         page, more = rows[:limit], len(rows) > limit
-        next_cursor = None
-        if more:
-            last = page[-1]
-            next_cursor = f"{last['timestamp'].isoformat()}_{last['id']}"
+        last = page[-1] if more else None
         return {
             "profile_id": live,
             "events": [row["payload"] for row in page],
-            "next_cursor": next_cursor,
+            "next_cursor": encode_cursor(last["timestamp"], last["id"]) if last else None,
         }
 
     def set_consent(
@@ -114,25 +138,34 @@ class ProfileService:
         source: str,
         expires_at: datetime | None = None,
     ) -> dict[str, Any]:
+        """Record a decision taken outside events (a preference centre, a call centre)."""
         check_status(status)
-        purpose = purpose.strip()
-        if not purpose:
-            raise DomainError("purpose must not be empty", field="purpose")
+        purpose = check_purpose(purpose)
         now = self.clock()
-        if expires_at is not None and expires_at <= now:
-            raise DomainError("expires_at must be in the future", field="expires_at")
+        if expires_at is not None:
+            # A time without an offset is UTC, as for event timestamps.
+            if expires_at.tzinfo is None:
+                expires_at = expires_at.replace(tzinfo=UTC)
+            if expires_at <= now:
+                raise DomainError(
+                    f"expires_at must be in the future (now is {iso(now)})", field="expires_at"
+                )
         decision = ConsentDecision(purpose, status, now, source, expires_at)
 
-        def work(conn: Any) -> str:
-            live = self._live_id(conn, profile_id)
+        def work(conn: Connection) -> list[ConsentDecision]:
+            live = live_profile_id(conn, profile_id)
             consent_store.insert(conn, live, decision)
-            return live
+            return consent_store.history(conn, live)
 
-        live = self.db.write(work)
+        history = self.db.write(work)
+        return {"purpose": purpose, **current_consents(history, now)[purpose]}
+
+    def consent_history(self, profile_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
+            live = live_profile_id(conn, profile_id)
             history = consent_store.history(conn, live)
-        return current_consents(history, self.clock())[purpose]
-
-    def consent_history(self, profile_id: str) -> list[ConsentDecision]:
-        with self.db.read() as conn:
-            return consent_store.history(conn, self._live_id(conn, profile_id))
+        return {
+            "profile_id": live,
+            "current": current_consents(history, self.clock()),
+            "history": history,
+        }

@@ -2,68 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ariane.domain.consent import ConsentDecision
+from ariane.domain.consent import ConsentDecision, is_change
 from ariane.storage.tables import consents
 
 
-def history(conn: Connection, profile_id: str) -> list[ConsentDecision]:
-    rows = conn.execute(
+def _decision(row: Any) -> ConsentDecision:
+    return ConsentDecision(row.purpose, row.status, row.at, row.source, row.expires_at)
+
+
+def _row(profile_id: str, decision: ConsentDecision) -> dict[str, Any]:
+    return {
+        "profile_id": profile_id,
+        "purpose": decision.purpose,
+        "status": decision.status,
+        "at": decision.at,
+        "source": decision.source,
+        "expires_at": decision.expires_at,
+    }
+
+
+def _ordered(profile_ids: Collection[str]) -> sa.Select[Any]:
+    return (
         sa.select(consents)
-        .where(consents.c.profile_id == profile_id)
+        .where(consents.c.profile_id.in_(sorted(profile_ids)))
         .order_by(consents.c.at, consents.c.id)
     )
-    return [ConsentDecision(r.purpose, r.status, r.at, r.source, r.expires_at) for r in rows]
+
+
+def history(conn: Connection, profile_id: str) -> list[ConsentDecision]:
+    """Every decision about the person, oldest first."""
+    return [_decision(row) for row in conn.execute(_ordered([profile_id]))]
 
 
 def insert(conn: Connection, profile_id: str, decision: ConsentDecision) -> None:
-    conn.execute(
-        consents.insert().values(
-            profile_id=profile_id,
-            purpose=decision.purpose,
-            status=decision.status,
-            at=decision.at,
-            source=decision.source,
-            expires_at=decision.expires_at,
-        )
-    )
+    conn.execute(consents.insert().values(**_row(profile_id, decision)))
 
 
 def record_changes(conn: Connection, updates: Sequence[tuple[str, ConsentDecision]]) -> None:
-    """Record decisions carried by events, skipping those that repeat the status in force.
-
-    Events repeat their consent preferences on every call; only a change is history.
-    """
-    profile_ids = sorted({p for p, _ in updates})
+    """Record the decisions carried by events that change the status in force."""
     latest: dict[tuple[str, str], ConsentDecision] = {}
-    rows = conn.execute(
-        sa.select(consents)
-        .where(consents.c.profile_id.in_(profile_ids))
-        .order_by(consents.c.at, consents.c.id)
-    )
-    for r in rows:
-        latest[(r.profile_id, r.purpose)] = ConsentDecision(
-            r.purpose, r.status, r.at, r.source, r.expires_at
-        )
+    for row in conn.execute(_ordered({p for p, _ in updates})):
+        latest[(row.profile_id, row.purpose)] = _decision(row)
     new_rows = []
     for profile_id, decision in sorted(updates, key=lambda u: u[1].at):
-        known = latest.get((profile_id, decision.purpose))
-        if known is not None and (known.status == decision.status or known.at > decision.at):
-            continue
-        latest[(profile_id, decision.purpose)] = decision
-        new_rows.append(
-            {
-                "profile_id": profile_id,
-                "purpose": decision.purpose,
-                "status": decision.status,
-                "at": decision.at,
-                "source": decision.source,
-                "expires_at": decision.expires_at,
-            }
-        )
+        key = (profile_id, decision.purpose)
+        if is_change(latest.get(key), decision):
+            latest[key] = decision
+            new_rows.append(_row(profile_id, decision))
     if new_rows:
         conn.execute(consents.insert(), new_rows)

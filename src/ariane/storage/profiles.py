@@ -12,7 +12,14 @@ from sqlalchemy.engine import Connection
 from ariane.domain.identity import Identifier, Merge
 from ariane.domain.profiles import ProfileState
 from ariane.storage.database import Dialect, RetryTransaction, chunked
-from ariane.storage.tables import PERSONAL_DATA, identities, merges, metadata, profiles
+from ariane.storage.tables import (
+    PERSONAL_DATA,
+    identities,
+    identity_decisions,
+    merges,
+    metadata,
+    profiles,
+)
 
 _CHUNK = 400
 
@@ -161,13 +168,25 @@ def _profile_tables() -> list[sa.Column[Any]]:
 def record_merge(
     conn: Connection, merge: Merge, reason: str, message_id: str | None, now: datetime
 ) -> None:
-    """Move everything of the absorbed profile to the survivor, keeping the old id alive."""
+    """Move everything of the absorbed profile to the survivor, keeping the old id alive.
+
+    The absorbed profile keeps no traits or counters of its own, so that nothing it held
+    can be counted twice; its id leads to the survivor (`merged_into`), also for the ids
+    it had absorbed before.
+    """
+    moved = conn.execute(
+        identities.update()
+        .where(identities.c.profile_id == merge.absorbed)
+        .values(profile_id=merge.survivor)
+        .returning(identities.c.type, identities.c.value)
+    ).all()
     for column in _profile_tables():
-        conn.execute(
-            column.table.update()
-            .where(column == merge.absorbed)
-            .values({column.name: merge.survivor})
-        )
+        if column.table is not identities:
+            conn.execute(
+                column.table.update()
+                .where(column == merge.absorbed)
+                .values({column.name: merge.survivor})
+            )
     conn.execute(
         profiles.update()
         .where(profiles.c.merged_into == merge.absorbed)
@@ -178,16 +197,42 @@ def record_merge(
         .where(profiles.c.id == merge.absorbed)
         .values(merged_into=merge.survivor, traits={}, computed={}, updated_at=now)
     )
+    known = {(t, v) for t, v in moved} | {i.key for i in merge.identifiers}
     conn.execute(
         merges.insert().values(
             profile_id=merge.survivor,
             absorbed_id=merge.absorbed,
             reason=reason,
-            identifiers=[{"type": i.type, "value": i.value} for i in merge.identifiers],
+            identifiers=[{"type": t, "value": v} for t, v in sorted(known)],
             message_id=message_id,
             at=now,
         )
     )
+
+
+def record_decisions(
+    conn: Connection,
+    dropped: Iterable[tuple[str, Identifier, str, str | None]],
+    now: datetime,
+) -> None:
+    """Record identifiers left out of the identity graph, once per batch for each profile,
+    identifier and reason (a shared device repeats the same refusal on every event)."""
+    rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for profile_id, ident, reason, message_id in dropped:
+        rows.setdefault(
+            (profile_id, ident.type, ident.value, reason),
+            {
+                "profile_id": profile_id,
+                "identifier_type": ident.type,
+                "identifier_value": ident.value,
+                "decision": "dropped",
+                "reason": reason,
+                "message_id": message_id,
+                "at": now,
+            },
+        )
+    if rows:
+        conn.execute(identity_decisions.insert(), list(rows.values()))
 
 
 def resolve_profile_id(conn: Connection, profile_id: str) -> str | None:

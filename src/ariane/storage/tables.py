@@ -82,8 +82,10 @@ profiles = sa.Table(
 identities = sa.Table(
     "identities",
     metadata,
-    sa.Column("type", sa.String(64), primary_key=True),
+    # The value leads the key: lookups give many values and few types, and a key led by
+    # the type makes PostgreSQL scan every identifier of that type.
     sa.Column("value", sa.String(512), primary_key=True),
+    sa.Column("type", sa.String(64), primary_key=True),
     sa.Column("profile_id", sa.String(32), nullable=False, index=True),
     sa.Column("source_id", sa.String(32), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
@@ -101,7 +103,8 @@ events = sa.Table(
     sa.Column("timestamp", UTCDateTime, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("payload", JSONDoc, nullable=False),
-    sa.UniqueConstraint("source_id", "message_id"),
+    # messageId first, for the same reason: it is the selective column of the dedupe probe.
+    sa.UniqueConstraint("message_id", "source_id"),
     sa.Index("ix_events_profile_timeline", "profile_id", "timestamp", "id"),
 )
 

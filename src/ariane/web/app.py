@@ -2,36 +2,64 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from ariane.bootstrap import Container
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.web.api import operations, profiles
-from ariane.web.metrics import Metrics
+from ariane.web.metrics import Metrics, RequestTimer
 from ariane.web.responses import FastJSON, error
 from ariane.web.tracking import TrackingAPI
 
+log = logging.getLogger(__name__)
+
 _STATUS = {NotFound: 404, Conflict: 409}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
+# Where a request parameter came from, as FastAPI reports it; the first part of `loc`.
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def route_table(app: FastAPI) -> list[tuple[str, str]]:
+    """Every (method, path template) the app serves, routers included; HEAD aside."""
+    table: list[tuple[str, str]] = []
+    for route in iter_route_contexts(app.routes):
+        if route.path is not None:
+            table.extend((m, route.path) for m in sorted(route.methods or ()) if m != "HEAD")
+    return table
 
 
 def create_app(container: Container) -> FastAPI:
     app = FastAPI(
         title="Ariane",
         version="0.1.0",
+        description="Tracking API (Segment spec) under /v1; admin API under /api.",
         openapi_url="/api/openapi.json",
         docs_url="/api/docs",
+        # Tokens are pasted into the docs page; there is no OAuth2 flow to redirect to.
+        swagger_ui_oauth2_redirect_url=None,
         redoc_url=None,
         default_response_class=FastJSON,
     )
     app.state.container = container
     metrics = Metrics()
     app.state.metrics = metrics
+    app.add_middleware(RequestTimer, histogram=metrics.requests, routes=lambda: route_table(app))
 
     app.router.routes.extend(TrackingAPI(container, metrics).routes())
     app.include_router(profiles.router)
@@ -46,18 +74,36 @@ def create_app(container: Container) -> FastAPI:
         detail: Any = exc.detail
         if isinstance(detail, dict):
             return FastJSON(detail, status_code=exc.status_code, headers=exc.headers)
-        return error(exc.status_code, "error", str(detail), headers=exc.headers)
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return error(exc.status_code, code, str(detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return error(422, "invalid", f"{where}: {first['msg']}", field=where)
+        loc = [str(part) for part in first["loc"]]
+        where = loc[0] if loc and loc[0] in _LOCATIONS else None
+        field = ".".join(loc[1:] if where else loc) or where or "body"
+        place = f" (in the {where})" if where and field != where else ""
+        return error(422, "invalid", f"{field}{place}: {first['msg']}", field=field)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        return error(500, "internal", "unexpected error; the server log has the details")
 
     @app.get("/health", tags=["operations"])
     def health() -> Any:
-        with container.db.read() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        """Whether the service can reach its database: 200 when it can, 503 when not."""
+        try:
+            with container.db.read() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("health check: database unreachable: %s", exc)
+            return error(
+                503,
+                "database_unavailable",
+                f"cannot reach the {container.db.dialect.name} database;"
+                " check ARIANE_DATABASE_URL and that the database is up",
+            )
         return {"status": "ok", "database": container.db.dialect.name}
 
     @app.get("/metrics", include_in_schema=False)

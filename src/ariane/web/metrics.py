@@ -1,8 +1,20 @@
-"""Prometheus metrics, one registry per application (no global state)."""
+"""Prometheus metrics, one registry per application (no global state).
+
+`RequestTimer` is a plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`,
+which would buffer every response and run the endpoint in another task.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
+from time import perf_counter
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UNMATCHED = "unmatched"
 
 
 class Metrics:
@@ -37,10 +49,65 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
-        self.latency = Histogram(
-            "ariane_request_seconds",
-            "Request latency by route.",
-            ["route"],
+        self.requests = Histogram(
+            "ariane_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method, route template and status.",
+            ["method", "route", "status"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+
+
+class RequestTimer:
+    """Observe every HTTP request, labelled by the route template that served it.
+
+    The template (`/api/profiles/{profile_id}`), not the path, keeps the number of
+    series bounded; requests no route matched share the label `unmatched`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        histogram: Histogram,
+        routes: Callable[[], Sequence[tuple[str, str]]],
+    ) -> None:
+        self.app = app
+        self.histogram = histogram
+        self.routes = routes
+        self._patterns: list[tuple[str, str, re.Pattern[str]]] | None = None
+
+    def template(self, scope: Scope) -> str:
+        # FastAPI records the route it chose only for its own routes, not for plain
+        # Starlette ones such as the tracking API; those are matched here.
+        chosen = getattr(scope.get("route"), "path", None)
+        if isinstance(chosen, str):
+            return chosen
+        if self._patterns is None:
+            self._patterns = [(m, p, compile_path(p)[0]) for m, p in self.routes()]
+        path, method = scope["path"], scope["method"]
+        matching = [(m, p) for m, p, regex in self._patterns if regex.match(path)]
+        for route_method, template in matching:
+            if route_method == method or (method == "HEAD" and route_method == "GET"):
+                return template
+        return matching[0][1] if matching else UNMATCHED
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = perf_counter()
+        # Stays 500 when the application fails before it starts a response.
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            self.histogram.labels(scope["method"], self.template(scope), str(status)).observe(
+                perf_counter() - started
+            )

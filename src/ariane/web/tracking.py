@@ -112,24 +112,22 @@ class TrackingAPI:
         return await self._handle(request, None)
 
     async def _handle(self, request: Request, kind: str | None) -> Response:
-        route = f"/v1/{kind or 'batch'}"
-        with self.metrics.latency.labels(route).time():
-            if self.inflight >= self.settings.max_inflight_ingest:
-                self.metrics.rejected.labels("429").inc()
-                return error(
-                    429,
-                    "overloaded",
-                    "ingestion is saturated; retry later",
-                    headers={"Retry-After": "1"},
-                )
-            self.inflight += 1
-            try:
-                return await self._accept(request, kind)
-            except RequestRejected as rejected:
-                self.metrics.rejected.labels(str(rejected.status)).inc()
-                return error(rejected.status, rejected.code, rejected.message, field=rejected.field)
-            finally:
-                self.inflight -= 1
+        if self.inflight >= self.settings.max_inflight_ingest:
+            self.metrics.rejected.labels("429").inc()
+            return error(
+                429,
+                "overloaded",
+                "ingestion is saturated; retry later",
+                headers={"Retry-After": "1"},
+            )
+        self.inflight += 1
+        try:
+            return await self._accept(request, kind)
+        except RequestRejected as rejected:
+            self.metrics.rejected.labels(str(rejected.status)).inc()
+            return error(rejected.status, rejected.code, rejected.message, field=rejected.field)
+        finally:
+            self.inflight -= 1
 
     async def _accept(self, request: Request, kind: str | None) -> Response:
         received_at = self.container.clock()

@@ -1,9 +1,12 @@
-"""Bearer tokens with roles: analysts read, admins read and change."""
+"""Bearer tokens with roles: analysts read, admins read and change.
+
+Every /api route takes `read_access` or `write_access`; a test walks the routes to make
+sure none forgets.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -11,7 +14,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ariane.bootstrap import Container
 from ariane.storage.access import Token
 
-_bearer = HTTPBearer(auto_error=False, description="A token from `ariane tokens create`.")
+_bearer = HTTPBearer(
+    auto_error=False, description="A token from `ariane tokens create --role admin|analyst`."
+)
 
 
 def container(request: Request) -> Container:
@@ -19,30 +24,34 @@ def container(request: Request) -> Container:
     return built
 
 
-def require(role: str) -> Callable[..., Coroutine[Any, Any, Token]]:
-    async def check(
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(
+        401,
+        detail={"code": "unauthorized", "message": message},
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def require(role: str) -> Callable[..., Token]:
+    # A plain function: FastAPI runs it in a worker thread, so the token lookup in the
+    # database does not block the event loop.
+    def check(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     ) -> Token:
         if credentials is None:
-            raise HTTPException(
-                401,
-                detail={"code": "unauthorized", "message": "send Authorization: Bearer TOKEN"},
-                headers={"WWW-Authenticate": "Bearer"},
+            raise _unauthorized(
+                "send Authorization: Bearer TOKEN; create one with `ariane tokens create`"
             )
         token = container(request).access.token_for_secret(credentials.credentials)
         if token is None:
-            raise HTTPException(
-                401,
-                detail={"code": "unauthorized", "message": "unknown or revoked token"},
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise _unauthorized("unknown token; create one with `ariane tokens create`")
         if role == "admin" and token.role != "admin":
             raise HTTPException(
                 403,
                 detail={
                     "code": "forbidden",
-                    "message": f"this needs an admin token; yours is {token.role}",
+                    "message": f"this needs an admin token; token {token.name!r} is {token.role}",
                 },
             )
         return token

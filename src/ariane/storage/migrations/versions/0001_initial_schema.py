@@ -65,7 +65,7 @@ def upgrade() -> None:
         sa.Column("received_at", t.UTCDateTime(), nullable=False),
         sa.Column("payload", t.JSONDoc, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
-        sa.UniqueConstraint("source_id", "message_id", name=op.f("uq_events_source_id_message_id")),
+        sa.UniqueConstraint("message_id", "source_id", name=op.f("uq_events_message_id_source_id")),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index(
@@ -74,12 +74,12 @@ def upgrade() -> None:
 
     op.create_table(
         "identities",
-        sa.Column("type", sa.String(length=64), nullable=False),
         sa.Column("value", sa.String(length=512), nullable=False),
+        sa.Column("type", sa.String(length=64), nullable=False),
         sa.Column("profile_id", sa.String(length=32), nullable=False),
         sa.Column("source_id", sa.String(length=32), nullable=True),
         sa.Column("created_at", t.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("type", "value", name=op.f("pk_identities")),
+        sa.PrimaryKeyConstraint("value", "type", name=op.f("pk_identities")),
     )
     with op.batch_alter_table("identities", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_identities_profile_id"), ["profile_id"], unique=False)

@@ -1,0 +1,190 @@
+"""Segment-spec messages: timestamps of any precision, clock-skew correction, errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ariane.domain.clock import iso, parse_timestamp
+from ariane.domain.errors import InvalidEvent
+from ariane.domain.messages import parse_message
+
+RECEIVED = datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-05-01T10:00:00Z", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        ("2024-05-01T10:00:00.1Z", datetime(2024, 5, 1, 10, 0, 0, 100_000, tzinfo=UTC)),
+        ("2024-05-01T10:00:00.123Z", datetime(2024, 5, 1, 10, 0, 0, 123_000, tzinfo=UTC)),
+        ("2024-05-01T10:00:00.123456Z", datetime(2024, 5, 1, 10, 0, 0, 123_456, tzinfo=UTC)),
+        ("2024-05-01T10:00:00.123456789Z", datetime(2024, 5, 1, 10, 0, 0, 123_456, tzinfo=UTC)),
+        ("2024-05-01T12:00:00+0200", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        ("2024-05-01T12:00:00+02:00", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        ("2024-05-01T12:00:00+02", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        ("2024-05-01T04:30:00.5-05:30", datetime(2024, 5, 1, 10, 0, 0, 500_000, tzinfo=UTC)),
+        ("2024-05-01T10:00:00", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        ("2024-05-01 10:00:00,25z", datetime(2024, 5, 1, 10, 0, 0, 250_000, tzinfo=UTC)),
+        ("2024-05-01T10:00Z", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        ("2024-05-01", datetime(2024, 5, 1, tzinfo=UTC)),
+    ],
+)
+def test_iso_8601_of_any_precision_and_offset(text: str, expected: datetime) -> None:
+    parsed = parse_timestamp(text)
+    assert parsed == expected
+    assert parsed.tzinfo == UTC
+
+
+@pytest.mark.parametrize(
+    "text", ["yesterday", "", "2024-13-01T00:00:00Z", "2024-05-01T25:00:00Z", "1714557600"]
+)
+def test_what_is_not_iso_8601_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_timestamp(text)
+
+
+def test_iso_text_is_fixed_width_utc_so_text_order_is_time_order() -> None:
+    assert iso(parse_timestamp("2024-05-01T12:00:00+0200")) == "2024-05-01T10:00:00.000000Z"
+    moments = [parse_timestamp(f"2024-05-01T10:00:0{s}.{s}Z") for s in range(1, 9)]
+    assert sorted(iso(m) for m in reversed(moments)) == [iso(m) for m in moments]
+
+
+def parse(**raw: Any) -> Any:
+    raw.setdefault("type", "track")
+    raw.setdefault("userId", "u")
+    raw.setdefault("event", "E")
+    return parse_message(raw, received_at=RECEIVED)
+
+
+def test_a_timestamp_without_sent_at_is_taken_as_is() -> None:
+    message = parse(timestamp="2024-05-01T12:00:00.123456789+0200")
+    assert message.timestamp == datetime(2024, 5, 1, 10, 0, 0, 123_456, tzinfo=UTC)
+    assert message.payload["timestamp"] == "2024-05-01T10:00:00.123456Z"
+    assert message.payload["receivedAt"] == iso(RECEIVED)
+
+
+def test_no_timestamp_at_all_means_received_at() -> None:
+    assert parse().timestamp == RECEIVED
+
+
+def test_sent_at_corrects_the_device_clock() -> None:
+    # The device clock is two hours behind: the event happened 10 s before it was sent.
+    message = parse(originalTimestamp="2024-05-01T10:00:05.250Z", sentAt="2024-05-01T10:00:15.250Z")
+    assert message.timestamp == RECEIVED - timedelta(seconds=10)
+    assert message.payload["originalTimestamp"] == "2024-05-01T10:00:05.250000Z"
+    assert message.payload["sentAt"] == "2024-05-01T10:00:15.250000Z"
+
+
+def test_original_timestamp_wins_over_timestamp_and_batch_sent_at_applies() -> None:
+    message = parse_message(
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "timestamp": "2020-01-01T00:00:00Z",
+            "originalTimestamp": "2024-05-01T09:59:00+0000",
+        },
+        received_at=RECEIVED,
+        batch_sent_at=parse_timestamp("2024-05-01T10:00:00Z"),
+    )
+    assert message.timestamp == RECEIVED - timedelta(minutes=1)
+
+
+def test_an_events_own_sent_at_wins_over_the_batch_one() -> None:
+    message = parse_message(
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "timestamp": "2024-05-01T10:00:00Z",
+            "sentAt": "2024-05-01T10:00:02Z",
+        },
+        received_at=RECEIVED,
+        batch_sent_at=parse_timestamp("2024-05-01T11:00:00Z"),
+    )
+    assert message.timestamp == RECEIVED - timedelta(seconds=2)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ("not an object", "(event)"),
+        (
+            {"type": "track", "userId": "u", "event": "E", "properties": {"x": "a" * 40_000}},
+            "(event)",
+        ),
+        ({"type": "launch", "userId": "u"}, "type"),
+        ({"userId": "u"}, "type"),
+        ({"type": "track", "userId": "u", "event": "E", "context": "web"}, "context"),
+        ({"type": "identify", "userId": "u", "traits": ["a"]}, "traits"),
+        ({"type": "track", "userId": "u", "event": "E", "properties": 1}, "properties"),
+        ({"type": "track", "userId": {"id": 1}, "event": "E"}, "userId"),
+        ({"type": "track", "userId": True, "event": "E"}, "userId"),
+        ({"type": "track", "anonymousId": ["a"], "event": "E"}, "anonymousId"),
+        ({"type": "track", "event": "E"}, "userId/anonymousId"),
+        ({"type": "track", "userId": "  ", "event": "E"}, "userId/anonymousId"),
+        ({"type": "track", "userId": "u"}, "event"),
+        ({"type": "track", "userId": "u", "event": "  "}, "event"),
+        ({"type": "track", "userId": "u", "event": "E" * 201}, "event"),
+        ({"type": "track", "userId": "u", "event": "E", "messageId": "m" * 201}, "messageId"),
+        ({"type": "page", "userId": "u", "name": 3}, "name"),
+        ({"type": "group", "userId": "u"}, "groupId"),
+        ({"type": "alias", "previousId": "a"}, "userId"),
+        ({"type": "alias", "userId": "u"}, "previousId"),
+        ({"type": "track", "userId": "u", "event": "E", "timestamp": "yesterday"}, "timestamp"),
+        ({"type": "track", "userId": "u", "event": "E", "timestamp": 1714557600}, "timestamp"),
+        ({"type": "track", "userId": "u", "event": "E", "sentAt": "soon"}, "sentAt"),
+        (
+            {"type": "track", "userId": "u", "event": "E", "originalTimestamp": "2024-99-01"},
+            "originalTimestamp",
+        ),
+    ],
+)
+def test_errors_name_the_field_at_fault(raw: Any, field: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_message(raw, received_at=RECEIVED)
+    assert caught.value.field == field
+    assert caught.value.message
+
+
+def test_a_bad_timestamp_says_what_to_send() -> None:
+    with pytest.raises(InvalidEvent, match=r"2024-05-01T12:00:00\.000Z"):
+        parse(timestamp="yesterday")
+
+
+def test_the_endpoint_decides_the_type() -> None:
+    message = parse_message(
+        {"type": "page", "userId": "u", "event": "Clicked"}, received_at=RECEIVED, type_hint="track"
+    )
+    assert (message.type, message.event, message.payload["type"]) == ("track", "Clicked", "track")
+
+
+def test_the_payload_is_normalised() -> None:
+    message = parse_message(
+        {
+            "type": "track",
+            "userId": 42,
+            "anonymousId": " a-1 ",
+            "event": " Viewed ",
+            "writeKey": "secret",
+            "context": {"page": {"path": "/x"}},
+        },
+        received_at=RECEIVED,
+        batch_context={"library": {"name": "lib"}, "page": {"path": "/batch"}},
+        batch_integrations={"All": False},
+    )
+    assert (message.user_id, message.anonymous_id, message.event) == ("42", "a-1", "Viewed")
+    assert message.message_id.startswith("ariane-")
+    payload = message.payload
+    assert "writeKey" not in payload
+    assert payload["userId"] == "42" and payload["messageId"] == message.message_id
+    assert payload["context"] == {"library": {"name": "lib"}, "page": {"path": "/x"}}
+    assert payload["integrations"] == {"All": False}
+
+
+def test_a_given_message_id_is_kept() -> None:
+    assert parse(messageId=" m-1 ").message_id == "m-1"
+    assert parse(messageId=7).message_id == "7"
