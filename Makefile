@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	ARIANE_DATABASE_URL=$(ARIANE_DATABASE_URL) $(VENV)/bin/ariane migrate
-	ARIANE_DATABASE_URL=$(ARIANE_DATABASE_URL) $(VENV)/bin/ariane serve --host 127.0.0.1 --port $(ARIANE_PORT)
+	ARIANE_DATABASE_URL='$(ARIANE_DATABASE_URL)' $(VENV)/bin/ariane migrate
+	ARIANE_DATABASE_URL='$(ARIANE_DATABASE_URL)' $(VENV)/bin/ariane serve --host 127.0.0.1 --port $(ARIANE_PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ariane.bootstrap import Container, build
@@ -25,17 +28,22 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(profile_app, name="profile")
 app.add_typer(import_app, name="import")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
 
 
-def _container() -> Container:
-    return build(load_settings())
+@contextmanager
+def _container() -> Iterator[Container]:
+    container = build(load_settings())
+    try:
+        yield container
+    finally:
+        container.close()
 
 
 def _fail(error: DomainError) -> typer.Exit:
     where = f" ({error.field})" if error.field else ""
-    err.print(f"[red]error{where}:[/red] {error.message}")
+    err.print(f"[red]error{escape(where)}:[/red] {escape(error.message)}", soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -44,18 +52,20 @@ def migrate() -> None:
     """Create or upgrade the database schema."""
     from ariane.storage.migrate import upgrade
 
-    container = _container()
-    upgrade(container.db)
-    console.print(f"database is up to date ({container.db.dialect.name})")
+    with _container() as container:
+        upgrade(container.db)
+        console.print(f"database is up to date ({container.db.dialect.name})", markup=False)
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface; ARIANE_HOST by default.")] = None,
     port: Annotated[int | None, typer.Option(help="Port; ARIANE_PORT by default.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes; ARIANE_WORKERS by default.")
+    ] = None,
 ) -> None:
-    """Serve the tracking API, the admin API and /metrics."""
+    """Serve the tracking API (/v1), the admin API (/api) and /metrics."""
     import uvicorn
 
     settings = load_settings()
@@ -63,7 +73,7 @@ def serve(
         "ariane.web.asgi:app_factory",
         factory=True,
         host=host or settings.host,
-        port=port or settings.port,
+        port=settings.port if port is None else port,
         workers=workers or settings.workers,
         log_level=os.environ.get("ARIANE_LOG_LEVEL", "info"),
         access_log=False,
@@ -73,19 +83,21 @@ def serve(
 @sources_app.command("create")
 def sources_create(name: str) -> None:
     """Create a source; its write key is printed on the last line, and never again."""
-    try:
-        source, write_key = _container().access.create_source(name)
-    except DomainError as error:
-        raise _fail(error) from None
-    console.print(f"source {source.name} created (id {source.id}); its write key:")
+    with _container() as container:
+        try:
+            source, write_key = container.access.create_source(name)
+        except DomainError as error:
+            raise _fail(error) from None
+    console.print(f"source {source.name} created (id {source.id}); its write key:", markup=False)
     print(write_key)
 
 
 @sources_app.command("list")
 def sources_list() -> None:
-    """List the sources."""
-    for source in _container().access.list_sources():
-        print(f"{source.id}\t{source.name}\t{source.created_at.isoformat()}")
+    """List the sources: id, name and creation time, tab-separated."""
+    with _container() as container:
+        for source in container.access.list_sources():
+            print(f"{source.id}\t{source.name}\t{source.created_at.isoformat()}")
 
 
 @tokens_app.command("create")
@@ -94,11 +106,12 @@ def tokens_create(
     name: Annotated[str, typer.Option(help="Who or what the token is for.")] = "",
 ) -> None:
     """Create an API token; it is printed on the last line, and never again."""
-    try:
-        token, secret = _container().access.create_token(role, name)
-    except DomainError as error:
-        raise _fail(error) from None
-    console.print(f"{token.role} token {token.name} created (id {token.id}):")
+    with _container() as container:
+        try:
+            token, secret = container.access.create_token(role, name)
+        except DomainError as error:
+            raise _fail(error) from None
+    console.print(f"{token.role} token {token.name} created (id {token.id}):", markup=False)
     print(secret)
 
 
@@ -110,21 +123,27 @@ def _dump(value: Any) -> str:
 def profile_show(
     profile_id: Annotated[str | None, typer.Argument(help="A profile id.")] = None,
     email: Annotated[str | None, typer.Option(help="Find the profile by email.")] = None,
-    id_type: Annotated[str | None, typer.Option("--type", help="Any identifier type.")] = None,
-    value: Annotated[str | None, typer.Option(help="Its value, with --type.")] = None,
+    id_type: Annotated[
+        str | None, typer.Option("--type", help="Find it by any identifier type: user_id, ...")
+    ] = None,
+    value: Annotated[str | None, typer.Option(help="The identifier's value, with --type.")] = None,
 ) -> None:
     """Print the 360° view of one profile as JSON."""
-    profiles = _container().profiles
-    try:
-        if profile_id is None:
-            if email is not None:
-                id_type, value = "email", email
-            if id_type is None or value is None:
-                raise DomainError("give a profile id, --email, or --type with --value", field="id")
-            profile_id = profiles.lookup(id_type, value)
-        print(_dump(profiles.view(profile_id)))
-    except DomainError as error:
-        raise _fail(error) from None
+    with _container() as container:
+        profiles = container.profiles
+        try:
+            if profile_id is None:
+                if email is not None:
+                    id_type, value = "email", email
+                if id_type is None or value is None:
+                    raise DomainError(
+                        "give a profile id, --email, or --type with --value", field="id"
+                    )
+                profile_id = profiles.lookup(id_type, value)
+            view = profiles.view(profile_id)
+        except DomainError as error:
+            raise _fail(error) from None
+    print(_dump(view))
 
 
 @import_app.command("events")
@@ -134,54 +153,41 @@ def import_events(
     ],
     source: Annotated[str, typer.Option(help="Name of the source the events belong to.")],
     file_format: Annotated[
-        str | None, typer.Option("--format", help="jsonl, csv or parquet.")
+        str | None, typer.Option("--format", help="jsonl, csv or parquet (default: by suffix).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Events per transaction.")] = 500,
+    batch_size: Annotated[int, typer.Option(min=1, help="Events per transaction.")] = 500,
 ) -> None:
-    """Import events through the same pipeline as the tracking API."""
-    from ariane.services.imports import count_rows, read_events
-    from ariane.services.ingest import Envelope
-    from ariane.storage import access as access_store
+    """Import events through the same pipeline as the tracking API.
 
-    container = _container()
-    with container.db.read() as conn:
-        found = access_store.source_by_name(conn, source)
-    if found is None:
-        raise _fail(
-            DomainError(f"no source named {source!r}; see `ariane sources list`", field="source")
-        )
-    totals = {"accepted": 0, "duplicates": 0, "quarantined": 0}
-    try:
-        total = count_rows(file, file_format)
-        batch: list[Any] = []
+    Invalid rows are quarantined, rows already stored (same messageId) are skipped, and
+    every event is resolved to a profile. Nested fields of CSV and Parquet files are
+    named with dots: properties.revenue, context.traits.email.
+    """
+    from ariane.services.imports import EventImporter, count_rows
 
-        def flush() -> None:
-            result = container.ingest.ingest(
-                found.id, batch, Envelope(received_at=container.clock())
-            )
-            totals["accepted"] += result.accepted
-            totals["duplicates"] += result.duplicates
-            totals["quarantined"] += result.quarantined
-            progress.advance(task, len(batch))
-            batch.clear()
-
-        with Progress(
-            TextColumn("importing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-        ) as progress:
-            task = progress.add_task("import", total=total)
-            for raw in read_events(file, file_format):
-                batch.append(raw)
-                if len(batch) >= batch_size:
-                    flush()
-            if batch:
-                flush()
-    except DomainError as error:
-        raise _fail(error) from None
+    with _container() as container:
+        importer = EventImporter(container.db, container.access, container.ingest, container.clock)
+        try:
+            source_id = importer.source_id(source)
+            total = count_rows(file, file_format)
+            with Progress(
+                TextColumn("importing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+            ) as progress:
+                task = progress.add_task("import", total=total)
+                report = importer.run(
+                    file,
+                    source_id,
+                    file_format=file_format,
+                    batch_size=batch_size,
+                    progress=lambda done: progress.advance(task, done),
+                )
+        except DomainError as error:
+            raise _fail(error) from None
     print(
-        f"accepted {totals['accepted']}, duplicates {totals['duplicates']},"
-        f" quarantined {totals['quarantined']}"
+        f"{report.rows} row{'' if report.rows == 1 else 's'}: accepted {report.accepted},"
+        f" duplicates {report.duplicates}, quarantined {report.quarantined}"
     )

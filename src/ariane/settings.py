@@ -6,13 +6,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+DEFAULT_LIMITS = {"user_id": 1}
+DEFAULT_PRIORITIES = {
+    "user_id": 100,
+    "email": 80,
+    "phone": 70,
+    "device_id": 40,
+    "anonymous_id": 20,
+}
 
 
 class IdentitySettings(BaseModel):
@@ -26,18 +35,22 @@ class IdentitySettings(BaseModel):
     """
 
     custom_types: list[str] = Field(default_factory=list)
-    limits: dict[str, int] = Field(default_factory=lambda: {"user_id": 1})
-    priorities: dict[str, int] = Field(
-        default_factory=lambda: {
-            "user_id": 100,
-            "email": 80,
-            "phone": 70,
-            "device_id": 40,
-            "anonymous_id": 20,
-        }
-    )
+    limits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    priorities: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
     default_priority: int = 60
     default_phone_region: str | None = None
+
+    # Configured tables are laid over the defaults rather than replacing them: a file
+    # that only sets `email = 5` must not silently lift the one-user-id rule.
+    @field_validator("limits")
+    @classmethod
+    def _over_default_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        return {**DEFAULT_LIMITS, **value}
+
+    @field_validator("priorities")
+    @classmethod
+    def _over_default_priorities(cls, value: dict[str, int]) -> dict[str, int]:
+        return {**DEFAULT_PRIORITIES, **value}
 
     def priority(self, id_type: str) -> int:
         return self.priorities.get(id_type, self.default_priority)

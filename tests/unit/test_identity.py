@@ -327,7 +327,7 @@ def test_limits_are_configurable_per_type() -> None:
     assert (result.profile_id, result.merges) == ("A", [])
     assert [d.identifier for d in result.dropped] == ids(("email", "b@x.io"))
 
-    unlimited = resolver(("user_id", "u1", "A"), ("user_id", "u2", "B"), limits={})
+    unlimited = resolver(("user_id", "u1", "A"), ("user_id", "u2", "B"), limits={"user_id": 2})
     merged = unlimited.resolve(ids(("user_id", "u1"), ("user_id", "u2")))
     assert [(m.survivor, m.absorbed) for m in merged.merges] == [("A", "B")]
 
@@ -397,3 +397,11 @@ def test_merges_within_one_batch_chain_to_a_single_survivor() -> None:
     assert [(m.survivor, m.absorbed) for m in signed_in.merges] == [("USER", phone.profile_id)]
     assert set(r.index.owners.values()) == {"USER"}
     assert r.index.held["USER"]["anonymous_id"] == {"phone", "tablet"}
+
+
+def test_configured_limits_and_priorities_are_laid_over_the_defaults() -> None:
+    configured = IdentitySettings(limits={"email": 3}, priorities={"loyalty_card": 90})
+    assert configured.limits == {"user_id": 1, "email": 3}
+    assert configured.priority("loyalty_card") == 90
+    assert configured.priority("user_id") == 100
+    assert IdentitySettings(limits={"user_id": 2}).limits == {"user_id": 2}

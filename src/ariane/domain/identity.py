@@ -11,8 +11,9 @@ join them is dropped instead.
 from __future__ import annotations
 
 import re
+import secrets
+import time
 import unicodedata
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,7 +197,12 @@ class IdentityIndex:
 
 
 def _new_profile_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex characters: microseconds since the epoch, then 72 random bits.
+
+    Ids that grow with time put each batch's new profiles next to each other in every
+    index keyed by profile id, instead of scattering them over random pages.
+    """
+    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(9)}"
 
 
 class Resolver:

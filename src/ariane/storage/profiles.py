@@ -25,13 +25,15 @@ _CHUNK = 400
 
 
 def find_owners(conn: Connection, keys: Collection[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    # A plain IN on the leading key column is an index probe on both databases; a row
+    # value IN ((type, value), ...) is planned far worse by PostgreSQL.
+    wanted = set(keys)
     rows: list[tuple[str, str, str]] = []
-    pair = sa.tuple_(identities.c.type, identities.c.value)
-    for chunk in chunked(sorted(keys), _CHUNK):
+    for chunk in chunked(sorted({value for _, value in wanted}), _CHUNK):
         query = sa.select(identities.c.type, identities.c.value, identities.c.profile_id).where(
-            pair.in_(chunk)
+            identities.c.value.in_(chunk)
         )
-        rows.extend((t, v, p) for t, v, p in conn.execute(query))
+        rows.extend((t, v, p) for t, v, p in conn.execute(query) if (t, v) in wanted)
     return rows
 
 

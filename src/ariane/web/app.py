@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,8 +46,17 @@ def route_table(app: FastAPI) -> list[tuple[str, str]]:
     return table
 
 
-def create_app(container: Container) -> FastAPI:
+def create_app(container: Container, *, owns_container: bool = False) -> FastAPI:
+    """The application over `container`; it closes the container on shutdown if it owns it."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_container:
+            container.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Ariane",
         version="0.1.0",
         description="Tracking API (Segment spec) under /v1; admin API under /api.",

@@ -10,4 +10,4 @@ from ariane.web.app import create_app
 
 
 def app_factory() -> FastAPI:
-    return create_app(build(load_settings()))
+    return create_app(build(load_settings()), owns_container=True)
