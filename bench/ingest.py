@@ -16,6 +16,7 @@ import http.client
 import os
 import platform
 import random
+import signal
 import socket
 import sqlite3
 import statistics
@@ -270,6 +271,43 @@ def drop_postgres(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """Inclusive share of busy samples per function, from py-spy's collapsed stacks.
+
+    Threads queueing for the SQLite write lock are counted apart: they are waiting, and
+    would otherwise appear to spend their time inside the transaction that holds it.
+    """
+    totals: dict[str, int] = {}
+    busy = waiting = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = stack.split(";")
+        if "_transaction (ariane/storage/database.py" in frames[-1] or any(
+            "acquire" in frame for frame in frames[-2:]
+        ):
+            waiting += count
+            continue
+        busy += count
+        for name in {frame.split(" (")[0] + " " + _module_of(frame) for frame in frames}:
+            totals[name] = totals.get(name, 0) + count
+    ranked = sorted(totals.items(), key=lambda item: -item[1])
+    return {
+        "busy_samples": busy,
+        "waiting_for_write_lock_samples": waiting,
+        "inclusive_percent_of_busy": [
+            (name, round(100 * count / max(busy, 1), 1))
+            for name, count in ranked
+            if "ariane" in name or "sqlalchemy" in name or "starlette" in name
+        ][:top],
+    }
+
+
+def _module_of(frame: str) -> str:
+    where = frame.rsplit(" (", 1)[-1].rstrip(")").rsplit(":", 1)[0]
+    return "(" + where.split("site-packages/")[-1].split("src/")[-1] + ")"
+
+
 def bench_one(
     backend: str, events: list[dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -287,10 +325,37 @@ def bench_one(
             raw_target = url
         try:
             server = Server(url, args.workers)
+            spy = None
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                profile_path = args.profile / f"{backend}.txt"
+                spy = subprocess.Popen(
+                    [
+                        str(VENV_BIN / "py-spy"),
+                        "record",
+                        "--subprocesses",
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "--output",
+                        str(profile_path),
+                        "--pid",
+                        str(server.process.pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                time.sleep(1)
             try:
                 result = send(server, bodies, args.connections)
             finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(timeout=60)
                 server.stop()
+            if spy is not None:
+                result["profile"] = summarise_profile(profile_path)
             if backend == "sqlite":
                 raw = raw_insert_sqlite(raw_target, events, args.batch)
             else:
@@ -318,6 +383,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument(
+        "--profile", type=Path, help="record the server with py-spy into this folder"
+    )
     args = parser.parse_args()
     events = generate(args.people, args.events)
     report: dict[str, Any] = {
@@ -330,7 +398,7 @@ def main() -> None:
     }
     for backend in args.backends.split(","):
         report[backend] = bench_one(backend, events, args)
-    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the field, so a quarantined event says exactly what its sender must fix.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +48,12 @@ class Message:
     def properties(self) -> dict[str, Any]:
         properties: dict[str, Any] = self.payload.get("properties") or {}
         return properties
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_iso(moment: datetime) -> str:
+    # receivedAt and a batch's sentAt are the same for every event of a request.
+    return iso(moment)
 
 
 def _optional_id(raw: dict[str, Any], key: str) -> str | None:
@@ -159,9 +166,9 @@ def parse_message(
     if original is not None:
         payload["originalTimestamp"] = iso(original)
     if sent_at is not None:
-        payload["sentAt"] = iso(sent_at)
-    payload["timestamp"] = iso(timestamp)
-    payload["receivedAt"] = iso(received_at)
+        payload["sentAt"] = _batch_iso(sent_at)
+    payload["timestamp"] = payload["originalTimestamp"] if timestamp is original else iso(timestamp)
+    payload["receivedAt"] = _batch_iso(received_at)
     payload.pop("writeKey", None)
     if user_id is not None:
         payload["userId"] = user_id

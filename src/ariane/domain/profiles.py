@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ariane.domain.clock import iso
 from ariane.domain.messages import Message
 
 
@@ -39,7 +38,7 @@ def set_trait(
 
 def apply_message(profile: ProfileState, message: Message, source: str) -> None:
     """Fold one accepted event into the profile."""
-    at = iso(message.timestamp)
+    at: str = message.payload["timestamp"]
     context_traits = message.context.get("traits")
     if isinstance(context_traits, dict):
         for key, value in context_traits.items():

@@ -26,15 +26,7 @@ def seen_message_ids(conn: Connection, source_id: str, message_ids: Collection[s
 
 def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[dict[str, Any]]) -> None:
     """Insert events; a messageId stored by a concurrent writer meanwhile is a lost race."""
-    if not rows:
-        return
-    statement = (
-        dialect.insert(events)
-        .on_conflict_do_nothing(index_elements=["source_id", "message_id"])
-        .returning(events.c.id)
-    )
-    inserted = conn.execute(statement, rows).all()
-    if len(inserted) != len(rows):
+    if dialect.insert_ignoring_conflicts(conn, events, rows) != len(rows):
         raise RetryTransaction("a messageId was stored by another writer meanwhile")
 
 

@@ -146,15 +146,10 @@ def insert_identities(
             "source_id": source_id,
             "created_at": now,
         }
-        for ident, profile_id, source_id in sorted(rows, key=lambda r: r[0].key)
+        # In key order, so that concurrent writers wait for each other instead of deadlocking.
+        for ident, profile_id, source_id in sorted(rows, key=lambda r: (r[0].value, r[0].type))
     ]
-    statement = (
-        dialect.insert(identities)
-        .on_conflict_do_nothing()
-        .returning(identities.c.type, identities.c.value)
-    )
-    inserted = conn.execute(statement, params).all()
-    if len(inserted) != len(params):
+    if dialect.insert_ignoring_conflicts(conn, identities, params) != len(params):
         raise RetryTransaction("an identifier was claimed by another writer meanwhile")
 
 
