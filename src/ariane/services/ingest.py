@@ -111,27 +111,42 @@ class IngestService:
             planned.append(_Planned(message, identifiers, previous))
         result.quarantined = len(rejected)
 
+        attempts = 0
+
         def work(conn: Connection) -> IngestResult:
+            nonlocal attempts
+            attempts += 1
             outcome = IngestResult(
                 duplicates=result.duplicates,
                 quarantined=result.quarantined,
                 problems=result.problems,
             )
             event_store.insert_quarantine(conn, rejected)
-            self._apply(conn, source_id, planned, outcome)
+            # Resent events are the exception: the first attempt does not look for them,
+            # and the event insert, which counts what it stored, sends a batch holding one
+            # back here for a second attempt that does.
+            self._apply(conn, source_id, planned, outcome, find_resent=attempts > 1)
             return outcome
 
         return self.db.write(work)
 
     def _apply(
-        self, conn: Connection, source_id: str, planned: list[_Planned], result: IngestResult
+        self,
+        conn: Connection,
+        source_id: str,
+        planned: list[_Planned],
+        result: IngestResult,
+        *,
+        find_resent: bool,
     ) -> None:
         if not planned:
             return
         now = self.clock()
         dialect = self.db.dialect
-        seen = event_store.seen_message_ids(
-            conn, source_id, [p.message.message_id for p in planned]
+        seen = (
+            event_store.seen_message_ids(conn, source_id, [p.message.message_id for p in planned])
+            if find_resent
+            else set()
         )
         if seen:
             result.duplicates += sum(1 for p in planned if p.message.message_id in seen)
@@ -186,7 +201,7 @@ class IngestService:
                 profile_id = absorbed_into[profile_id]
             return profile_id
 
-        profile_store.insert_profiles(conn, created.values(), now)
+        profile_store.insert_profiles(conn, dialect, created.values(), now)
         profile_store.insert_identities(
             conn, dialect, [(i, final(p), source_id) for i, p in new_identities], now
         )
@@ -221,7 +236,7 @@ class IngestService:
         if consent_updates:
             consent_store.record_changes(conn, consent_updates)
         profile_store.update_profiles(
-            conn, [s for pid, s in live.items() if pid not in created], now
+            conn, dialect, [s for pid, s in live.items() if pid not in created], now
         )
         result.accepted = len(rows)
         result.profile_ids = [str(row["profile_id"]) for row in rows]

@@ -53,16 +53,33 @@ class Dialect:
         Returns how many went in. This is the path every event takes: SQLAlchemy's
         batched insert reports no row count on PostgreSQL, and RETURNING costs more
         than the insert itself, so values are converted here and handed to the driver.
+        Column names come from the code, never from input.
         """
         if not rows:
             return 0
         columns = list(rows[0])
-        converters = [self._converter(table.c[name].type) for name in columns]
         names = ", ".join(f'"{c}"' for c in columns)
         marks = ", ".join([self.placeholder] * len(columns))
         sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING'
+        return int(conn.exec_driver_sql(sql, self._params(table, columns, rows)).rowcount)
+
+    def update_many(
+        self, conn: Connection, table: sa.Table, key: str, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """`UPDATE table SET ... WHERE key = ...` for each row, through the driver's executemany."""
+        if not rows:
+            return
+        columns = [c for c in rows[0] if c != key]
+        assignments = ", ".join(f'"{c}" = {self.placeholder}' for c in columns)
+        sql = f'UPDATE "{table.name}" SET {assignments} WHERE "{key}" = {self.placeholder}'
+        conn.exec_driver_sql(sql, self._params(table, [*columns, key], rows))
+
+    def _params(
+        self, table: sa.Table, columns: list[str], rows: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Any, ...]]:
         pick = operator.itemgetter(*columns)
-        to_convert = [(i, f) for i, f in enumerate(converters) if f is not None]
+        converters = [(i, self._converter(table.c[c].type)) for i, c in enumerate(columns)]
+        to_convert = [(i, f) for i, f in converters if f is not None]
         params = []
         for row in rows:
             values = list(pick(row)) if len(columns) > 1 else [pick(row)]
@@ -70,7 +87,7 @@ class Dialect:
                 if values[i] is not None:
                     values[i] = convert(values[i])
             params.append(tuple(values))
-        return int(conn.exec_driver_sql(sql, params).rowcount)
+        return params
 
     def _converter(self, column_type: Any) -> Callable[[Any], Any] | None:
         if isinstance(column_type, sa.JSON):

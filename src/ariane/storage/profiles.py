@@ -84,11 +84,12 @@ def lock_profiles(
     return states
 
 
-def insert_profiles(conn: Connection, states: Iterable[ProfileState], now: datetime) -> None:
+def insert_profiles(
+    conn: Connection, dialect: Dialect, states: Iterable[ProfileState], now: datetime
+) -> None:
     rows = [
         {
             "id": s.id,
-            "merged_into": None,
             "traits": s.traits,
             "computed": s.computed,
             "first_seen": s.first_seen,
@@ -98,14 +99,16 @@ def insert_profiles(conn: Connection, states: Iterable[ProfileState], now: datet
         }
         for s in states
     ]
-    if rows:
-        conn.execute(profiles.insert(), rows)
+    if dialect.insert_ignoring_conflicts(conn, profiles, rows) != len(rows):
+        raise RetryTransaction("a new profile id was taken meanwhile")
 
 
-def update_profiles(conn: Connection, states: Iterable[ProfileState], now: datetime) -> None:
+def update_profiles(
+    conn: Connection, dialect: Dialect, states: Iterable[ProfileState], now: datetime
+) -> None:
     rows = [
         {
-            "pid": s.id,
+            "id": s.id,
             "traits": s.traits,
             "computed": s.computed,
             "first_seen": s.first_seen,
@@ -114,19 +117,7 @@ def update_profiles(conn: Connection, states: Iterable[ProfileState], now: datet
         }
         for s in states
     ]
-    if rows:
-        statement = (
-            profiles.update()
-            .where(profiles.c.id == sa.bindparam("pid"))
-            .values(
-                traits=sa.bindparam("traits"),
-                computed=sa.bindparam("computed"),
-                first_seen=sa.bindparam("first_seen"),
-                last_seen=sa.bindparam("last_seen"),
-                updated_at=sa.bindparam("updated_at"),
-            )
-        )
-        conn.execute(statement, rows)
+    dialect.update_many(conn, profiles, "id", rows)
 
 
 def insert_identities(
