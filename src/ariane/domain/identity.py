@@ -16,7 +16,7 @@ import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import phonenumbers
 
@@ -42,7 +42,6 @@ _BLOCKED_VALUES = frozenset(
         "n/a",
     }
 )
-_ZEROS_AND_DASHES = re.compile(r"^[0-]*$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TYPE_NAME = re.compile(r"[^a-z0-9]+")
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -51,8 +50,8 @@ MAX_TYPE_LENGTH = 64
 MAX_VALUE_LENGTH = 512
 
 
-@dataclass(frozen=True, slots=True)
-class Identifier:
+class Identifier(NamedTuple):
+    # A tuple: built for every identifier of every event, and a dict key as it is.
     type: str
     value: str
 
@@ -62,7 +61,8 @@ class Identifier:
 
 
 def is_blocked(value: str) -> bool:
-    return bool(_ZEROS_AND_DASHES.match(value)) or value.lower() in _BLOCKED_VALUES
+    # Stripping zeros and dashes leaves nothing exactly when the value matches ^[0-]*$.
+    return not value.strip("0-") or value.lower() in _BLOCKED_VALUES
 
 
 def normalise_type(raw: str) -> str:
@@ -78,7 +78,10 @@ def normalise(
         return None
     if raw is None or isinstance(raw, (bool, dict, list)):
         return None
-    value = unicodedata.normalize("NFC", str(raw)).strip()
+    value = str(raw)
+    if not value.isascii():
+        value = unicodedata.normalize("NFC", value)
+    value = value.strip()
     if not value or len(value) > MAX_VALUE_LENGTH or is_blocked(value):
         return None
     if id_type == "email":
@@ -116,15 +119,12 @@ def extract_identifiers(message: Message, settings: IdentitySettings) -> list[Id
         ("user_id", message.user_id),
         ("anonymous_id", message.anonymous_id),
     ]
+    trait_types = ("email", "phone", *settings.custom_types)
     for traits in sources:
-        candidates.append(("email", traits.get("email")))
-        candidates.append(("phone", traits.get("phone")))
-        for custom in settings.custom_types:
-            candidates.append((custom, traits.get(custom)))
+        candidates.extend((t, traits[t]) for t in trait_types if traits.get(t) is not None)
     if message.type == "track":
         properties = message.properties
-        candidates.append(("email", properties.get("email")))
-        candidates.append(("phone", properties.get("phone")))
+        candidates.extend((t, properties[t]) for t in ("email", "phone") if t in properties)
     device = context.get("device")
     if isinstance(device, dict):
         candidates.append(("device_id", device.get("id")))
@@ -137,6 +137,8 @@ def extract_identifiers(message: Message, settings: IdentitySettings) -> list[Id
     seen: set[tuple[str, str]] = set()
     found: list[Identifier] = []
     for id_type, raw in candidates:
+        if raw is None:
+            continue
         ident = normalise(id_type, raw, default_phone_region=settings.default_phone_region)
         if ident is not None and ident.key not in seen:
             seen.add(ident.key)

@@ -80,12 +80,22 @@ class Dialect:
         pick = operator.itemgetter(*columns)
         converters = [(i, self._converter(table.c[c].type)) for i, c in enumerate(columns)]
         to_convert = [(i, f) for i, f in converters if f is not None]
+        # A batch repeats some values in every row (its receipt time, `now`): each column
+        # remembers its last conversion.
+        last: dict[int, tuple[Any, Any]] = {}
         params = []
         for row in rows:
             values = list(pick(row)) if len(columns) > 1 else [pick(row)]
             for i, convert in to_convert:
-                if values[i] is not None:
-                    values[i] = convert(values[i])
+                value = values[i]
+                if value is None:
+                    continue
+                seen = last.get(i)
+                if seen is not None and seen[0] is value:
+                    values[i] = seen[1]
+                else:
+                    values[i] = converted = convert(value)
+                    last[i] = (value, converted)
             params.append(tuple(values))
         return params
 
