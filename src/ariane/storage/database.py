@@ -7,7 +7,9 @@ COMMITTED transaction retried on deadlock or on a lost race (`RetryTransaction`)
 
 from __future__ import annotations
 
+import fcntl
 import operator
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -165,13 +167,13 @@ class Database:
                 self.url, connect_args={"check_same_thread": False, "timeout": 60}, **common
             )
             _configure_sqlite(self.engine)
-            self._write_lock: threading.Lock | None = threading.Lock()
+            self._writer: SQLiteWriter | None = SQLiteWriter(sa.make_url(self.url).database)
         else:
             self.dialect = PostgresDialect()
             self.engine = sa.create_engine(
                 self.url, pool_size=pool_size, max_overflow=pool_size, **common
             )
-            self._write_lock = None
+            self._writer = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -188,8 +190,8 @@ class Database:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        if self._write_lock is not None:
-            with self._write_lock, self.engine.connect() as conn:
+        if self._writer is not None:
+            with self._writer.hold(), self.engine.connect() as conn:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -217,6 +219,43 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writer is not None:
+            self._writer.close()
+
+
+class SQLiteWriter:
+    """One SQLite writer at a time, handed over without waiting.
+
+    SQLite's own busy handler makes a second writer sleep and poll, in steps growing to
+    100 ms; here threads queue on a lock and processes on an flock'd file beside the
+    database, and the next writer wakes the moment the previous one commits.
+    """
+
+    def __init__(self, database: str | None) -> None:
+        self._threads = threading.Lock()
+        in_memory = not database or database == ":memory:" or database.startswith("file::memory")
+        self._path = None if in_memory else f"{database}-writer.lock"
+        self._fd: int | None = None
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._threads:
+            if self._path is None:
+                yield
+                return
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _configure_sqlite(engine: Engine) -> None:
