@@ -363,6 +363,8 @@ def bench_one(
         finally:
             if name:
                 drop_postgres(name)
+    if result["failures"]:
+        raise RuntimeError(f"{backend}: {result['failures']} requests failed; no figure to report")
     events_per_s = len(events) / result["seconds"]
     return {
         **result,

@@ -41,20 +41,22 @@ def main() -> None:
         else:
             url, name = postgres_database()
         container = build(Settings(database_url=url))
-        upgrade(container.db)
-        source, _ = container.access.create_source("profile")
-        profiler = Profiler(interval=0.0005)
-        if not args.no_profile:
-            profiler.start()
-        started = time.perf_counter()
-        for batch in batches:
-            container.ingest.ingest(source.id, batch, Envelope(received_at=utcnow()))
-        elapsed = time.perf_counter() - started
-        if not args.no_profile:
-            profiler.stop()
-        container.close()
-        if name:
-            drop_postgres(name)
+        try:
+            upgrade(container.db)
+            source, _ = container.access.create_source("profile")
+            profiler = Profiler(interval=0.0005)
+            if not args.no_profile:
+                profiler.start()
+            started = time.perf_counter()
+            for batch in batches:
+                container.ingest.ingest(source.id, batch, Envelope(received_at=utcnow()))
+            elapsed = time.perf_counter() - started
+            if not args.no_profile:
+                profiler.stop()
+        finally:
+            container.close()
+            if name:
+                drop_postgres(name)
     print(f"{len(events) / elapsed:.0f} events/s in-process ({args.backend})")
     if not args.no_profile:
         print(profiler.output_text(unicode=False, color=False, show_all=False))

@@ -98,7 +98,6 @@ def test_sigkill_mid_stream_then_resend_everything(server: Server, admin: httpx.
     every_id = {e["messageId"] for batch in batches for e in batch}
     stored = stored_message_ids(server.db_url)
     assert set(stored) == every_id
-    assert set(stored.values()) == {1}
 
     # Profiles were updated in the same transactions: re-sent events counted once.
     for n in range(USERS):

@@ -156,7 +156,9 @@ def test_no_match_creates_one_match_attaches_several_merge(
     assert_consistent(container.db)
 
 
-def test_two_people_with_user_ids_are_never_merged(tracker: Tracker, container: Container) -> None:
+def test_two_people_with_user_ids_are_never_merged(
+    tracker: Tracker, container: Container, clock: FakeClock
+) -> None:
     tracker.send(
         {
             "type": "identify",
@@ -167,6 +169,8 @@ def test_two_people_with_user_ids_are_never_merged(tracker: Tracker, container: 
             "timestamp": at(0),
         }
     )
+    alice_before = tracker.lookup("user_id", "alice")
+    clock.advance(minutes=5)
     tracker.send(
         {
             "type": "identify",
@@ -193,6 +197,8 @@ def test_two_people_with_user_ids_are_never_merged(tracker: Tracker, container: 
     # Bob's traits are his, even when his event carried Alice's email.
     assert bob["traits"]["name"] == "Bob"
     assert "name" not in alice["traits"]
+    # Alice's profile was only looked at: it is not rewritten.
+    assert alice["updated_at"] == alice_before["updated_at"]
 
     decisions = rows(container.db, identity_decisions)
     assert {(d["identifier_type"], d["identifier_value"]) for d in decisions} == {

@@ -138,6 +138,35 @@ def test_an_events_own_sent_at_wins_over_the_batch_one() -> None:
         ({"type": "track", "userId": "u", "event": "E", "timestamp": 1714557600}, "timestamp"),
         ({"type": "track", "userId": "u", "event": "E", "sentAt": "soon"}, "sentAt"),
         (
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "E",
+                "timestamp": "0001-01-01T00:00:00+01:00",
+            },
+            "timestamp",
+        ),
+        (
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "E",
+                "timestamp": "0001-01-01T00:00:00Z",
+                "sentAt": "9999-12-31T00:00:00Z",
+            },
+            "timestamp",
+        ),
+        (
+            {"type": "track", "userId": "u", "event": "E", "timestamp": "2100-01-01T00:00:00Z"},
+            "timestamp",
+        ),
+        ({"type": "track", "userId": "u\x00", "event": "E"}, "userId"),
+        (
+            {"type": "track", "userId": "u", "event": "E", "properties": {"a": ["\x00"]}},
+            "properties",
+        ),
+        ({"type": "track", "userId": "u", "event": "E", "properties": {"a\x00": 1}}, "properties"),
+        (
             {"type": "track", "userId": "u", "event": "E", "originalTimestamp": "2024-99-01"},
             "originalTimestamp",
         ),
@@ -188,3 +217,42 @@ def test_the_payload_is_normalised() -> None:
 def test_a_given_message_id_is_kept() -> None:
     assert parse(messageId=" m-1 ").message_id == "m-1"
     assert parse(messageId=7).message_id == "7"
+
+
+def test_a_clock_slightly_ahead_is_accepted_but_not_a_day_ahead() -> None:
+    ahead = RECEIVED + timedelta(hours=23)
+    message = parse_message(
+        {"type": "track", "userId": "u", "event": "E", "timestamp": iso(ahead)},
+        received_at=RECEIVED,
+    )
+    assert message.timestamp == ahead
+    # With sentAt the skew is corrected, however wrong the device clock.
+    corrected = parse_message(
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "timestamp": "2100-01-01T00:00:00Z",
+            "sentAt": "2100-01-01T00:00:05Z",
+        },
+        received_at=RECEIVED,
+    )
+    assert corrected.timestamp == RECEIVED - timedelta(seconds=5)
+
+
+def test_a_literal_backslash_u0000_text_is_not_a_nul() -> None:
+    message = parse_message(
+        {"type": "track", "userId": "u", "event": "E", "properties": {"note": "\\u0000"}},
+        received_at=RECEIVED,
+    )
+    assert message.properties["note"] == "\\u0000"
+
+
+def test_a_nul_in_the_batch_context_is_refused() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_message(
+            {"type": "track", "userId": "u", "event": "E"},
+            received_at=RECEIVED,
+            batch_context={"ip": "1.2.3.4\x00"},
+        )
+    assert caught.value.field == "context"

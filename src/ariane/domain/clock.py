@@ -31,7 +31,11 @@ def parse_timestamp(text: str) -> datetime:
         tz += ":00"
     elif ":" not in tz:
         tz = f"{tz[:3]}:{tz[3:]}"
-    return datetime.fromisoformat(f"{match['date']}T{time}.{frac}{tz}").astimezone(UTC)
+    try:
+        return datetime.fromisoformat(f"{match['date']}T{time}.{frac}{tz}").astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+01:00 is a valid text but before datetime.min in UTC.
+        raise ValueError(f"{text!r} is out of the range of dates") from None
 
 
 def iso(moment: datetime) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,6 +20,9 @@ from ariane.domain.errors import InvalidEvent
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
 # Stored in indexed columns of this width (storage.tables.events).
 MAX_NAME_LENGTH = 200
+# An event dated further ahead of its receipt than this comes from a clock that is wrong:
+# kept, it would hold a trait or a consent against every later change.
+MAX_AHEAD = timedelta(days=1)
 _OBJECT_FIELDS = ("context", "traits", "properties", "integrations")
 
 
@@ -80,6 +83,31 @@ def _timestamp(raw: dict[str, Any], key: str) -> datetime | None:
         ) from None
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def _refuse_nul(raw: dict[str, Any], encoded: bytes, batch_context: dict[str, Any] | None) -> None:
+    # orjson writes a NUL character as \u0000, so a fast search of the encoded event finds
+    # every candidate; the walk confirms it (a literal backslash-u0000 text matches too).
+    # PostgreSQL can store a NUL in no text or JSON column.
+    suspects = [(k, v) for k, v in raw.items()] if b"\\u0000" in encoded else []
+    if batch_context and b"\\u0000" in orjson.dumps(batch_context):
+        suspects.append(("context", batch_context))
+    for key, value in suspects:
+        if _holds_nul(key) or _holds_nul(value):
+            raise InvalidEvent(
+                "a value contains a NUL character (\\u0000), which cannot be stored; remove it",
+                field=key.replace("\x00", "") or "(event)",
+            )
+
+
 def parse_message(
     raw: Any,
     *,
@@ -93,11 +121,13 @@ def parse_message(
     """Validate one event and return it normalised, or raise `InvalidEvent`."""
     if not isinstance(raw, dict):
         raise InvalidEvent("each event must be a JSON object", field="(event)")
-    size = len(orjson.dumps(raw))
-    if size > max_bytes:
+    encoded = orjson.dumps(raw)
+    if len(encoded) > max_bytes:
         raise InvalidEvent(
-            f"event is {size} bytes; the limit is {max_bytes} bytes per event", field="(event)"
+            f"event is {len(encoded)} bytes; the limit is {max_bytes} bytes per event",
+            field="(event)",
         )
+    _refuse_nul(raw, encoded, batch_context)
     msg_type = raw.get("type", type_hint) if type_hint is None else type_hint
     if msg_type not in MESSAGE_TYPES:
         raise InvalidEvent(
@@ -145,9 +175,21 @@ def parse_message(
     elif sent_at is not None:
         # Segment's clock-skew correction: the device clock may be wrong, but the time
         # between the event and its sending is measured on that same clock.
-        timestamp = received_at - (sent_at - original)
+        try:
+            timestamp = received_at - (sent_at - original)
+        except OverflowError:
+            raise InvalidEvent(
+                "timestamp and sentAt are too far apart to correct the device clock",
+                field="timestamp",
+            ) from None
     else:
         timestamp = original
+    if timestamp - received_at > MAX_AHEAD:
+        raise InvalidEvent(
+            f"timestamp {iso(timestamp)} is more than {MAX_AHEAD.days} day ahead of its receipt;"
+            " fix the sending clock, or send sentAt so that Ariane can correct it",
+            field="timestamp",
+        )
 
     message_id = _optional_id(raw, "messageId") or f"ariane-{uuid.uuid4()}"
     if len(message_id) > MAX_NAME_LENGTH:

@@ -229,14 +229,23 @@ class IngestService:
             )
             for decision in consents_from_message(message.context, message.timestamp, source_id):
                 consent_updates.append((owner, decision))
+        # In arrival order: ids break timestamp ties on the timeline. Two writers storing
+        # the same resent events in different orders may deadlock; PostgreSQL detects it
+        # and the transaction is retried.
         event_store.insert_events(conn, dialect, rows)
         profile_store.record_decisions(
             conn, [(final(p), ident, reason, mid) for p, ident, reason, mid in dropped], now
         )
         if consent_updates:
             consent_store.record_changes(conn, consent_updates)
+        # Only the profiles this batch changed: an owner found for an identifier that was
+        # then dropped is left as it was.
+        changed = {row["profile_id"] for row in rows}
         profile_store.update_profiles(
-            conn, dialect, [s for pid, s in live.items() if pid not in created], now
+            conn,
+            dialect,
+            [s for pid, s in live.items() if pid in changed and pid not in created],
+            now,
         )
         result.accepted = len(rows)
         result.profile_ids = [str(row["profile_id"]) for row in rows]
