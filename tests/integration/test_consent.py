@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import base64
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import Connection
 
 from ariane.bootstrap import Container
+from ariane.domain.errors import NotFound
+from ariane.domain.identity import Merge
+from ariane.storage import personal_data
+from ariane.storage import profiles as profile_store
+from ariane.storage.tables import consents as consent_rows
 from tests.conftest import FakeClock
 
 
@@ -190,6 +200,9 @@ def test_consents_follow_a_merge(
         ({}, "status"),
         ({"status": "granted", "expires_at": "next week"}, "expires_at"),
         ({"status": "granted", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        # Past datetime.max once in UTC: no overflow reaches the database.
+        ({"status": "granted", "expires_at": "9999-12-31T23:59:59-05:00"}, "expires_at"),
+        ({"status": "granted", "expires_at": "9999-12-31T00:00:00Z"}, "expires_at"),
         ({"status": "granted", "expires": "2099-01-01T00:00:00Z"}, "expires"),
         ({"status": "granted", "source": ""}, "source"),
         ({"status": "granted", "source": "s" * 201}, "source"),
@@ -228,3 +241,122 @@ def test_a_bad_purpose_or_profile(
     )
     assert missing.status_code == 404
     assert missing.json()["code"] == "not_found"
+
+
+def test_an_expiry_up_to_a_hundred_years_ahead_is_kept(
+    client: TestClient, write_key: str, admin_token: dict[str, str], clock: FakeClock
+) -> None:
+    send(client, write_key, "identify", userId="long")
+    pid = profile_id(client, admin_token, "long")
+    expires = clock.now + timedelta(days=365 * 100)
+    response = client.put(
+        f"/api/profiles/{pid}/consents/research",
+        json={"status": "granted", "expires_at": expires.isoformat()},
+        headers=admin_token,
+    )
+    assert response.status_code == 200, response.text
+    assert datetime.fromisoformat(response.json()["expires_at"]) == expires
+
+
+def consent_owners(container: Container) -> list[str]:
+    with container.db.read() as conn:
+        return list(conn.execute(sa.select(consent_rows.c.profile_id)).scalars())
+
+
+def while_held(
+    container: Container, hold: Callable[[Connection], None], decide: Callable[[], Any]
+) -> Future[Any]:
+    """Run `decide` in a thread while another transaction, having done `hold`, is open.
+
+    Once `decide` waits for that transaction's locks (or has finished: it did not wait),
+    the transaction commits; the future holds what `decide` returned or raised.
+    """
+    pool = ThreadPoolExecutor(1)
+    with container.db.engine.connect() as held, held.begin():
+        hold(held)
+        decided = pool.submit(decide)
+        deadline = time.monotonic() + 10
+        while not decided.done() and not waits_for_a_lock(container):
+            assert time.monotonic() < deadline, "the decision neither finished nor waited"
+            time.sleep(0.01)
+    pool.shutdown(wait=True)
+    return decided
+
+
+def waits_for_a_lock(container: Container) -> bool:
+    with container.db.engine.connect() as conn:
+        waiting = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)
+
+
+def skip_on_sqlite(db_url: str) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite runs one write transaction at a time: there is no race to lose")
+
+
+def test_a_decision_taken_during_a_merge_lands_on_the_survivor(
+    db_url: str,
+    client: TestClient,
+    write_key: str,
+    admin_token: dict[str, str],
+    container: Container,
+    clock: FakeClock,
+) -> None:
+    skip_on_sqlite(db_url)
+    send(client, write_key, "page", anonymousId="drifter")
+    send(client, write_key, "identify", userId="keeper")
+    absorbed = client.get(
+        "/api/profiles/lookup",
+        params={"type": "anonymous_id", "value": "drifter"},
+        headers=admin_token,
+    ).json()["id"]
+    survivor = profile_id(client, admin_token, "keeper")
+
+    def merge(conn: Connection) -> None:
+        # What ingestion does when an event proves the two are one person.
+        profile_store.lock_profiles(conn, container.db.dialect, [absorbed, survivor])
+        merge = Merge(survivor, absorbed, linked_by=[], identifiers=[])
+        profile_store.record_merge(conn, merge, "test", None, clock.now)
+
+    decided = while_held(
+        container,
+        merge,
+        lambda: container.profiles.set_consent(absorbed, "sms", "granted", source="test"),
+    )
+
+    assert decided.result()["status"] == "granted"
+    assert consent_owners(container) == [survivor]
+    current = consents(client, admin_token, absorbed)["current"]
+    assert current["sms"]["granted"] is True
+    assert container.db.retries >= 1
+
+
+def test_a_decision_taken_during_an_erasure_is_erased_too(
+    db_url: str,
+    client: TestClient,
+    write_key: str,
+    admin_token: dict[str, str],
+    container: Container,
+) -> None:
+    skip_on_sqlite(db_url)
+    send(client, write_key, "identify", userId="leaving")
+    pid = profile_id(client, admin_token, "leaving")
+
+    def erase(conn: Connection) -> None:
+        person = personal_data.find_person(conn, pid, lock=container.db.dialect)
+        personal_data.erase(conn, person)
+
+    decided = while_held(
+        container,
+        erase,
+        lambda: container.profiles.set_consent(pid, "sms", "granted", source="test"),
+    )
+
+    with pytest.raises(NotFound):
+        decided.result()
+    assert consent_owners(container) == []

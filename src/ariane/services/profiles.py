@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +23,11 @@ from ariane.storage.database import Database
 from ariane.storage.tables import identities, profiles
 
 MAX_PAGE = 1000
+# Event ids are 64-bit integers on both databases.
+_MAX_EVENT_ID = 2**63 - 1
+# A grant meant never to lapse has no expiry; a later one is a mistake, and one past the
+# year 9999 cannot be stored.
+MAX_CONSENT_YEARS = 100
 
 
 def encode_cursor(timestamp: datetime, event_id: int) -> str:
@@ -33,12 +38,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at_text, id_text = text.split("|")
-        return parse_timestamp(at_text), int(id_text)
+        at, event_id = parse_timestamp(at_text), int(id_text)
+        if not 1 <= event_id <= _MAX_EVENT_ID:
+            raise ValueError(f"no event has the id {event_id}")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise DomainError(
             "cursor is not one this API returned; pass next_cursor from the previous page",
             field="cursor",
         ) from None
+    return at, event_id
 
 
 def live_profile_id(conn: Connection, profile_id: str) -> str:
@@ -150,10 +158,20 @@ class ProfileService:
                 raise DomainError(
                     f"expires_at must be in the future (now is {iso(now)})", field="expires_at"
                 )
+            if expires_at - now > timedelta(days=366 * MAX_CONSENT_YEARS):
+                raise DomainError(
+                    f"expires_at must be within {MAX_CONSENT_YEARS} years; leave it out for"
+                    " a grant that does not lapse",
+                    field="expires_at",
+                )
         decision = ConsentDecision(purpose, status, now, source, expires_at)
 
         def work(conn: Connection) -> list[ConsentDecision]:
             live = live_profile_id(conn, profile_id)
+            # The lock makes a concurrent merge or erasure of the profile wait for this
+            # decision, or this decision wait for them; one that committed meanwhile
+            # means starting again, to land on the survivor or to find no one.
+            profile_store.lock_profiles(conn, self.db.dialect, [live])
             consent_store.insert(conn, live, decision)
             return consent_store.history(conn, live)
 

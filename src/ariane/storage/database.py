@@ -2,7 +2,9 @@
 
 Writes go through `Database.write()`: on SQLite a `BEGIN IMMEDIATE` transaction guarded
 by a process-wide lock (one writer at a time, no busy-wait), on PostgreSQL a READ
-COMMITTED transaction retried on deadlock or on a lost race (`RetryTransaction`).
+COMMITTED transaction retried on deadlock or on a lost race (`RetryTransaction`), after
+a short random pause. Reads go through `Database.read()`: a read-only snapshot, so that
+a read of several queries never sees a write half-way.
 """
 
 from __future__ import annotations
@@ -10,21 +12,25 @@ from __future__ import annotations
 import fcntl
 import operator
 import os
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import DBAPIError
 
 T = TypeVar("T")
+
+# Pauses between attempts of a write, in seconds (see `backoff`).
+_BACKOFF_START = 0.001
+_BACKOFF_CAP = 0.1
 
 
 class RetryTransaction(Exception):
@@ -40,9 +46,6 @@ class Dialect:
 
     name = "base"
     placeholder = "?"
-
-    def insert(self, table: sa.Table) -> Any:
-        raise NotImplementedError
 
     def datetime_param(self, moment: datetime) -> Any:
         raise NotImplementedError
@@ -108,6 +111,10 @@ class Dialect:
             return self.datetime_param
         return None
 
+    def snapshot(self, conn: Connection) -> AbstractContextManager[Any]:
+        """A read-only transaction that sees one state of the database from start to end."""
+        raise NotImplementedError
+
     def lock_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select
 
@@ -118,27 +125,35 @@ class Dialect:
 class SQLiteDialect(Dialect):
     name = "sqlite"
 
-    def insert(self, table: sa.Table) -> Any:
-        return sqlite.insert(table)
-
     def datetime_param(self, moment: datetime) -> Any:
         # The text form SQLAlchemy's SQLite DateTime type reads back.
         if moment.tzinfo is not UTC:
             moment = moment.astimezone(UTC)
         return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
+    @contextmanager
+    def snapshot(self, conn: Connection) -> Iterator[None]:
+        # A deferred transaction reads from one WAL snapshot, taken at its first read.
+        # On an error the pool's rollback on check-in ends it.
+        conn.exec_driver_sql("BEGIN")
+        yield
+        conn.exec_driver_sql("COMMIT")
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
     placeholder = "%s"
 
-    def insert(self, table: sa.Table) -> Any:
-        return postgresql.insert(table)
-
     def datetime_param(self, moment: datetime) -> Any:
         if moment.tzinfo is not UTC:
             moment = moment.astimezone(UTC)
         return moment.replace(tzinfo=None)
+
+    def snapshot(self, conn: Connection) -> AbstractContextManager[Any]:
+        # READ COMMITTED would let each query of the read see a merge or an erasure
+        # committed between two of them. The connection's pool resets both options.
+        conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        return conn.begin()
 
     def lock_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select.with_for_update()
@@ -154,12 +169,26 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (from 0): doubling from 1 ms up to
+    100 ms, and random in the upper half of that, so that writers that collided once do
+    not collide again in step."""
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_START * 2.0 ** min(attempt, 16))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = normalise_url(url)
+        # Transactions run again after a lost race or a deadlock, for /metrics.
+        self.retries = 0
+        self._retries_lock = threading.Lock()
         common: dict[str, Any] = {
             "json_serializer": _json_dumps,
             "json_deserializer": orjson.loads,
+            # Errors end up in logs, and statement parameters hold identifiers, traits and
+            # key hashes: an error shows the SQL alone.
+            "hide_parameters": True,
         }
         if self.url.startswith("sqlite"):
             self.dialect: Dialect = SQLiteDialect()
@@ -175,18 +204,12 @@ class Database:
             )
             self._writer = None
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.dialect.name == "sqlite"
-
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn.exec_driver_sql("BEGIN")
+        """A connection in a transaction that sees one state of the database throughout
+        (and may not write, on PostgreSQL)."""
+        with self.engine.connect() as conn, self.dialect.snapshot(conn):
             yield conn
-            if self.is_sqlite:
-                conn.exec_driver_sql("COMMIT")
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -204,7 +227,10 @@ class Database:
                 yield conn
 
     def write(self, work: Callable[[Connection], T], *, attempts: int = 20) -> T:
-        """Run `work` in one write transaction, again from the start if it lost a race."""
+        """Run `work` in one write transaction, again from the start if it lost a race.
+
+        Each retry is counted in `retries` and waits a little longer than the last.
+        """
         for attempt in range(attempts):
             try:
                 with self._transaction() as conn:
@@ -215,6 +241,9 @@ class Database:
             except DBAPIError as error:
                 if not self.dialect.is_retryable(error) or attempt == attempts - 1:
                     raise
+            with self._retries_lock:
+                self.retries += 1
+            time.sleep(backoff(attempt))
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:
@@ -275,6 +304,3 @@ def _configure_sqlite(engine: Engine) -> None:
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-__all__ = ["Database", "NullPool", "OperationalError", "RetryTransaction", "chunked"]

@@ -68,7 +68,7 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
         default_response_class=FastJSON,
     )
     app.state.container = container
-    metrics = Metrics()
+    metrics = Metrics(transaction_retries=lambda: container.db.retries)
     app.state.metrics = metrics
     app.add_middleware(RequestTimer, histogram=metrics.requests, routes=lambda: route_table(app))
 

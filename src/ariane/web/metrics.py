@@ -7,19 +7,38 @@ which would buffer every response and run the endpoint in another task.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from time import perf_counter
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UNMATCHED = "unmatched"
 
 
+class _CountOf(Collector):
+    """A counter whose value another object keeps (read at scrape time)."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, transaction_retries: Callable[[], float] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(
+            _CountOf(
+                "ariane_transaction_retries",
+                "Write transactions run again after a lost race or a deadlock.",
+                transaction_retries,
+            )
+        )
         self.accepted = Counter(
             "ariane_events_accepted",
             "Events stored and applied to a profile.",

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
-import ariane.storage.tables as t
+from sqlalchemy.dialects import postgresql
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+# The column types as this revision creates them, spelled out rather than imported from
+# `ariane.storage.tables`: a later change there must not rewrite what 0001 did.
+JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
@@ -25,19 +29,19 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("role", sa.String(length=20), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", t.UTCDateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_api_tokens_token_hash")),
     )
     op.create_table(
         "consents",
-        sa.Column("id", t.BigId, autoincrement=True, nullable=False),
+        sa.Column("id", BigId, autoincrement=True, nullable=False),
         sa.Column("profile_id", sa.String(length=32), nullable=False),
         sa.Column("purpose", sa.String(length=100), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("at", t.UTCDateTime(), nullable=False),
+        sa.Column("at", sa.DateTime(), nullable=False),
         sa.Column("source", sa.String(length=200), nullable=False),
-        sa.Column("expires_at", t.UTCDateTime(), nullable=True),
+        sa.Column("expires_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_consents")),
     )
     with op.batch_alter_table("consents", schema=None) as batch_op:
@@ -48,22 +52,22 @@ def upgrade() -> None:
     op.create_table(
         "erasure_receipts",
         sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("erased_at", t.UTCDateTime(), nullable=False),
+        sa.Column("erased_at", sa.DateTime(), nullable=False),
         sa.Column("requested_by", sa.String(length=200), nullable=False),
-        sa.Column("counts", t.JSONDoc, nullable=False),
+        sa.Column("counts", JSONDoc, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_erasure_receipts")),
     )
     op.create_table(
         "events",
-        sa.Column("id", t.BigId, autoincrement=True, nullable=False),
+        sa.Column("id", BigId, autoincrement=True, nullable=False),
         sa.Column("source_id", sa.String(length=32), nullable=False),
         sa.Column("message_id", sa.String(length=200), nullable=False),
         sa.Column("profile_id", sa.String(length=32), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=False),
         sa.Column("event", sa.String(length=200), nullable=True),
-        sa.Column("timestamp", t.UTCDateTime(), nullable=False),
-        sa.Column("received_at", t.UTCDateTime(), nullable=False),
-        sa.Column("payload", t.JSONDoc, nullable=False),
+        sa.Column("timestamp", sa.DateTime(), nullable=False),
+        sa.Column("received_at", sa.DateTime(), nullable=False),
+        sa.Column("payload", JSONDoc, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
         sa.UniqueConstraint("message_id", "source_id", name=op.f("uq_events_message_id_source_id")),
     )
@@ -78,7 +82,7 @@ def upgrade() -> None:
         sa.Column("type", sa.String(length=64), nullable=False),
         sa.Column("profile_id", sa.String(length=32), nullable=False),
         sa.Column("source_id", sa.String(length=32), nullable=True),
-        sa.Column("created_at", t.UTCDateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("value", "type", name=op.f("pk_identities")),
     )
     with op.batch_alter_table("identities", schema=None) as batch_op:
@@ -86,14 +90,14 @@ def upgrade() -> None:
 
     op.create_table(
         "identity_decisions",
-        sa.Column("id", t.BigId, autoincrement=True, nullable=False),
+        sa.Column("id", BigId, autoincrement=True, nullable=False),
         sa.Column("profile_id", sa.String(length=32), nullable=False),
         sa.Column("identifier_type", sa.String(length=64), nullable=False),
         sa.Column("identifier_value", sa.String(length=512), nullable=False),
         sa.Column("decision", sa.String(length=20), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("message_id", sa.String(length=200), nullable=True),
-        sa.Column("at", t.UTCDateTime(), nullable=False),
+        sa.Column("at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_identity_decisions")),
     )
     with op.batch_alter_table("identity_decisions", schema=None) as batch_op:
@@ -103,13 +107,13 @@ def upgrade() -> None:
 
     op.create_table(
         "merges",
-        sa.Column("id", t.BigId, autoincrement=True, nullable=False),
+        sa.Column("id", BigId, autoincrement=True, nullable=False),
         sa.Column("profile_id", sa.String(length=32), nullable=False),
         sa.Column("absorbed_id", sa.String(length=32), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
-        sa.Column("identifiers", t.JSONDoc, nullable=False),
+        sa.Column("identifiers", JSONDoc, nullable=False),
         sa.Column("message_id", sa.String(length=200), nullable=True),
-        sa.Column("at", t.UTCDateTime(), nullable=False),
+        sa.Column("at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_merges")),
     )
     with op.batch_alter_table("merges", schema=None) as batch_op:
@@ -120,12 +124,12 @@ def upgrade() -> None:
         "profiles",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("merged_into", sa.String(length=32), nullable=True),
-        sa.Column("traits", t.JSONDoc, nullable=False),
-        sa.Column("computed", t.JSONDoc, nullable=False),
-        sa.Column("first_seen", t.UTCDateTime(), nullable=True),
-        sa.Column("last_seen", t.UTCDateTime(), nullable=True),
-        sa.Column("created_at", t.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", t.UTCDateTime(), nullable=False),
+        sa.Column("traits", JSONDoc, nullable=False),
+        sa.Column("computed", JSONDoc, nullable=False),
+        sa.Column("first_seen", sa.DateTime(), nullable=True),
+        sa.Column("last_seen", sa.DateTime(), nullable=True),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_profiles")),
     )
     with op.batch_alter_table("profiles", schema=None) as batch_op:
@@ -133,9 +137,9 @@ def upgrade() -> None:
 
     op.create_table(
         "quarantine",
-        sa.Column("id", t.BigId, autoincrement=True, nullable=False),
+        sa.Column("id", BigId, autoincrement=True, nullable=False),
         sa.Column("source_id", sa.String(length=32), nullable=False),
-        sa.Column("received_at", t.UTCDateTime(), nullable=False),
+        sa.Column("received_at", sa.DateTime(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("field", sa.String(length=200), nullable=True),
         sa.Column("user_id", sa.String(length=512), nullable=True),
@@ -154,7 +158,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("write_key_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", t.UTCDateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sources")),
         sa.UniqueConstraint("name", name=op.f("uq_sources_name")),
         sa.UniqueConstraint("write_key_hash", name=op.f("uq_sources_write_key_hash")),

@@ -1,0 +1,78 @@
+"""Transactions: lost races retried after a growing pause and counted; no parameters in errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from ariane.bootstrap import Container
+from ariane.storage.database import Database, RetryTransaction, backoff
+from ariane.storage.tables import sources
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    yield database
+    database.dispose()
+
+
+def losing(times: int) -> tuple[list[int], Callable[[Connection], int]]:
+    """Work that loses its race `times` times, then counts the sources."""
+    calls: list[int] = []
+
+    def work(conn: Connection) -> int:
+        calls.append(1)
+        if len(calls) <= times:
+            raise RetryTransaction("lost")
+        return int(conn.execute(sa.select(sa.func.count()).select_from(sources)).scalar_one())
+
+    return calls, work
+
+
+def test_a_lost_race_is_run_again_after_a_growing_pause_and_counted(db: Database) -> None:
+    calls, work = losing(8)
+    started = time.monotonic()
+    assert db.write(work) == 0
+    elapsed = time.monotonic() - started
+    assert len(calls) == 9
+    assert db.retries == 8
+    # At least half of each ceiling: 0.5 + 1 + 2 + 4 + 8 + 16 + 32 + 50 ms.
+    assert elapsed >= 0.1135
+
+
+def test_the_last_attempt_gives_up(db: Database) -> None:
+    calls, work = losing(5)
+    with pytest.raises(RetryTransaction):
+        db.write(work, attempts=3)
+    assert len(calls) == 3
+    assert db.retries == 2
+
+
+def test_the_pause_doubles_from_a_millisecond_up_to_a_tenth_of_a_second() -> None:
+    for attempt, ceiling in [(0, 0.001), (1, 0.002), (3, 0.008), (6, 0.064), (7, 0.1), (19, 0.1)]:
+        pauses = [backoff(attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= pause <= ceiling for pause in pauses)
+        assert len(set(pauses)) > 1, "the pause has no jitter"
+
+
+def test_a_failing_statement_does_not_show_its_parameters(db: Database) -> None:
+    secret = "ada.lovelace@example.org"
+    with pytest.raises(DBAPIError) as raised, db.read() as conn:
+        conn.execute(sa.text("SELECT * FROM no_such_table WHERE email = :email"), {"email": secret})
+    assert "no_such_table" in str(raised.value)
+    assert secret not in str(raised.value)
+    assert secret not in repr(raised.value)
+
+
+def test_retries_are_exposed_in_metrics(container: Container, client: TestClient) -> None:
+    _, work = losing(3)
+    container.db.write(work)
+    lines = client.get("/metrics").text.splitlines()
+    assert "ariane_transaction_retries_total 3.0" in lines
