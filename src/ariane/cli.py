@@ -100,6 +100,23 @@ def sources_list() -> None:
             print(f"{source.id}\t{source.name}\t{source.created_at.isoformat()}")
 
 
+@sources_app.command("rotate-key")
+def sources_rotate_key(name: str) -> None:
+    """Give a source a new write key, printed on the last line; the old one stops working."""
+    with _container() as container:
+        try:
+            source, write_key = container.access.rotate_key(name)
+        except DomainError as error:
+            raise _fail(error) from None
+    console.print(
+        f"source {source.name} has a new write key; servers refuse the old one within"
+        " 10 seconds. The new key:",
+        markup=False,
+        soft_wrap=True,
+    )
+    print(write_key)
+
+
 @tokens_app.command("create")
 def tokens_create(
     role: Annotated[str, typer.Option(help="admin (read and change) or analyst (read only).")],
@@ -113,6 +130,27 @@ def tokens_create(
             raise _fail(error) from None
     console.print(f"{token.role} token {token.name} created (id {token.id}):", markup=False)
     print(secret)
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """List the API tokens: id, name, role and creation time, tab-separated; never secrets."""
+    with _container() as container:
+        for token in container.access.list_tokens():
+            print(f"{token.id}\t{token.name}\t{token.role}\t{token.created_at.isoformat()}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The id from `tokens list`.")],
+) -> None:
+    """Revoke an API token: requests sending it are refused from now on."""
+    with _container() as container:
+        try:
+            token = container.access.revoke_token(token_id)
+        except DomainError as error:
+            raise _fail(error) from None
+    console.print(f"{token.role} token {token.name} (id {token.id}) revoked", markup=False)
 
 
 def _dump(value: Any) -> str:

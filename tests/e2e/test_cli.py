@@ -75,6 +75,57 @@ def test_tokens_create_rejects_an_unknown_role(cli: Any) -> None:
     assert result.stdout == ""
 
 
+def test_sources_rotate_key_prints_the_new_key_last(cli: Any, container: Container) -> None:
+    old_key = last_line(cli("sources", "create", "web"))
+    rotated = cli("sources", "rotate-key", "web")
+    new_key = last_line(rotated)
+    assert new_key.startswith("wk_") and new_key != old_key
+    assert "servers refuse the old one within 10 seconds" in rotated.stdout
+    assert container.access.source_for_key(old_key) is None
+    source = container.access.source_for_key(new_key)
+    assert source is not None and source.name == "web"
+
+    unknown = cli("sources", "rotate-key", "nope", ok=False)
+    assert unknown.exit_code == 1
+    assert "error (name): no source named 'nope'; `ariane sources list` shows them" in (
+        unknown.stderr
+    )
+
+
+def test_tokens_list_shows_no_secret_and_revoke_stops_a_token(
+    cli: Any, container: Container
+) -> None:
+    ops = last_line(cli("tokens", "create", "--role", "admin", "--name", "ops"))
+    bi = last_line(cli("tokens", "create", "--role", "analyst", "--name", "bi"))
+    listed = cli("tokens", "list").stdout
+    assert ops not in listed and bi not in listed
+    rows = [line.split("\t") for line in listed.splitlines()]
+    assert sorted((row[1], row[2]) for row in rows) == [("bi", "analyst"), ("ops", "admin")]
+    bi_id = next(row[0] for row in rows if row[1] == "bi")
+    assert all(datetime.fromisoformat(row[3]) for row in rows)
+
+    revoked = cli("tokens", "revoke", bi_id)
+    assert f"analyst token bi (id {bi_id}) revoked" in revoked.stdout
+    assert container.access.token_for_secret(bi) is None
+    assert container.access.token_for_secret(ops) is not None
+    assert [line.split("\t")[1] for line in cli("tokens", "list").stdout.splitlines()] == ["ops"]
+
+    again = cli("tokens", "revoke", bi_id, ok=False)
+    assert again.exit_code == 1
+    assert f"error (id): no token with id '{bi_id}'" in again.stderr
+
+
+def test_names_over_200_characters_are_refused(cli: Any, container: Container) -> None:
+    source = cli("sources", "create", "s" * 201, ok=False)
+    assert source.exit_code == 1
+    assert "error (name): name is 201 characters long" in source.stderr
+    token = cli("tokens", "create", "--role", "admin", "--name", "t" * 201, ok=False)
+    assert token.exit_code == 1
+    assert "error (name): name is 201 characters long" in token.stderr
+    assert container.access.list_sources() == [] and container.access.list_tokens() == []
+    last_line(cli("sources", "create", "s" * 200))
+
+
 def test_profile_show_by_id_email_or_any_identifier(cli: Any, tmp_path: Path) -> None:
     cli("sources", "create", "web")
     events = [

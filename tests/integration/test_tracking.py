@@ -7,9 +7,11 @@ import gzip
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
+from ariane.storage.tables import quarantine
 
 
 def basic(key: str, colon: bool = True) -> dict[str, str]:
@@ -232,3 +234,59 @@ def test_message_id_dedupe(client: TestClient, write_key: str, admin_token: dict
         )
         == 1
     )
+
+
+def test_a_quarantined_event_never_keeps_the_write_key(
+    client: TestClient, write_key: str, admin_token: dict[str, str], container: Container
+) -> None:
+    # The key authenticates the request from the body, and the event has no name.
+    single = client.post("/v1/track", json={"userId": "k", "writeKey": write_key})
+    assert single.status_code == 400, single.text
+    in_batch = {"type": "track", "userId": "k", "writeKey": write_key}
+    response = client.post("/v1/batch", json={"batch": [in_batch]}, headers=basic(write_key))
+    assert response.status_code == 200
+    quarantined = client.get("/api/quarantine", headers=admin_token).json()["events"]
+    assert [q["payload"] for q in quarantined] == [
+        {"type": "track", "userId": "k"},
+        {"userId": "k"},
+    ]
+    with container.db.read() as conn:
+        stored = conn.execute(sa.select(quarantine.c.payload)).scalars().all()
+    assert len(stored) == 2
+    assert not any(write_key in payload for payload in stored)
+
+
+def test_nul_characters_do_not_stop_an_event_from_being_quarantined(
+    client: TestClient, write_key: str, admin_token: dict[str, str]
+) -> None:
+    # Invalid twice over: NUL characters, and a track event without its name.
+    event = {"userId": "u\x00-1", "anonymousId": "\x00a-1", "properties": {"p": "x\x00y"}}
+    response = client.post("/v1/track", json=event, headers=basic(write_key))
+    assert response.status_code == 400, response.text
+    [kept] = client.get("/api/quarantine", headers=admin_token).json()["events"]
+    assert (kept["user_id"], kept["anonymous_id"]) == ("u-1", "a-1")
+    assert kept["payload"] == event
+
+
+def gzip_post(client: TestClient, write_key: str, content: bytes) -> Any:
+    headers = {**basic(write_key), "Content-Encoding": "gzip"}
+    return client.post("/v1/batch", content=content, headers=headers)
+
+
+def test_a_gzip_body_of_several_members_is_read_whole(
+    client: TestClient, write_key: str, admin_token: dict[str, str]
+) -> None:
+    body = orjson.dumps({"batch": [{"type": "track", "userId": "z", "event": "Zipped"}]})
+    members = b"".join(gzip.compress(body[i : i + 7]) for i in range(0, len(body), 7))
+    response = gzip_post(client, write_key, members)
+    assert response.status_code == 200, response.text
+    profile = profile_of(client, admin_token, "user_id", "z")
+    assert profile["computed"]["event_counts"] == {"Zipped": 1}
+
+
+def test_a_truncated_or_trailed_gzip_body_is_bad_gzip(client: TestClient, write_key: str) -> None:
+    whole = gzip.compress(orjson.dumps({"batch": []}))
+    for content in (whole[:-4], whole[:5], b"", whole + b"trailing garbage"):
+        response = gzip_post(client, write_key, content)
+        assert response.status_code == 400, (content, response.text)
+        assert response.json()["code"] == "bad_gzip", content

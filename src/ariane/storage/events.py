@@ -51,18 +51,35 @@ def insert_quarantine(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         conn.execute(quarantine.insert(), list(rows))
 
 
+# Widths of the quarantine's columns (storage.tables.quarantine).
+_IDENTIFIER_WIDTH = 512
+_FIELD_WIDTH = 200
+
+
+def _storable_text(value: str, width: int | None = None) -> str:
+    # PostgreSQL refuses NUL in text columns; the JSON payload keeps it, escaped as \u0000.
+    text = value.replace("\x00", "").strip()
+    return text if width is None else text[:width]
+
+
 def quarantine_row(
     source_id: str, raw: Any, reason: str, field: str | None, received_at: datetime
 ) -> dict[str, Any]:
+    """A row that either database stores, whatever the event holds; never its write key."""
+    if isinstance(raw, dict) and "writeKey" in raw:
+        raw = {key: value for key, value in raw.items() if key != "writeKey"}
+
     def ident(key: str) -> str | None:
         value = raw.get(key) if isinstance(raw, dict) else None
-        return str(value).strip()[:512] if isinstance(value, (str, int)) else None
+        if not isinstance(value, (str, int)):
+            return None
+        return _storable_text(str(value), _IDENTIFIER_WIDTH)
 
     return {
         "source_id": source_id,
         "received_at": received_at,
-        "reason": reason,
-        "field": field,
+        "reason": _storable_text(reason),
+        "field": None if field is None else _storable_text(field, _FIELD_WIDTH),
         "user_id": ident("userId"),
         "anonymous_id": ident("anonymousId"),
         "payload": orjson.dumps(raw, default=str).decode(),

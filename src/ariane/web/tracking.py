@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
+from datetime import datetime
 from typing import Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -33,6 +34,12 @@ class RequestRejected(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
+def _too_large(limit: int, what: str = "the request body") -> RequestRejected:
+    return RequestRejected(
+        413, "too_large", f"{what} is over {limit} bytes; send the events in smaller batches"
+    )
+
+
 def _write_key_from_header(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
@@ -45,15 +52,76 @@ def _write_key_from_header(request: Request) -> str | None:
     return decoded.split(":", 1)[0] or None
 
 
-def _decompress(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+def _gzip_member() -> zlib._Decompress:
+    return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+
+class _Gunzip:
+    """A gzip body decompressed as it arrives, to at most `limit` bytes.
+
+    Concatenated gzip members are one valid stream (RFC 1952), so each is decompressed
+    in turn; bytes after a member that do not start another are refused.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[bytes] = []
+        self.member = _gzip_member()
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            if self.member.eof:
+                self.member = _gzip_member()
+            try:
+                out = self.member.decompress(data, self.limit - self.size + 1)
+            except zlib.error:
+                raise RequestRejected(400, "bad_gzip", "the body is not valid gzip") from None
+            self.size += len(out)
+            if self.size > self.limit:
+                raise _too_large(self.limit, "the body once decompressed")
+            self.parts.append(out)
+            data = self.member.unused_data if self.member.eof else self.member.unconsumed_tail
+
+    def result(self) -> bytes:
+        if not self.member.eof:
+            raise RequestRejected(
+                400, "bad_gzip", "the gzip body is truncated: it ends before its last member does"
+            )
+        return b"".join(self.parts)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read as it arrives: refused as soon as it is over `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    gunzip = (
+        _Gunzip(limit) if request.headers.get("content-encoding", "").lower() == "gzip" else None
+    )
+    parts: list[bytes] = []
+    received = 0
     try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise RequestRejected(400, "bad_gzip", "body is not valid gzip") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise RequestRejected(413, "too_large", f"body is over {limit} bytes once decompressed")
-    return data
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            if gunzip is None:
+                parts.append(chunk)
+            else:
+                gunzip.feed(chunk)
+    except ClientDisconnect:
+        raise RequestRejected(
+            400, "bad_request", "the connection closed before the body was complete"
+        ) from None
+    return b"".join(parts) if gunzip is None else gunzip.result()
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestRejected(400, "bad_json", f"body is not valid JSON: {exc}") from None
 
 
 class TrackingAPI:
@@ -61,6 +129,7 @@ class TrackingAPI:
         self.container = container
         self.metrics = metrics
         self.settings = container.settings
+        # Requests past their reading and authentication, being validated and stored.
         self.inflight = 0
 
     def routes(self) -> list[Route]:
@@ -71,34 +140,23 @@ class TrackingAPI:
         routes.append(Route("/v1/import", self.batch, methods=["POST"]))
         return routes
 
-    async def _body(self, request: Request) -> Any:
-        limit = self.settings.max_batch_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestRejected(413, "too_large", f"request body is over {limit} bytes")
-        body = await request.body()
-        if request.headers.get("content-encoding", "").lower() == "gzip":
-            body = _decompress(body, limit)
-        elif len(body) > limit:
-            raise RequestRejected(413, "too_large", f"request body is over {limit} bytes")
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise RequestRejected(400, "bad_json", f"body is not valid JSON: {exc}") from None
-
-    def _source_id(self, request: Request, body: Any) -> str:
-        key = _write_key_from_header(request)
-        if key is None and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
-            key = body["writeKey"]
-        if not key:
+    async def _source_id(self, write_key: str | None) -> str:
+        if not write_key:
             raise RequestRejected(
                 401,
                 "unauthorized",
                 "send the source's write key as HTTP Basic user name or as writeKey",
             )
-        source = self.container.access.source_for_key(key)
+        access = self.container.access
+        source = access.cached_source_for_key(write_key)
         if source is None:
-            raise RequestRejected(401, "unauthorized", "unknown write key")
+            source = await run_in_threadpool(access.source_for_key, write_key)
+        if source is None:
+            raise RequestRejected(
+                401,
+                "unauthorized",
+                "unknown write key; send the source's current key (a rotated key no longer works)",
+            )
         return source.id
 
     def _single(self, kind: str) -> Any:
@@ -111,28 +169,50 @@ class TrackingAPI:
     async def batch(self, request: Request) -> Response:
         return await self._handle(request, None)
 
-    async def _handle(self, request: Request, kind: str | None) -> Response:
+    def _check_capacity(self) -> None:
         if self.inflight >= self.settings.max_inflight_ingest:
-            self.metrics.rejected.labels("429").inc()
-            return error(
-                429,
-                "overloaded",
-                "ingestion is saturated; retry later",
-                headers={"Retry-After": "1"},
-            )
-        self.inflight += 1
+            raise RequestRejected(429, "overloaded", "ingestion is saturated; retry later")
+
+    async def _handle(self, request: Request, kind: str | None) -> Response:
+        # Only requests whose body is in and whose key is known hold a place in
+        # `inflight`: write keys ship inside web pages, so anyone can trickle an upload
+        # with one, and such uploads must not make everyone else's requests wait.
+        received_at = self.container.clock()
+        body_read = False
         try:
-            return await self._accept(request, kind)
+            self._check_capacity()
+            header_key = _write_key_from_header(request)
+            source_id = None if header_key is None else await self._source_id(header_key)
+            raw = await _read_body(request, self.settings.max_batch_bytes)
+            body_read = True
+            body = _parse_json(raw)
+            if source_id is None:
+                body_key = body.get("writeKey") if isinstance(body, dict) else None
+                source_id = await self._source_id(body_key if isinstance(body_key, str) else None)
+            self._check_capacity()
+            self.inflight += 1
+            try:
+                return await self._accept(body, source_id, kind, received_at)
+            finally:
+                self.inflight -= 1
         except RequestRejected as rejected:
             self.metrics.rejected.labels(str(rejected.status)).inc()
-            return error(rejected.status, rejected.code, rejected.message, field=rejected.field)
-        finally:
-            self.inflight -= 1
+            headers = {"Retry-After": "1"} if rejected.status == 429 else {}
+            if not body_read:
+                # What is left of the body is not worth reading: the server would only
+                # drain it to keep the connection alive.
+                headers["Connection"] = "close"
+            return error(
+                rejected.status,
+                rejected.code,
+                rejected.message,
+                field=rejected.field,
+                headers=headers,
+            )
 
-    async def _accept(self, request: Request, kind: str | None) -> Response:
-        received_at = self.container.clock()
-        body = await self._body(request)
-        source_id = self._source_id(request, body)
+    async def _accept(
+        self, body: Any, source_id: str, kind: str | None, received_at: datetime
+    ) -> Response:
         if not isinstance(body, dict):
             raise RequestRejected(400, "bad_request", "body must be a JSON object")
         envelope = Envelope(received_at=received_at, type_hint=kind)

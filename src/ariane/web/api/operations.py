@@ -35,7 +35,9 @@ def create_source(
 @router.get("/quarantine")
 def list_quarantine(
     limit: int = Query(100, ge=1, le=1000),
-    before_id: int | None = Query(None, description="page: the smallest id of the last page"),
+    before_id: int | None = Query(
+        None, ge=1, le=2**63 - 1, description="page: the smallest id of the last page"
+    ),
     source_id: str | None = None,
     app: Container = Depends(container),
     _: Token = Depends(read_access),
