@@ -144,7 +144,9 @@ class IngestService:
         now = self.clock()
         dialect = self.db.dialect
         seen = (
-            event_store.seen_message_ids(conn, source_id, [p.message.message_id for p in planned])
+            event_store.seen_message_ids(
+                conn, dialect, source_id, [p.message.message_id for p in planned]
+            )
             if find_resent
             else set()
         )
@@ -156,10 +158,10 @@ class IngestService:
 
         keys = {i.key for p in planned for i in (*p.identifiers, *p.previous)}
         index = IdentityIndex()
-        owners = profile_store.find_owners(conn, keys)
+        owners = profile_store.find_owners(conn, dialect, keys)
         existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in owners})
         index.load(owners)
-        index.load(profile_store.held_identifiers(conn, existing, self.limited_types))
+        index.load(profile_store.held_identifiers(conn, dialect, existing, self.limited_types))
 
         resolver = Resolver(self.settings.identity, index)
         created: dict[str, ProfileState] = {}

@@ -14,11 +14,13 @@ from ariane.storage.database import Dialect, RetryTransaction, chunked
 from ariane.storage.tables import events, quarantine
 
 
-def seen_message_ids(conn: Connection, source_id: str, message_ids: Collection[str]) -> set[str]:
+def seen_message_ids(
+    conn: Connection, dialect: Dialect, source_id: str, message_ids: Collection[str]
+) -> set[str]:
     seen: set[str] = set()
     for chunk in chunked(sorted(message_ids), 500):
-        query = sa.select(events.c.message_id).where(
-            events.c.source_id == source_id, events.c.message_id.in_(chunk)
+        query = dialect.probe(
+            [events.c.message_id], events.c.message_id, chunk, events.c.source_id == source_id
         )
         seen.update(conn.execute(query).scalars())
     return seen

@@ -24,28 +24,28 @@ from ariane.storage.tables import (
 _CHUNK = 400
 
 
-def find_owners(conn: Connection, keys: Collection[tuple[str, str]]) -> list[tuple[str, str, str]]:
-    # A plain IN on the leading key column is an index probe on both databases; a row
-    # value IN ((type, value), ...) is planned far worse by PostgreSQL.
+def find_owners(
+    conn: Connection, dialect: Dialect, keys: Collection[tuple[str, str]]
+) -> list[tuple[str, str, str]]:
     wanted = set(keys)
+    columns = (identities.c.type, identities.c.value, identities.c.profile_id)
     rows: list[tuple[str, str, str]] = []
     for chunk in chunked(sorted({value for _, value in wanted}), _CHUNK):
-        query = sa.select(identities.c.type, identities.c.value, identities.c.profile_id).where(
-            identities.c.value.in_(chunk)
-        )
+        query = dialect.probe(columns, identities.c.value, chunk)
         rows.extend((t, v, p) for t, v, p in conn.execute(query) if (t, v) in wanted)
     return rows
 
 
 def held_identifiers(
-    conn: Connection, profile_ids: Collection[str], types: Collection[str]
+    conn: Connection, dialect: Dialect, profile_ids: Collection[str], types: Collection[str]
 ) -> list[tuple[str, str, str]]:
     if not types or not profile_ids:
         return []
+    columns = (identities.c.type, identities.c.value, identities.c.profile_id)
     rows: list[tuple[str, str, str]] = []
     for chunk in chunked(sorted(profile_ids), _CHUNK):
-        query = sa.select(identities.c.type, identities.c.value, identities.c.profile_id).where(
-            identities.c.profile_id.in_(chunk), identities.c.type.in_(sorted(types))
+        query = dialect.probe(
+            columns, identities.c.profile_id, chunk, identities.c.type.in_(sorted(types))
         )
         rows.extend((t, v, p) for t, v, p in conn.execute(query))
     return rows
