@@ -274,8 +274,8 @@ def drop_postgres(name: str) -> None:
 def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
     """Inclusive share of busy samples per function, from py-spy's collapsed stacks.
 
-    Threads queueing for the SQLite write lock are counted apart: they are waiting, and
-    would otherwise appear to spend their time inside the transaction that holds it.
+    Threads and processes queueing for the SQLite writer (`SQLiteWriter.hold`) are counted
+    apart: they are waiting, and would otherwise appear to spend their time writing.
     """
     totals: dict[str, int] = {}
     busy = waiting = 0
@@ -283,7 +283,7 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
         frames = stack.split(";")
-        if "_transaction (ariane/storage/database.py" in frames[-1] or any(
+        if "SQLiteWriter.hold (ariane/storage/database.py" in frames[-1] or any(
             "acquire" in frame for frame in frames[-2:]
         ):
             waiting += count
