@@ -84,21 +84,21 @@ def lock_profiles(
     return states
 
 
+def _profile_row(state: ProfileState, now: datetime) -> dict[str, Any]:
+    return {
+        "id": state.id,
+        "traits": state.traits,
+        "computed": state.computed,
+        "first_seen": state.first_seen,
+        "last_seen": state.last_seen,
+        "updated_at": now,
+    }
+
+
 def insert_profiles(
     conn: Connection, dialect: Dialect, states: Iterable[ProfileState], now: datetime
 ) -> None:
-    rows = [
-        {
-            "id": s.id,
-            "traits": s.traits,
-            "computed": s.computed,
-            "first_seen": s.first_seen,
-            "last_seen": s.last_seen,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for s in states
-    ]
+    rows = [{**_profile_row(s, now), "created_at": now} for s in states]
     if dialect.insert_ignoring_conflicts(conn, profiles, rows) != len(rows):
         raise RetryTransaction("a new profile id was taken meanwhile")
 
@@ -106,18 +106,7 @@ def insert_profiles(
 def update_profiles(
     conn: Connection, dialect: Dialect, states: Iterable[ProfileState], now: datetime
 ) -> None:
-    rows = [
-        {
-            "id": s.id,
-            "traits": s.traits,
-            "computed": s.computed,
-            "first_seen": s.first_seen,
-            "last_seen": s.last_seen,
-            "updated_at": now,
-        }
-        for s in states
-    ]
-    dialect.update_many(conn, profiles, "id", rows)
+    dialect.update_many(conn, profiles, "id", [_profile_row(s, now) for s in states])
 
 
 def insert_identities(
