@@ -37,6 +37,10 @@ def test_every_table_that_refers_to_a_person_is_personal_data() -> None:
         columns = [link.get("profile_column")]
         columns += [pair.split(":")[0] for pair in link.get("identifier_columns", "").split(",")]
         assert all(c in table.c for c in columns if c), (name, link)
+        if "identified_by" in link:
+            links = metadata.tables[link["identified_by"]]
+            assert {f"{name}_id", "type", "value"} <= set(links.c.keys()), (name, link)
+            assert PERSONAL_DATA[links.name] == {"part_of": name}, "the links go with the rows"
     receipt = metadata.tables["erasure_receipts"]
     assert not any(holds_a_person(column) for column in receipt.columns)
 
@@ -237,3 +241,48 @@ def test_decisions_about_the_persons_identifiers_go_with_them(
     assert decisions() == []
     carol_events = client.get(f"/api/profiles/{carol['id']}/events", headers=admin_token).json()
     assert [e["anonymousId"] for e in carol_events["events"]] == ["shared-browser"]
+
+
+def test_invalid_events_naming_the_person_in_any_way_go_with_them(
+    client: TestClient, write_key: str, admin_token: dict[str, str], container: Container
+) -> None:
+    known = {
+        "type": "identify",
+        "userId": "cleo-1",
+        "traits": {"email": "Cleo@Example.org", "phone": "+33 6 12 34 56 78"},
+        "context": {"device": {"id": "cleo-phone"}, "externalIds": [{"id": "C-9", "type": "crm"}]},
+    }
+    assert (
+        client.post("/v1/batch", json={"batch": [known]}, headers=basic(write_key)).status_code
+        == 200
+    )
+    rejected = [
+        # No userId nor anonymousId: invalid, yet it names Cleo by her email.
+        {"type": "track", "event": "Opened", "context": {"traits": {"email": "cleo@example.org "}}},
+        # A track without a name, known by the phone in its properties.
+        {"type": "track", "anonymousId": "new-tab", "properties": {"phone": "+33612345678"}},
+        # A malformed context, but a device id and an external id Cleo holds.
+        {"type": "launch", "anonymousId": "x-1", "context": {"device": {"id": "cleo-phone"}}},
+        {
+            "type": "page",
+            "anonymousId": "x-2",
+            "timestamp": "soon",
+            "context": {"externalIds": [{"id": "C-9", "type": "crm"}]},
+        },
+        # Somebody else's invalid event stays.
+        {"type": "track", "userId": "dan-2"},
+    ]
+    client.post("/v1/batch", json={"batch": rejected}, headers=basic(write_key))
+    assert len(client.get("/api/quarantine", headers=admin_token).json()["events"]) == 5
+
+    cleo = lookup(client, admin_token, "user_id", "cleo-1").json()
+    export = client.get(f"/api/profiles/{cleo['id']}/export", headers=admin_token).json()
+    assert len(export["data"]["quarantine"]) == 4
+
+    erased = client.delete(f"/api/profiles/{cleo['id']}", headers=admin_token).json()
+    assert erased["counts"]["quarantine"] == 4
+    left = client.get("/api/quarantine", headers=admin_token).json()["events"]
+    assert [q["user_id"] for q in left] == ["dan-2"]
+    after = every_value(container)
+    assert not mentions(after["quarantine_identifiers"], ["cleo", "+33612345678", "C-9"])
+    assert mentions(after["quarantine_identifiers"], ["dan-2"])

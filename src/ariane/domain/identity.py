@@ -16,6 +16,7 @@ import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import phonenumbers
@@ -82,7 +83,7 @@ def normalise(
     if not value.isascii():
         value = unicodedata.normalize("NFC", value)
     value = value.strip()
-    if not value or len(value) > MAX_VALUE_LENGTH or is_blocked(value):
+    if not value or len(value) > MAX_VALUE_LENGTH or is_blocked(value) or "\x00" in value:
         return None
     if id_type == "email":
         value = value.lower()
@@ -153,6 +154,51 @@ def previous_identifiers(message: Message) -> list[Identifier]:
     previous = message.payload.get("previousId") if message.type == "alias" else None
     found = [normalise(id_type, previous) for id_type in ("user_id", "anonymous_id")]
     return [ident for ident in found if ident is not None]
+
+
+def identifiers_of_rejected(raw: Any, settings: IdentitySettings) -> list[Identifier]:
+    """Best effort: whom a rejected event names, so that erasure finds it in quarantine.
+
+    The event failed validation, so nothing about its shape is trusted: only objects are
+    read as objects, every place an identifier may stand is looked at (traits as for an
+    identify, properties as for a track, an alias's previous id), and nothing raises.
+    """
+    if not isinstance(raw, dict):
+        return []
+
+    def section(key: str) -> dict[str, Any]:
+        value = raw.get(key)
+        return value if isinstance(value, dict) else {}
+
+    payload = {key: section(key) for key in ("context", "traits", "properties")}
+    found: dict[tuple[str, str], Identifier] = {}
+    for kind in ("identify", "track"):
+        view = Message(
+            type=kind,
+            message_id="",
+            user_id=_scalar(raw.get("userId")),
+            anonymous_id=_scalar(raw.get("anonymousId")),
+            event=None,
+            timestamp=_EPOCH,
+            received_at=_EPOCH,
+            payload=payload,
+        )
+        for ident in extract_identifiers(view, settings):
+            found[ident.key] = ident
+    for id_type in ("user_id", "anonymous_id"):
+        previous = normalise(id_type, raw.get("previousId"))
+        if previous is not None:
+            found[previous.key] = previous
+    return list(found.values())
+
+
+def _scalar(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)

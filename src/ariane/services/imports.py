@@ -253,7 +253,9 @@ class EventImporter:
             if row.unreadable is not None
         ]
         if unreadable:
-            self.db.write(lambda conn: event_store.insert_quarantine(conn, unreadable))
+            # Rows that are not JSON name no one Ariane can read: no identifiers to keep.
+            nobody: list[list[tuple[str, str]]] = [[] for _ in unreadable]
+            self.db.write(lambda conn: event_store.insert_quarantine(conn, unreadable, nobody))
         report.rows += len(batch)
         report.accepted += result.accepted
         report.duplicates += result.duplicates

@@ -22,6 +22,7 @@ from ariane.domain.identity import (
     Merge,
     Resolver,
     extract_identifiers,
+    identifiers_of_rejected,
     previous_identifiers,
 )
 from ariane.domain.messages import Message, parse_message
@@ -78,6 +79,7 @@ class IngestService:
         result = IngestResult()
         planned: list[_Planned] = []
         rejected: list[dict[str, Any]] = []
+        named: list[list[Identifier]] = []
         batch_ids: set[str] = set()
         identity_settings = self.settings.identity
         for raw in raw_events:
@@ -103,6 +105,7 @@ class IngestService:
                         source_id, raw, error.message, error.field, envelope.received_at
                     )
                 )
+                named.append(identifiers_of_rejected(raw, identity_settings))
                 continue
             if message.message_id in batch_ids:
                 result.duplicates += 1
@@ -121,7 +124,7 @@ class IngestService:
                 quarantined=result.quarantined,
                 problems=result.problems,
             )
-            event_store.insert_quarantine(conn, rejected)
+            event_store.insert_quarantine(conn, rejected, named)
             # Resent events are the exception: the first attempt does not look for them,
             # and the event insert, which counts what it stored, sends a batch holding one
             # back here for a second attempt that does.

@@ -186,10 +186,7 @@ class PostgresDialect(Dialect):
             .render_derived(name="wanted")
         )
         found = (
-            sa.select(*columns)
-            .where(key == wanted.c.value, *conditions)
-            .offset(0)
-            .lateral("found")
+            sa.select(*columns).where(key == wanted.c.value, *conditions).offset(0).lateral("found")
         )
         return sa.select(*found.c).select_from(wanted).join(found, sa.true())
 

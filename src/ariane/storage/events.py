@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.storage.database import Dialect, RetryTransaction, chunked
-from ariane.storage.tables import events, quarantine
+from ariane.storage.tables import events, quarantine, quarantine_identifiers
 
 
 def seen_message_ids(
@@ -48,9 +48,23 @@ def timeline(
     return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def insert_quarantine(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(quarantine.insert(), list(rows))
+def insert_quarantine(
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    named: Sequence[Sequence[tuple[str, str]]],
+) -> None:
+    """Keep rejected events, each with the (type, value) identifiers it names."""
+    if not rows:
+        return
+    statement = quarantine.insert().returning(quarantine.c.id, sort_by_parameter_order=True)
+    ids = conn.execute(statement, list(rows)).scalars().all()
+    links = [
+        {"quarantine_id": quarantine_id, "type": id_type, "value": value}
+        for quarantine_id, identifiers in zip(ids, named, strict=True)
+        for id_type, value in identifiers
+    ]
+    if links:
+        conn.execute(quarantine_identifiers.insert(), links)
 
 
 # Widths of the quarantine's columns (storage.tables.quarantine).

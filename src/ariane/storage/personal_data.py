@@ -66,8 +66,14 @@ def find_person(conn: Connection, profile_id: str, *, lock: Dialect | None = Non
     return Person([profile_id, *absorbed], [(t, v) for t, v in held])
 
 
-def _condition(table: sa.Table, link: dict[str, str], person: Person) -> sa.ColumnElement[bool]:
+def _condition(
+    table: sa.Table, link: dict[str, str], person: Person, named_in: dict[str, list[int]]
+) -> sa.ColumnElement[bool]:
     clauses: list[sa.ColumnElement[bool]] = []
+    if "identified_by" in link:
+        clauses.append(table.c.id.in_(named_in[table.name]))
+    if "part_of" in link:
+        clauses.append(table.c[f"{link['part_of']}_id"].in_(named_in[link["part_of"]]))
     if "profile_column" in link:
         clauses.extend(column.in_(person.profile_ids) for column in profile_id_columns(table))
     for pair in filter(None, link.get("identifier_columns", "").split(",")):
@@ -80,9 +86,26 @@ def _condition(table: sa.Table, link: dict[str, str], person: Person) -> sa.Colu
     return sa.or_(*clauses) if clauses else sa.false()
 
 
-def _conditions(person: Person) -> dict[str, sa.ColumnElement[bool]]:
+def _conditions(conn: Connection, person: Person) -> dict[str, sa.ColumnElement[bool]]:
+    # Rows found through the identifiers they name are listed before anything is deleted,
+    # so that erasing the links cannot hide the rows they lead to, whatever the order.
+    named_in: dict[str, list[int]] = {}
+    for name, link in PERSONAL_DATA.items():
+        if "identified_by" in link:
+            names = metadata.tables[link["identified_by"]]
+            named_in[name] = (
+                list(
+                    conn.execute(
+                        sa.select(names.c[f"{name}_id"])
+                        .where(sa.tuple_(names.c.type, names.c.value).in_(person.identifiers))
+                        .distinct()
+                    ).scalars()
+                )
+                if person.identifiers
+                else []
+            )
     return {
-        name: _condition(metadata.tables[name], link, person)
+        name: _condition(metadata.tables[name], link, person, named_in)
         for name, link in PERSONAL_DATA.items()
     }
 
@@ -97,7 +120,7 @@ def _decoded(item: dict[str, Any]) -> dict[str, Any]:
 
 def export(conn: Connection, person: Person) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
-    for name, condition in _conditions(person).items():
+    for name, condition in _conditions(conn, person).items():
         table = metadata.tables[name]
         query = sa.select(table).where(condition).order_by(*table.primary_key.columns)
         found[name] = [_decoded(dict(row._mapping)) for row in conn.execute(query)]
@@ -107,7 +130,7 @@ def export(conn: Connection, person: Person) -> dict[str, list[dict[str, Any]]]:
 def erase(conn: Connection, person: Person) -> dict[str, int]:
     """Delete every row about the person; the number deleted per table."""
     counts: dict[str, int] = {}
-    for name, condition in _conditions(person).items():
+    for name, condition in _conditions(conn, person).items():
         table = metadata.tables[name]
         counts[name] = conn.execute(table.delete().where(condition)).rowcount
     return counts

@@ -121,6 +121,17 @@ quarantine = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
 )
 
+# The normalised identifiers a quarantined event names, whatever its flaw: erasure and
+# export find a person's quarantined events through them.
+quarantine_identifiers = sa.Table(
+    "quarantine_identifiers",
+    metadata,
+    sa.Column("value", sa.String(512), primary_key=True),
+    sa.Column("type", sa.String(64), primary_key=True),
+    sa.Column("quarantine_id", BigId, primary_key=True),
+    sa.Index("ix_quarantine_identifiers_quarantine_id", "quarantine_id"),
+)
+
 merges = sa.Table(
     "merges",
     metadata,
@@ -169,7 +180,8 @@ erasure_receipts = sa.Table(
 )
 
 # How each table holding personal data is tied to a person: by a profile-id column, or
-# by identifier values (quarantined events never reached a profile).
+# by identifier values (quarantined events never reached a profile: they are found
+# through the identifiers they name, and those rows go with them).
 PERSONAL_DATA: dict[str, dict[str, str]] = {
     "profiles": {"profile_column": "id"},
     "identities": {"profile_column": "profile_id"},
@@ -177,5 +189,6 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     "merges": {"profile_column": "profile_id"},
     "identity_decisions": {"profile_column": "profile_id"},
     "consents": {"profile_column": "profile_id"},
-    "quarantine": {"identifier_columns": "user_id:user_id,anonymous_id:anonymous_id"},
+    "quarantine": {"identified_by": "quarantine_identifiers"},
+    "quarantine_identifiers": {"part_of": "quarantine"},
 }
