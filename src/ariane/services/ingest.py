@@ -49,6 +49,7 @@ class _Planned:
     message: Message
     identifiers: list[Identifier]
     previous: list[Identifier]
+    row: tuple[Any, ...] = ()
 
 
 _NO_IDENTIFIER = (
@@ -113,6 +114,9 @@ class IngestService:
             batch_ids.add(message.message_id)
             planned.append(_Planned(message, identifiers, previous))
         result.quarantined = len(rejected)
+        rows = event_store.event_rows(self.db.dialect, source_id, [p.message for p in planned])
+        for item, row in zip(planned, rows, strict=True):
+            item.row = row
 
         attempts = 0
 
@@ -215,23 +219,11 @@ class IngestService:
             profile_store.record_merge(conn, merge, reason, message_id, now)
         result.merges = len(merge_log)
 
-        rows = []
+        holders = [final(profile_id) for profile_id in assigned]
+        rows = [(*item.row, owner) for item, owner in zip(planned, holders, strict=True)]
         consent_updates: list[tuple[str, ConsentDecision]] = []
-        for item, profile_id in zip(planned, assigned, strict=True):
+        for item, owner in zip(planned, holders, strict=True):
             message = item.message
-            owner = final(profile_id)
-            rows.append(
-                {
-                    "source_id": source_id,
-                    "message_id": message.message_id,
-                    "profile_id": owner,
-                    "type": message.type,
-                    "event": message.event,
-                    "timestamp": message.timestamp,
-                    "received_at": message.received_at,
-                    "payload": message.payload,
-                }
-            )
             for decision in consents_from_message(message.context, message.timestamp, source_id):
                 consent_updates.append((owner, decision))
         # In arrival order: ids break timestamp ties on the timeline. Two writers storing
@@ -245,7 +237,7 @@ class IngestService:
             consent_store.record_changes(conn, consent_updates)
         # Only the profiles this batch changed: an owner found for an identifier that was
         # then dropped is left as it was.
-        changed = {row["profile_id"] for row in rows}
+        changed = set(holders)
         profile_store.update_profiles(
             conn,
             dialect,
@@ -253,4 +245,4 @@ class IngestService:
             now,
         )
         result.accepted = len(rows)
-        result.profile_ids = [str(row["profile_id"]) for row in rows]
+        result.profile_ids = holders

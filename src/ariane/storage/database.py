@@ -64,10 +64,22 @@ class Dialect:
         if not rows:
             return 0
         columns = list(rows[0])
+        return self.insert_driver_rows(conn, table, columns, self.driver_rows(table, columns, rows))
+
+    def insert_driver_rows(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        params: Sequence[tuple[Any, ...]],
+    ) -> int:
+        """`insert_ignoring_conflicts` for rows already in the driver's form (`driver_rows`)."""
+        if not params:
+            return 0
         names = ", ".join(f'"{c}"' for c in columns)
         marks = ", ".join([self.placeholder] * len(columns))
         sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING'
-        return int(conn.exec_driver_sql(sql, self._params(table, columns, rows)).rowcount)
+        return int(conn.exec_driver_sql(sql, list(params)).rowcount)
 
     def update_many(
         self, conn: Connection, table: sa.Table, key: str, rows: Sequence[Mapping[str, Any]]
@@ -78,11 +90,12 @@ class Dialect:
         columns = [c for c in rows[0] if c != key]
         assignments = ", ".join(f'"{c}" = {self.placeholder}' for c in columns)
         sql = f'UPDATE "{table.name}" SET {assignments} WHERE "{key}" = {self.placeholder}'
-        conn.exec_driver_sql(sql, self._params(table, [*columns, key], rows))
+        conn.exec_driver_sql(sql, self.driver_rows(table, [*columns, key], rows))
 
-    def _params(
-        self, table: sa.Table, columns: list[str], rows: Sequence[Mapping[str, Any]]
+    def driver_rows(
+        self, table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
     ) -> list[tuple[Any, ...]]:
+        """The values of `columns` of each row, converted as the driver takes them."""
         pick = operator.itemgetter(*columns)
         converters = [(i, self._converter(table.c[c].type)) for i, c in enumerate(columns)]
         to_convert = [(i, f) for i, f in converters if f is not None]

@@ -10,6 +10,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ariane.domain.messages import Message
 from ariane.storage.database import Dialect, RetryTransaction, chunked
 from ariane.storage.tables import events, quarantine, quarantine_identifiers
 
@@ -26,9 +27,38 @@ def seen_message_ids(
     return seen
 
 
-def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert events; a messageId stored by a concurrent writer meanwhile is a lost race."""
-    if dialect.insert_ignoring_conflicts(conn, events, rows) != len(rows):
+# An event's columns but its profile, which is known only inside the write transaction.
+EVENT_COLUMNS = ("source_id", "message_id", "type", "event", "timestamp", "received_at", "payload")
+
+
+def event_rows(
+    dialect: Dialect, source_id: str, messages: Sequence[Message]
+) -> list[tuple[Any, ...]]:
+    """Events in the driver's form, but for their profile id: built before the write
+    transaction, so that a writer holding it does not spend its time converting."""
+    return dialect.driver_rows(
+        events,
+        EVENT_COLUMNS,
+        [
+            {
+                "source_id": source_id,
+                "message_id": m.message_id,
+                "type": m.type,
+                "event": m.event,
+                "timestamp": m.timestamp,
+                "received_at": m.received_at,
+                "payload": m.payload,
+            }
+            for m in messages
+        ],
+    )
+
+
+def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert `event_rows`, each followed by its profile id. A messageId stored by a
+    concurrent writer meanwhile is a lost race."""
+    columns = (*EVENT_COLUMNS, "profile_id")
+    if dialect.insert_driver_rows(conn, events, columns, rows) != len(rows):
         raise RetryTransaction("a messageId was stored by another writer meanwhile")
 
 
