@@ -45,3 +45,17 @@ def test_a_quarantine_page_id_out_of_range_is_refused_with_its_field(
     response = client.get("/api/quarantine", params={"before_id": 2**70}, headers=admin_token)
     assert response.status_code == 422
     assert response.json()["field"].endswith("before_id")
+
+
+def test_a_nul_in_the_batch_integrations_quarantines_its_events_without_a_500(
+    client: TestClient, write_key: str, admin_token: dict[str, str]
+) -> None:
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()}
+    body = {
+        "batch": [{"type": "track", "userId": "i-1", "event": "E"}],
+        "integrations": {"Mixpanel\u0000": True},
+    }
+    response = client.post("/v1/batch", json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    quarantined = client.get("/api/quarantine", headers=admin_token).json()["events"]
+    assert [q["field"] for q in quarantined] == ["integrations"]

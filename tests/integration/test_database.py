@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,8 +17,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ariane.bootstrap import Container
-from ariane.storage.database import Database, RetryTransaction, backoff
+from ariane.storage.database import Database, RetryTransaction, SQLiteWriter, backoff
 from ariane.storage.tables import sources
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -76,3 +83,47 @@ def test_retries_are_exposed_in_metrics(container: Container, client: TestClient
     container.db.write(work)
     lines = client.get("/metrics").text.splitlines()
     assert "ariane_transaction_retries_total 3.0" in lines
+
+
+def test_a_probe_finds_the_same_rows_as_in_whatever_the_values(db: Database) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(
+            sources.insert(),
+            [
+                {"id": f"s{n}", "name": f"name-{n}", "write_key_hash": f"h{n}", "created_at": NOW}
+                for n in range(4)
+            ],
+        )
+    values = ["name-1", "name-1", "name-3", "absent"]
+    probe = db.dialect.probe([sources.c.id], sources.c.name, values)
+    with db.read() as conn:
+        probed = sorted(conn.execute(probe).scalars())
+        listed = sorted(
+            conn.execute(sa.select(sources.c.id).where(sources.c.name.in_(values))).scalars()
+        )
+    assert probed == listed == ["s1", "s3"]
+
+
+def test_a_forked_child_waits_for_the_sqlite_writer_its_parent_holds(tmp_path: Path) -> None:
+    writer = SQLiteWriter(str(tmp_path / "forked.db"))
+    with writer.hold():
+        pass  # the lock file is open before the fork, as in a server that forks workers
+    ready, told = os.pipe()
+    with writer.hold():
+        child = os.fork()
+        if child == 0:
+            with writer.hold():
+                os.write(told, b"in")
+            os._exit(0)
+        time.sleep(0.5)
+        os.set_blocking(ready, False)
+        with pytest.raises(BlockingIOError):
+            os.read(ready, 2)  # still waiting while the parent holds the lock
+    arrived, _, _ = select.select([ready], [], [], 5)
+    if not arrived:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        pytest.fail("the child never got the lock once the parent let it go")
+    assert os.read(ready, 2) == b"in"
+    assert os.waitpid(child, 0)[1] == 0
+    writer.close()

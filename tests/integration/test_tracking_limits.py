@@ -21,9 +21,11 @@ import orjson
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from fastapi import FastAPI
 
 from ariane.bootstrap import Container
 from ariane.web.app import create_app
+from ariane.web.tracking import READING_PER_INFLIGHT
 
 # How long a test waits for an answer the server owes it.
 PATIENCE = 5.0
@@ -34,12 +36,17 @@ def basic(key: str) -> str:
 
 
 @pytest.fixture
-def server(container: Container) -> Iterator[str]:
+def app(container: Container) -> FastAPI:
+    return create_app(container)
+
+
+@pytest.fixture
+def server(app: FastAPI) -> Iterator[str]:
     """The app over the test's container, served by uvicorn in a thread; its base URL."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    config = uvicorn.Config(create_app(container), log_level="warning", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, kwargs={"sockets": [listener]})
     thread.start()
@@ -224,3 +231,35 @@ def _lock_waiters(conn: sa.Connection) -> int:
         " WHERE wait_event_type = 'Lock' AND datname = current_database()"
     )
     return int(conn.execute(query).scalar_one())
+
+
+def test_uploads_being_read_are_bounded(server: str, write_key: str, container: Container) -> None:
+    container.settings.max_inflight_ingest = 1
+    headers = {"Authorization": basic(write_key)}
+    uploads = [Upload(server, "/v1/batch", headers) for _ in range(READING_PER_INFLIGHT)]
+    try:
+        for upload in uploads:
+            upload.send(b'{"batch": [')
+        time.sleep(0.3)
+        refused = httpx.post(
+            f"{server}/v1/track",
+            json={"userId": "one-too-many", "event": "E"},
+            headers=headers,
+            timeout=PATIENCE,
+        )
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["code"] == "overloaded"
+    finally:
+        for upload in uploads:
+            upload.sock.close()
+
+
+def test_a_body_that_does_not_arrive_in_time_is_refused(
+    server: str, app: FastAPI, write_key: str
+) -> None:
+    app.state.tracking.body_deadline = 0.3
+    with Upload(server, "/v1/batch", {"Authorization": basic(write_key)}) as slow:
+        slow.send(b'{"batch": [')
+        status, _, body = slow.answer()
+    assert status == 408
+    assert orjson.loads(body)["code"] == "timeout"

@@ -256,3 +256,19 @@ def test_a_nul_in_the_batch_context_is_refused() -> None:
             batch_context={"ip": "1.2.3.4\x00"},
         )
     assert caught.value.field == "context"
+
+
+def test_a_far_future_event_with_sent_at_is_told_to_check_both() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_message(
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "E",
+                "timestamp": "2024-05-01T12:00:00Z",
+                "sentAt": "2024-04-01T12:00:00Z",
+            },
+            received_at=RECEIVED,
+        )
+    assert caught.value.field == "timestamp"
+    assert "sentAt is earlier" in caught.value.message

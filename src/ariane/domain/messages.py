@@ -93,13 +93,13 @@ def _holds_nul(value: Any) -> bool:
     return False
 
 
-def _refuse_nul(raw: dict[str, Any], encoded: bytes, batch_context: dict[str, Any] | None) -> None:
+def _refuse_nul(raw: dict[str, Any], encoded: bytes, batch: dict[str, Any]) -> None:
     # orjson writes a NUL character as \u0000, so a fast search of the encoded event finds
     # every candidate; the walk confirms it (a literal backslash-u0000 text matches too).
-    # PostgreSQL can store a NUL in no text or JSON column.
+    # PostgreSQL can store a NUL in no text or JSON column. `batch` holds what the batch
+    # merges into every event (its context and integrations).
     suspects = [(k, v) for k, v in raw.items()] if b"\\u0000" in encoded else []
-    if batch_context and b"\\u0000" in orjson.dumps(batch_context):
-        suspects.append(("context", batch_context))
+    suspects += [(k, v) for k, v in batch.items() if v and b"\\u0000" in orjson.dumps(v)]
     for key, value in suspects:
         if _holds_nul(key) or _holds_nul(value):
             raise InvalidEvent(
@@ -127,7 +127,7 @@ def parse_message(
             f"event is {len(encoded)} bytes; the limit is {max_bytes} bytes per event",
             field="(event)",
         )
-    _refuse_nul(raw, encoded, batch_context)
+    _refuse_nul(raw, encoded, {"context": batch_context, "integrations": batch_integrations})
     msg_type = raw.get("type", type_hint) if type_hint is None else type_hint
     if msg_type not in MESSAGE_TYPES:
         raise InvalidEvent(
@@ -187,7 +187,11 @@ def parse_message(
     if timestamp - received_at > MAX_AHEAD:
         raise InvalidEvent(
             f"timestamp {iso(timestamp)} is more than {MAX_AHEAD.days} day ahead of its receipt;"
-            " fix the sending clock, or send sentAt so that Ariane can correct it",
+            + (
+                " sentAt is earlier than the event: check both"
+                if sent_at is not None
+                else " fix the sending clock, or send sentAt so that Ariane can correct it"
+            ),
             field="timestamp",
         )
 

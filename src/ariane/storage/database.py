@@ -193,8 +193,10 @@ class PostgresDialect(Dialect):
         # autovacuum analyses it looks small: PostgreSQL then scans all of it for every
         # batch. One index probe per value, through LATERAL, is the plan at any size;
         # OFFSET 0 keeps the planner from flattening it back into a join it may hash.
+        # Each value once: a value given twice would return its rows twice, unlike IN.
+        distinct = list(dict.fromkeys(values))
         wanted = (
-            sa.func.unnest(sa.bindparam(None, list(values), type_=postgresql.ARRAY(key.type)))
+            sa.func.unnest(sa.bindparam(None, distinct, type_=postgresql.ARRAY(key.type)))
             .table_valued("value")
             .render_derived(name="wanted")
         )
@@ -310,9 +312,14 @@ class SQLiteWriter:
         in_memory = not database or database == ":memory:" or database.startswith("file::memory")
         self._path = None if in_memory else f"{database}-writer.lock"
         self._fd: int | None = None
+        self._pid = os.getpid()
 
     @contextmanager
     def hold(self) -> Iterator[None]:
+        if self._pid != os.getpid():
+            # A forked child must not share its parent's lock: an flock belongs to the
+            # open file, which fork shares, and a thread lock may have been held.
+            self._threads, self._fd, self._pid = threading.Lock(), None, os.getpid()
         with self._threads:
             if self._path is None:
                 yield

@@ -9,8 +9,9 @@ of their identifiers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -18,6 +19,8 @@ from sqlalchemy.engine import Connection
 
 from ariane.storage.database import Dialect, RetryTransaction
 from ariane.storage.tables import PERSONAL_DATA, identities, metadata, profiles
+
+T = TypeVar("T")
 
 # Columns of a table that may hold a profile id, besides the one PERSONAL_DATA names.
 _ALSO_PROFILE_IDS = ("absorbed_id", "merged_into")
@@ -27,9 +30,6 @@ _ALSO_PROFILE_IDS = ("absorbed_id", "merged_into")
 class Person:
     profile_ids: list[str]
     identifiers: list[tuple[str, str]]
-
-    def values_of(self, id_type: str) -> list[str]:
-        return [value for kind, value in self.identifiers if kind == id_type]
 
 
 def profile_id_columns(table: sa.Table) -> list[sa.Column[Any]]:
@@ -66,48 +66,62 @@ def find_person(conn: Connection, profile_id: str, *, lock: Dialect | None = Non
     return Person([profile_id, *absorbed], [(t, v) for t, v in held])
 
 
-def _condition(
-    table: sa.Table, link: dict[str, str], person: Person, named_in: dict[str, list[int]]
-) -> sa.ColumnElement[bool]:
-    clauses: list[sa.ColumnElement[bool]] = []
-    if "identified_by" in link:
-        clauses.append(table.c.id.in_(named_in[table.name]))
-    if "part_of" in link:
-        clauses.append(table.c[f"{link['part_of']}_id"].in_(named_in[link["part_of"]]))
-    if "profile_column" in link:
-        clauses.extend(column.in_(person.profile_ids) for column in profile_id_columns(table))
-    for pair in filter(None, link.get("identifier_columns", "").split(",")):
-        column_name, id_type = pair.split(":")
-        if values := person.values_of(id_type):
-            clauses.append(table.c[column_name].in_(values))
-    if {"identifier_type", "identifier_value"} <= set(table.c.keys()) and person.identifiers:
-        pair_column = sa.tuple_(table.c.identifier_type, table.c.identifier_value)
-        clauses.append(pair_column.in_(person.identifiers))
-    return sa.or_(*clauses) if clauses else sa.false()
+# Values bound in one statement: a person may be named by many quarantined events or hold
+# many anonymous ids, and PostgreSQL takes at most 65,535 parameters a statement.
+_CHUNK = 2000
 
 
-def _conditions(conn: Connection, person: Person) -> dict[str, sa.ColumnElement[bool]]:
-    # Rows found through the identifiers they name are listed before anything is deleted,
-    # so that erasing the links cannot hide the rows they lead to, whatever the order.
-    named_in: dict[str, list[int]] = {}
-    for name, link in PERSONAL_DATA.items():
-        if "identified_by" in link:
-            names = metadata.tables[link["identified_by"]]
-            named_in[name] = (
-                list(
-                    conn.execute(
-                        sa.select(names.c[f"{name}_id"])
-                        .where(sa.tuple_(names.c.type, names.c.value).in_(person.identifiers))
-                        .distinct()
-                    ).scalars()
-                )
-                if person.identifiers
-                else []
-            )
-    return {
-        name: _condition(metadata.tables[name], link, person, named_in)
+def _chunks(items: Sequence[T]) -> list[Sequence[T]]:
+    return [items[start : start + _CHUNK] for start in range(0, len(items), _CHUNK)]
+
+
+def _named_in(conn: Connection, links: sa.Table, owner: str, person: Person) -> list[int]:
+    """Ids of the `owner` rows whose links name one of the person's identifiers."""
+    found: set[int] = set()
+    pair = sa.tuple_(links.c.type, links.c.value)
+    for chunk in _chunks(person.identifiers):
+        query = sa.select(links.c[f"{owner}_id"]).where(pair.in_(chunk))
+        found.update(conn.execute(query).scalars())
+    return sorted(found)
+
+
+def _conditions(
+    conn: Connection, person: Person, *, erasing: bool
+) -> dict[str, list[sa.ColumnElement[bool]]]:
+    """For each table of personal data, conditions that together select the person's rows.
+
+    Rows found through the identifiers they name are listed before anything is deleted,
+    so that erasing the links cannot hide the rows they lead to, whatever the order.
+    """
+    named_in = {
+        name: _named_in(conn, metadata.tables[link["identified_by"]], name, person)
         for name, link in PERSONAL_DATA.items()
+        if "identified_by" in link
     }
+    conditions: dict[str, list[sa.ColumnElement[bool]]] = {}
+    for name, link in PERSONAL_DATA.items():
+        table = metadata.tables[name]
+        found: list[sa.ColumnElement[bool]] = []
+        if "identified_by" in link:
+            found += [table.c.id.in_(chunk) for chunk in _chunks(named_in[name])]
+        if "part_of" in link and erasing:
+            # Erasing a row takes all of its links, whoever else they name.
+            owner_id = table.c[f"{link['part_of']}_id"]
+            found += [owner_id.in_(chunk) for chunk in _chunks(named_in[link["part_of"]])]
+        elif "part_of" in link:
+            # An export shows the person's own links, not the others a shared row names.
+            pair = sa.tuple_(table.c.type, table.c.value)
+            found += [pair.in_(chunk) for chunk in _chunks(person.identifiers)]
+        if "profile_column" in link:
+            found += [
+                sa.or_(*(column.in_(chunk) for column in profile_id_columns(table)))
+                for chunk in _chunks(person.profile_ids)
+            ]
+        if {"identifier_type", "identifier_value"} <= set(table.c.keys()):
+            pair = sa.tuple_(table.c.identifier_type, table.c.identifier_value)
+            found += [pair.in_(chunk) for chunk in _chunks(person.identifiers)]
+        conditions[name] = found
+    return conditions
 
 
 def _decoded(item: dict[str, Any]) -> dict[str, Any]:
@@ -120,17 +134,23 @@ def _decoded(item: dict[str, Any]) -> dict[str, Any]:
 
 def export(conn: Connection, person: Person) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
-    for name, condition in _conditions(conn, person).items():
+    for name, conditions in _conditions(conn, person, erasing=False).items():
         table = metadata.tables[name]
-        query = sa.select(table).where(condition).order_by(*table.primary_key.columns)
-        found[name] = [_decoded(dict(row._mapping)) for row in conn.execute(query)]
+        key = table.primary_key.columns
+        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for condition in conditions:
+            for row in conn.execute(sa.select(table).where(condition)):
+                rows[tuple(row._mapping[c.name] for c in key)] = _decoded(dict(row._mapping))
+        found[name] = [rows[k] for k in sorted(rows)]
     return found
 
 
 def erase(conn: Connection, person: Person) -> dict[str, int]:
     """Delete every row about the person; the number deleted per table."""
     counts: dict[str, int] = {}
-    for name, condition in _conditions(conn, person).items():
+    for name, conditions in _conditions(conn, person, erasing=True).items():
         table = metadata.tables[name]
-        counts[name] = conn.execute(table.delete().where(condition)).rowcount
+        counts[name] = sum(
+            conn.execute(table.delete().where(condition)).rowcount for condition in conditions
+        )
     return counts

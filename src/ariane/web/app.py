@@ -72,7 +72,8 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     app.state.metrics = metrics
     app.add_middleware(RequestTimer, histogram=metrics.requests, routes=lambda: route_table(app))
 
-    app.router.routes.extend(TrackingAPI(container, metrics).routes())
+    app.state.tracking = TrackingAPI(container, metrics)
+    app.router.routes.extend(app.state.tracking.routes())
     app.include_router(profiles.router)
     app.include_router(operations.router)
 

@@ -6,6 +6,7 @@ checks live in `domain.messages`, and this module only deals with the request as
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import zlib
@@ -124,13 +125,29 @@ def _parse_json(body: bytes) -> Any:
         raise RequestRejected(400, "bad_json", f"body is not valid JSON: {exc}") from None
 
 
+# Bodies read at once, per request allowed in flight: each holds up to max_batch_bytes
+# (and as much again decompressed), so their number is bounded too.
+READING_PER_INFLIGHT = 8
+# A body that has not arrived by then is not waited for.
+BODY_DEADLINE_SECONDS = 30.0
+
+
 class TrackingAPI:
-    def __init__(self, container: Container, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        container: Container,
+        metrics: Metrics,
+        *,
+        body_deadline: float = BODY_DEADLINE_SECONDS,
+    ) -> None:
         self.container = container
         self.metrics = metrics
         self.settings = container.settings
+        self.body_deadline = body_deadline
         # Requests past their reading and authentication, being validated and stored.
         self.inflight = 0
+        # Requests whose body is being read.
+        self.reading = 0
 
     def routes(self) -> list[Route]:
         routes = [
@@ -173,6 +190,23 @@ class TrackingAPI:
         if self.inflight >= self.settings.max_inflight_ingest:
             raise RequestRejected(429, "overloaded", "ingestion is saturated; retry later")
 
+    async def _read(self, request: Request) -> bytes:
+        if self.reading >= self.settings.max_inflight_ingest * READING_PER_INFLIGHT:
+            raise RequestRejected(429, "overloaded", "too many uploads at once; retry later")
+        self.reading += 1
+        try:
+            return await asyncio.wait_for(
+                _read_body(request, self.settings.max_batch_bytes), self.body_deadline
+            )
+        except TimeoutError:
+            raise RequestRejected(
+                408,
+                "timeout",
+                f"the body did not arrive within {self.body_deadline:g} s; send it at once",
+            ) from None
+        finally:
+            self.reading -= 1
+
     async def _handle(self, request: Request, kind: str | None) -> Response:
         # Only requests whose body is in and whose key is known hold a place in
         # `inflight`: write keys ship inside web pages, so anyone can trickle an upload
@@ -183,7 +217,7 @@ class TrackingAPI:
             self._check_capacity()
             header_key = _write_key_from_header(request)
             source_id = None if header_key is None else await self._source_id(header_key)
-            raw = await _read_body(request, self.settings.max_batch_bytes)
+            raw = await self._read(request)
             body_read = True
             body = _parse_json(raw)
             if source_id is None:
