@@ -9,7 +9,7 @@ import pytest
 
 from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.errors import InvalidEvent
-from ariane.domain.messages import parse_message
+from ariane.domain.messages import check_batch, parse_message
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC)
 
@@ -248,14 +248,15 @@ def test_a_literal_backslash_u0000_text_is_not_a_nul() -> None:
     assert message.properties["note"] == "\\u0000"
 
 
-def test_a_nul_in_the_batch_context_is_refused() -> None:
-    with pytest.raises(InvalidEvent) as caught:
-        parse_message(
-            {"type": "track", "userId": "u", "event": "E"},
-            received_at=RECEIVED,
-            batch_context={"ip": "1.2.3.4\x00"},
-        )
-    assert caught.value.field == "context"
+def test_a_nul_in_the_batch_context_or_integrations_is_refused() -> None:
+    check_batch({"ip": "1.2.3.4"}, {"All": True})
+    for context, integrations, field in [
+        ({"ip": "1.2.3.4\x00"}, None, "context"),
+        (None, {"Mixpanel\x00": True}, "integrations"),
+    ]:
+        with pytest.raises(InvalidEvent) as caught:
+            check_batch(context, integrations)
+        assert caught.value.field == field
 
 
 def test_a_far_future_event_with_sent_at_is_told_to_check_both() -> None:

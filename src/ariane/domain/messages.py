@@ -93,19 +93,24 @@ def _holds_nul(value: Any) -> bool:
     return False
 
 
-def _refuse_nul(raw: dict[str, Any], encoded: bytes, batch: dict[str, Any]) -> None:
-    # orjson writes a NUL character as \u0000, so a fast search of the encoded event finds
+def _refuse_nul(parts: dict[str, Any], encoded: bytes) -> None:
+    # orjson writes a NUL character as \u0000, so a fast search of the encoded JSON finds
     # every candidate; the walk confirms it (a literal backslash-u0000 text matches too).
-    # PostgreSQL can store a NUL in no text or JSON column. `batch` holds what the batch
-    # merges into every event (its context and integrations).
-    suspects = [(k, v) for k, v in raw.items()] if b"\\u0000" in encoded else []
-    suspects += [(k, v) for k, v in batch.items() if v and b"\\u0000" in orjson.dumps(v)]
-    for key, value in suspects:
+    # PostgreSQL can store a NUL in no text or JSON column.
+    if b"\\u0000" not in encoded:
+        return
+    for key, value in parts.items():
         if _holds_nul(key) or _holds_nul(value):
             raise InvalidEvent(
                 "a value contains a NUL character (\\u0000), which cannot be stored; remove it",
                 field=key.replace("\x00", "") or "(event)",
             )
+
+
+def check_batch(context: dict[str, Any] | None, integrations: dict[str, Any] | None) -> None:
+    """What a batch merges into every one of its events, checked once for the batch."""
+    parts = {"context": context or {}, "integrations": integrations or {}}
+    _refuse_nul(parts, orjson.dumps(parts))
 
 
 def parse_message(
@@ -118,7 +123,11 @@ def parse_message(
     batch_sent_at: datetime | None = None,
     max_bytes: int = 32 * 1024,
 ) -> Message:
-    """Validate one event and return it normalised, or raise `InvalidEvent`."""
+    """Validate one event and return it normalised, or raise `InvalidEvent`.
+
+    The batch-level context and integrations are merged in, but checked once for the
+    batch by `check_batch`, not here for each event.
+    """
     if not isinstance(raw, dict):
         raise InvalidEvent("each event must be a JSON object", field="(event)")
     encoded = orjson.dumps(raw)
@@ -127,7 +136,7 @@ def parse_message(
             f"event is {len(encoded)} bytes; the limit is {max_bytes} bytes per event",
             field="(event)",
         )
-    _refuse_nul(raw, encoded, {"context": batch_context, "integrations": batch_integrations})
+    _refuse_nul(raw, encoded)
     msg_type = raw.get("type", type_hint) if type_hint is None else type_hint
     if msg_type not in MESSAGE_TYPES:
         raise InvalidEvent(

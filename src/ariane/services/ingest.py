@@ -25,7 +25,7 @@ from ariane.domain.identity import (
     identifiers_of_rejected,
     previous_identifiers,
 )
-from ariane.domain.messages import Message, parse_message
+from ariane.domain.messages import Message, check_batch, parse_message
 from ariane.domain.profiles import ProfileState, apply_message, merge_profiles
 from ariane.settings import Settings
 from ariane.storage import consents as consent_store
@@ -83,8 +83,16 @@ class IngestService:
         named: list[list[Identifier]] = []
         batch_ids: set[str] = set()
         identity_settings = self.settings.identity
+        try:
+            check_batch(envelope.context, envelope.integrations)
+            batch_problem: InvalidEvent | None = None
+        except InvalidEvent as problem:
+            batch_problem = problem
         for raw in raw_events:
             try:
+                if batch_problem is not None:
+                    # What the batch merges into each event cannot be stored.
+                    raise batch_problem
                 message = parse_message(
                     raw,
                     received_at=envelope.received_at,
