@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import tempfile
 import time
 
@@ -18,6 +19,7 @@ from ariane.services.ingest import Envelope
 from ariane.settings import Settings
 from ariane.storage.migrate import upgrade
 from bench.ingest import drop_postgres, generate, postgres_database
+from bench.segments import definitions
 
 
 def main() -> None:
@@ -27,6 +29,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--segments", action="store_true", help="with bench/segments.py's 100 segments"
+    )
     args = parser.parse_args()
     events = generate(args.people, args.events)
     # Bodies go through JSON as they would over HTTP.
@@ -40,9 +45,11 @@ def main() -> None:
             url = f"sqlite:///{tmp}/ariane.db"
         else:
             url, name = postgres_database()
-        container = build(Settings(database_url=url))
+        container = build(Settings(database_url=url, segment_timer_interval=0))
         try:
             upgrade(container.db)
+            if args.segments:
+                container.segments.apply(definitions(random.Random(3)))
             source, _ = container.access.create_source("profile")
             profiler = Profiler(interval=0.0005)
             if not args.no_profile:

@@ -104,7 +104,12 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, identity={"custom_types": ["loyalty_card"]})
+    # Timers are fired by the tests themselves, at moments the fake clock decides.
+    return Settings(
+        database_url=db_url,
+        identity={"custom_types": ["loyalty_card"]},
+        segment_timer_interval=0,
+    )
 
 
 @pytest.fixture

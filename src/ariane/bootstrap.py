@@ -11,6 +11,7 @@ from ariane.services.access import AccessService
 from ariane.services.ingest import IngestService
 from ariane.services.privacy import PrivacyService
 from ariane.services.profiles import ProfileService
+from ariane.services.segments import SegmentService
 from ariane.settings import Settings
 from ariane.storage.database import Database
 
@@ -24,6 +25,7 @@ class Container:
     ingest: IngestService
     profiles: ProfileService
     privacy: PrivacyService
+    segments: SegmentService
 
     def close(self) -> None:
         self.db.dispose()
@@ -31,12 +33,14 @@ class Container:
 
 def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Container:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    segments = SegmentService(db, clock)
     return Container(
         settings=settings,
         db=db,
         clock=clock,
         access=AccessService(db, clock),
-        ingest=IngestService(db, settings, clock),
-        profiles=ProfileService(db, settings, clock),
+        ingest=IngestService(db, settings, clock, segments),
+        profiles=ProfileService(db, settings, clock, segments),
         privacy=PrivacyService(db, clock),
+        segments=segments,
     )

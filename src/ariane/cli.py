@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import orjson
 import typer
@@ -15,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ariane.bootstrap import Container, build
+from ariane.domain.clock import iso
 from ariane.domain.errors import DomainError
 from ariane.settings import load_settings
 
@@ -23,10 +26,12 @@ sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=
 tokens_app = typer.Typer(help="Admin API tokens.", no_args_is_help=True)
 profile_app = typer.Typer(help="Read profiles.", no_args_is_help=True)
 import_app = typer.Typer(help="Import data from files.", no_args_is_help=True)
+segments_app = typer.Typer(help="Segments and computed traits as code.", no_args_is_help=True)
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(profile_app, name="profile")
 app.add_typer(import_app, name="import")
+app.add_typer(segments_app, name="segments")
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -229,3 +234,140 @@ def import_events(
         f"{report.rows} row{'' if report.rows == 1 else 's'}: accepted {report.accepted},"
         f" duplicates {report.duplicates}, quarantined {report.quarantined}"
     )
+
+
+def _definitions(file: Path) -> Any:
+    """A definitions file: JSON when it is named so, YAML otherwise (YAML reads JSON too)."""
+    import yaml
+
+    try:
+        text = file.read_bytes()
+        if file.suffix.lower() == ".json":
+            return orjson.loads(text)
+        return yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise DomainError(f"cannot read {file.name}: {error}", field="file") from None
+
+
+@segments_app.command("apply")
+def segments_apply(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="YAML or JSON definitions."),
+    ],
+) -> None:
+    """Create or update the computed traits and segments a file declares.
+
+    Definitions already as declared are left alone, so applying a file twice changes
+    nothing the second time; definitions the file does not mention are kept.
+    """
+    with _container() as container:
+        try:
+            outcome = container.segments.apply(_definitions(file))
+        except DomainError as error:
+            raise _fail(error) from None
+    for change in ("created", "updated", "unchanged"):
+        for name in outcome[change]:
+            print(f"{change}\t{name}")
+    print(
+        f"{len(outcome['created'])} created, {len(outcome['updated'])} updated,"
+        f" {len(outcome['unchanged'])} unchanged"
+    )
+
+
+@segments_app.command("list")
+def segments_list() -> None:
+    """List the segments: name, member count and description, tab-separated."""
+    with _container() as container:
+        for segment in container.segments.list_segments():
+            description = " ".join(segment["description"].split())
+            print(f"{segment['name']}\t{segment['members']}\t{description}")
+
+
+@segments_app.command("export")
+def segments_export(
+    name: Annotated[str, typer.Argument(help="The segment's name or id.")],
+    output: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Write the CSV here, not to stdout.")
+    ] = None,
+) -> None:
+    """Write the members of a segment as CSV: profile_id, entered_at (UTC, ISO-8601)."""
+    with _container() as container:
+        try:
+            container.segments.get_segment(name)
+            with _output(output) as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["profile_id", "entered_at"])
+                for profile_id, entered_at in container.segments.all_members(name):
+                    writer.writerow([profile_id, iso(entered_at)])
+        except DomainError as error:
+            raise _fail(error) from None
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    """The file at `path`, or stdout (left open) when there is none."""
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        handle = path.open("w", newline="")
+    except OSError as error:
+        raise DomainError(f"cannot write {path}: {error.strerror}", field="output") from None
+    with handle:
+        yield handle
+
+
+@segments_app.command("discover")
+def segments_discover(
+    within: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--within",
+            help="Windows after a person's first event to count in (ISO-8601); repeat the"
+            " option for several. P3D and P14D by default.",
+        ),
+    ] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--event",
+            help="Event names to count; repeat the option. By default the events sent by"
+            " the most people.",
+        ),
+    ] = None,
+    max_events: Annotated[int, typer.Option(help="How many event names to pick.")] = 12,
+    max_groups: Annotated[int, typer.Option(help="The most groups to try.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed of k-means.")] = 0,
+    save: Annotated[
+        str | None,
+        typer.Option(
+            help="Save each group as a segment named PREFIX + group name; new people join"
+            " the nearest group live."
+        ),
+    ] = None,
+) -> None:
+    """Find groups of people who behave alike, describe them, and save them as segments."""
+    from ariane.services.discovery import DEFAULT_WINDOWS, discover
+
+    with _container() as container:
+        try:
+            found = discover(
+                container.db,
+                days=within or DEFAULT_WINDOWS,
+                events=event,
+                max_events=max_events,
+                max_groups=max_groups,
+                seed=seed,
+            )
+            scores = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(found.k_scores.items()))
+            print(f"{len(found.groups)} groups (silhouette by number of groups: {scores})")
+            for group in found.groups:
+                print(f"{group.name}\t{group.size}\t{group.description}")
+            if save is not None:
+                outcome = container.segments.apply({"segments": found.segment_definitions(save)})
+                for change in ("created", "updated", "unchanged"):
+                    for name in outcome[change]:
+                        print(f"{change}\t{name}")
+        except DomainError as error:
+            raise _fail(error) from None

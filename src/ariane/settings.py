@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     max_batch_bytes: int = 500 * 1024
     max_batch_events: int = 2500
     db_pool_size: int = 10
+    segment_timer_interval: float = Field(
+        default=0.25,
+        description="Seconds between two looks for segment timers that are due; 0 turns"
+        " the timer loop off in this process.",
+    )
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     @classmethod

@@ -69,6 +69,11 @@ def build_rich_person(client: TestClient, write_key: str, headers: dict[str, str
     def post(path: str, body: dict[str, Any]) -> Any:
         return client.post(path, json=body, headers=basic(write_key))
 
+    # A segment she will enter: memberships, their history, a timer and the outbox.
+    segments = client.app.state.container.segments  # type: ignore[attr-defined]
+    segments.save_segment(
+        "viewers", "", {"event": "Viewed Product", "count": {"gte": 1}, "within": "P30D"}
+    )
     # Bob exists first, so that Ada's event carrying Bob's device is refused a merge.
     assert post("/v1/identify", {"userId": "bob-77", "anonymousId": "anon-bob-77"}).is_success
     # Ada browses anonymously, then signs up on another device: two profiles...
@@ -172,7 +177,8 @@ def test_export_then_erase_a_rich_profile(
     receipt = erased.json()
     assert set(receipt) == {"id", "erased_at", "requested_by", "counts"}
     assert receipt["counts"]["profiles"] == 2
-    assert receipt["counts"]["events"] == 4
+    # Her four events, and her Audience Entered.
+    assert receipt["counts"]["events"] == 5
     assert receipt["counts"]["quarantine"] == 2
     assert receipt["counts"]["merges"] == 1
 

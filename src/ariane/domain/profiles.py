@@ -7,6 +7,7 @@ field, the most recent value.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,18 +63,38 @@ def apply_message(profile: ProfileState, message: Message, source: str) -> None:
 
 def _sum_counts(into: dict[str, Any], other: dict[str, Any]) -> None:
     for key, value in other.items():
-        if isinstance(value, dict):
-            _sum_counts(into.setdefault(key, {}), value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            into[key] = into.get(key, 0) + value
+        into[key] = into.get(key, 0) + value
 
 
-def merge_profiles(survivor: ProfileState, absorbed: ProfileState) -> None:
-    """Fold `absorbed` into `survivor`: nothing lost, nothing counted twice."""
+# Merges the feature states of two profiles (see domain/computed.py), given the
+# survivor's first_seen once merged.
+FeatureMerge = Callable[[dict[str, Any], Mapping[str, Any], datetime | None], None]
+
+
+def merge_profiles(
+    survivor: ProfileState, absorbed: ProfileState, merge_features: FeatureMerge | None = None
+) -> None:
+    """Fold `absorbed` into `survivor`: nothing lost, nothing counted twice.
+
+    The survivor holds the segments either held, from the earlier entry, until it is
+    evaluated again: a person already in a segment does not enter it a second time.
+    """
     for key, cell in absorbed.traits.items():
         set_trait(survivor.traits, key, cell["value"], cell["at"], cell["source"])
-    _sum_counts(survivor.computed, absorbed.computed)
+    for key in ("event_counts", "type_counts"):
+        if absorbed.computed.get(key):
+            _sum_counts(survivor.computed.setdefault(key, {}), absorbed.computed[key])
     seen_first = [t for t in (survivor.first_seen, absorbed.first_seen) if t is not None]
     seen_last = [t for t in (survivor.last_seen, absorbed.last_seen) if t is not None]
     survivor.first_seen = min(seen_first) if seen_first else None
     survivor.last_seen = max(seen_last) if seen_last else None
+    if absorbed.computed.get("segments"):
+        held = survivor.computed.setdefault("segments", {})
+        for segment_id, entered in absorbed.computed["segments"].items():
+            held[segment_id] = min(held.get(segment_id, entered), entered)
+    if merge_features is not None:
+        merge_features(
+            survivor.computed.setdefault("features", {}),
+            absorbed.computed.get("features", {}),
+            survivor.first_seen,
+        )

@@ -7,7 +7,7 @@ identifier, one locks every profile concerned, one statement writes each kind of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,8 @@ from ariane.domain.identity import (
 )
 from ariane.domain.messages import Message, check_batch, parse_message
 from ariane.domain.profiles import ProfileState, apply_message, merge_profiles
+from ariane.domain.segments import Catalogue, Touch
+from ariane.services.segments import SegmentService, Settlement
 from ariane.settings import Settings
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
@@ -70,10 +72,17 @@ class Envelope:
 
 
 class IngestService:
-    def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Callable[[], datetime],
+        segments: SegmentService,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
+        self.segments = segments
         self.limited_types = frozenset(settings.identity.limits)
 
     def ingest(self, source_id: str, raw_events: Sequence[Any], envelope: Envelope) -> IngestResult:
@@ -178,6 +187,12 @@ class IngestService:
         index.load(owners)
         index.load(profile_store.held_identifiers(conn, dialect, existing, self.limited_types))
 
+        # Read once the profiles are locked: a change of definitions committed while this
+        # transaction waited for them is seen here.
+        catalogue = self.segments.catalogue(conn)
+        live_segments = bool(catalogue.order or catalogue.features)
+        merge_features = catalogue.merge_features(now)
+        touches: dict[str, Touch] = {}
         resolver = Resolver(self.settings.identity, index)
         created: dict[str, ProfileState] = {}
         live: dict[str, ProfileState] = dict(existing)
@@ -198,11 +213,13 @@ class IngestService:
                 created[profile_id] = state
                 live[profile_id] = state
             for merge in resolution.merges:
-                merge_profiles(live[merge.survivor], live.pop(merge.absorbed))
+                merge_profiles(live[merge.survivor], live.pop(merge.absorbed), merge_features)
                 absorbed_into[merge.absorbed] = merge.survivor
                 # A profile created earlier in this batch was never written: nothing to
                 # move and no merge to record, its rows are written under the survivor.
+                # What its events touched is passed on to the survivor below.
                 if created.pop(merge.absorbed, None) is None:
+                    touches.setdefault(merge.survivor, Touch()).everything = True
                     linked = ", ".join(sorted({i.type for i in merge.linked_by}))
                     reason = f"{message.type} event linked it by {linked}"
                     merge_log.append((merge, reason, message.message_id))
@@ -210,7 +227,14 @@ class IngestService:
             dropped.extend(
                 (profile_id, d.identifier, d.reason, message.message_id) for d in resolution.dropped
             )
-            apply_message(live[profile_id], message, source_id)
+            state = live[profile_id]
+            first_seen = state.first_seen
+            apply_message(state, message, source_id)
+            if live_segments:
+                touch = touches.setdefault(profile_id, Touch())
+                touch.traits |= message.type == "identify" or "traits" in message.context
+                touch.first_seen |= state.first_seen != first_seen
+                catalogue.fold(state, message, now, touch)
             assigned.append(profile_id)
 
         def final(profile_id: str) -> str:
@@ -218,31 +242,39 @@ class IngestService:
                 profile_id = absorbed_into[profile_id]
             return profile_id
 
-        profile_store.insert_profiles(conn, dialect, created.values(), now)
-        profile_store.insert_identities(
-            conn, dialect, [(i, final(p), source_id) for i, p in new_identities], now
-        )
         for merge, reason, message_id in merge_log:
             merge.survivor = final(merge.survivor)
             profile_store.record_merge(conn, merge, reason, message_id, now)
         result.merges = len(merge_log)
+        consent_updates: list[tuple[str, ConsentDecision]] = []
+        for item, profile_id in zip(planned, assigned, strict=True):
+            message = item.message
+            for decision in consents_from_message(message.context, message.timestamp, source_id):
+                consent_updates.append((final(profile_id), decision))
+        if consent_updates:
+            consent_store.record_changes(conn, consent_updates)
+        settlement = (
+            self._settle(conn, catalogue, live, touches, created, final, consent_updates, now)
+            if live_segments
+            else None
+        )
+        profile_store.insert_profiles(conn, dialect, created.values(), now)
+        profile_store.insert_identities(
+            conn, dialect, [(i, final(p), source_id) for i, p in new_identities], now
+        )
 
         holders = [final(profile_id) for profile_id in assigned]
         rows = [(*item.row, owner) for item, owner in zip(planned, holders, strict=True)]
-        consent_updates: list[tuple[str, ConsentDecision]] = []
-        for item, owner in zip(planned, holders, strict=True):
-            message = item.message
-            for decision in consents_from_message(message.context, message.timestamp, source_id):
-                consent_updates.append((owner, decision))
         # In arrival order: ids break timestamp ties on the timeline. Two writers storing
         # the same resent events in different orders may deadlock; PostgreSQL detects it
         # and the transaction is retried.
         event_store.insert_events(conn, dialect, rows)
+        if settlement is not None:
+            # After the events: the Audience events they caused come after them.
+            self.segments.record(conn, settlement, now, "event")
         profile_store.record_decisions(
             conn, [(final(p), ident, reason, mid) for p, ident, reason, mid in dropped], now
         )
-        if consent_updates:
-            consent_store.record_changes(conn, consent_updates)
         # Only the profiles this batch changed: an owner found for an identifier that was
         # then dropped is left as it was.
         changed = set(holders)
@@ -254,3 +286,28 @@ class IngestService:
         )
         result.accepted = len(rows)
         result.profile_ids = holders
+
+    def _settle(
+        self,
+        conn: Connection,
+        catalogue: Catalogue,
+        live: dict[str, ProfileState],
+        touches: dict[str, Touch],
+        created: Collection[str],
+        final: Callable[[str], str],
+        consent_updates: list[tuple[str, ConsentDecision]],
+        now: datetime,
+    ) -> Settlement:
+        """Segments: each person the batch touched, once, under the id they end with."""
+        settling: dict[str, tuple[ProfileState, Touch]] = {}
+        for profile_id, touch in touches.items():
+            owner = final(profile_id)
+            _, into = settling.setdefault(owner, (live[owner], Touch(created=owner in created)))
+            into.events |= touch.events
+            into.traits |= touch.traits
+            into.first_seen |= touch.first_seen
+            into.everything |= touch.everything
+        for owner, _ in consent_updates:
+            settling[owner][1].consent = True
+        consents = self.segments.consents(conn, catalogue, settling)
+        return self.segments.settle(catalogue, settling, now, consents)

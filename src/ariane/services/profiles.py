@@ -15,6 +15,9 @@ from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.consent import ConsentDecision, check_purpose, check_status, current_consents
 from ariane.domain.errors import DomainError, NotFound
 from ariane.domain.identity import normalise, normalise_type
+from ariane.domain.profiles import ProfileState
+from ariane.domain.segments import Touch
+from ariane.services.segments import SegmentService
 from ariane.settings import Settings
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
@@ -60,10 +63,17 @@ def live_profile_id(conn: Connection, profile_id: str) -> str:
 
 
 class ProfileService:
-    def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Callable[[], datetime],
+        segments: SegmentService,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
+        self.segments = segments
 
     def view(self, profile_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
@@ -80,7 +90,14 @@ class ProfileService:
                 .all()
             )
             history = consent_store.history(conn, live)
-        computed = dict(row.computed)
+            now = self.clock()
+            state = ProfileState(live, row.traits, row.computed, row.first_seen, row.last_seen)
+            segmentation = self.segments.profile_view(conn, state, now)
+        computed = {
+            key: value
+            for key, value in row.computed.items()
+            if key not in ("features", "segments", "due")
+        }
         computed["first_seen"] = row.first_seen
         computed["last_seen"] = row.last_seen
         return {
@@ -89,8 +106,9 @@ class ProfileService:
             "traits": {k: cell["value"] for k, cell in sorted(row.traits.items())},
             "trait_sources": row.traits,
             "computed": computed,
-            "segments": [],
-            "consents": current_consents(history, self.clock()),
+            "computed_traits": segmentation["computed_traits"],
+            "segments": segmentation["segments"],
+            "consents": current_consents(history, now),
             "merged_ids": sorted(merged),
             "created_at": row.created_at,
             "updated_at": row.updated_at,
@@ -171,8 +189,9 @@ class ProfileService:
             # The lock makes a concurrent merge or erasure of the profile wait for this
             # decision, or this decision wait for them; one that committed meanwhile
             # means starting again, to land on the survivor or to find no one.
-            profile_store.lock_profiles(conn, self.db.dialect, [live])
+            states = profile_store.lock_profiles(conn, self.db.dialect, [live])
             consent_store.insert(conn, live, decision)
+            self.segments.reevaluate(conn, states, Touch(consent=True), now, "consent")
             return consent_store.history(conn, live)
 
         history = self.db.write(work)

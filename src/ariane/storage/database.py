@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
@@ -27,11 +28,24 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from ariane.domain.computed import add_exactly, decimal_of
+from ariane.domain.predicates import micros, parse_moment
+
 T = TypeVar("T")
 
 # Pauses between attempts of a write, in seconds (see `backoff`).
 _BACKOFF_START = 0.001
 _BACKOFF_CAP = 0.1
+
+# The kinds of JSON value segment conditions tell apart, as SQLite's json_type names them.
+_SQLITE_JSON_TYPES = {
+    "string": ("text",),
+    "number": ("integer", "real"),
+    "boolean": ("true", "false"),
+    "array": ("array",),
+    "object": ("object",),
+    "null": ("null",),
+}
 
 
 class RetryTransaction(Exception):
@@ -145,6 +159,72 @@ class Dialect:
     def is_retryable(self, error: DBAPIError) -> bool:
         return False
 
+    # --- for segment conditions compiled to SQL (storage/segment_sql.py) --------------------
+    #
+    # `parts` is a path of object keys into the JSON document `doc`: a key never indexes an
+    # array. An accessor is NULL where the value is missing or of another kind.
+
+    def json_is(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], kind: str
+    ) -> sa.ColumnElement[bool]:
+        """Whether the value is a JSON string, number, boolean, array, object or null."""
+        raise NotImplementedError
+
+    def json_text(self, doc: sa.ColumnElement[Any], parts: Sequence[str]) -> sa.ColumnElement[str]:
+        raise NotImplementedError
+
+    def json_number(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str]
+    ) -> sa.ColumnElement[Any]:
+        """The number, exactly as stored (booleans are not numbers)."""
+        raise NotImplementedError
+
+    def json_flag(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], flag: bool
+    ) -> sa.ColumnElement[bool]:
+        """Whether the value is the JSON boolean `flag`."""
+        raise NotImplementedError
+
+    def json_array_has(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], item: str | int | float | bool
+    ) -> sa.ColumnElement[bool]:
+        """Whether the value is an array holding `item`, of the same kind and equal."""
+        raise NotImplementedError
+
+    def number(self, value: int | float, *, double: bool = False) -> sa.ColumnElement[Any]:
+        """A number literal compared exactly with `json_number`, or with a double."""
+        raise NotImplementedError
+
+    def ordered(self, text: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """Text that sorts and compares by code point."""
+        return text
+
+    def text_contains(self, text: sa.ColumnElement[str], part: str) -> sa.ColumnElement[bool]:
+        raise NotImplementedError
+
+    def text_starts_with(self, text: sa.ColumnElement[str], prefix: str) -> sa.ColumnElement[bool]:
+        # Lengths count characters on both databases (PostgreSQL databases are UTF-8).
+        return sa.func.substr(text, 1, len(prefix), type_=sa.Text) == prefix
+
+    def text_ends_with(self, text: sa.ColumnElement[str], suffix: str) -> sa.ColumnElement[bool]:
+        """Whether `text` ends with the non-empty `suffix`."""
+        raise NotImplementedError
+
+    def micros(self, column: sa.ColumnElement[datetime]) -> sa.ColumnElement[int]:
+        """A UTC datetime column as exact microseconds since the Unix epoch."""
+        raise NotImplementedError
+
+    def moment_micros(self, text: sa.ColumnElement[str]) -> sa.ColumnElement[int]:
+        """`predicates.parse_moment` of a text, in microseconds since the epoch, or NULL."""
+        return sa.func.ariane_moment(text, type_=sa.BigInteger)
+
+    def exact_sum(self, numbers: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+        """The double nearest the exact sum of `json_number` values (NULL over no rows)."""
+        raise NotImplementedError
+
+    def double(self, value: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+        return sa.cast(value, sa.Double())
+
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
@@ -162,6 +242,73 @@ class SQLiteDialect(Dialect):
         conn.exec_driver_sql("BEGIN")
         yield
         conn.exec_driver_sql("COMMIT")
+
+    def json_is(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], kind: str
+    ) -> sa.ColumnElement[bool]:
+        return sa.func.json_type(doc, _sqlite_path(parts)).in_(_SQLITE_JSON_TYPES[kind])
+
+    def _of_kind(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], kind: str, type_: Any
+    ) -> sa.ColumnElement[Any]:
+        value = sa.func.json_extract(doc, _sqlite_path(parts), type_=type_)
+        return sa.case((self.json_is(doc, parts, kind), value), else_=sa.null())
+
+    def json_text(self, doc: sa.ColumnElement[Any], parts: Sequence[str]) -> sa.ColumnElement[str]:
+        return self._of_kind(doc, parts, "string", sa.Text())
+
+    def json_number(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str]
+    ) -> sa.ColumnElement[Any]:
+        # json_extract reads true as 1: json_type tells them apart.
+        return self._of_kind(doc, parts, "number", sa.Numeric())
+
+    def json_flag(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], flag: bool
+    ) -> sa.ColumnElement[bool]:
+        return sa.func.json_type(doc, _sqlite_path(parts)) == ("true" if flag else "false")
+
+    def json_array_has(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], item: str | int | float | bool
+    ) -> sa.ColumnElement[bool]:
+        path = _sqlite_path(parts)
+        elements = sa.func.json_each(doc, path).table_valued("type", "value").alias()
+        if isinstance(item, bool):
+            same = elements.c.type == ("true" if item else "false")
+        elif isinstance(item, str):
+            same = sa.and_(elements.c.type == "text", elements.c.value == item)
+        else:
+            same = sa.and_(
+                elements.c.type.in_(_SQLITE_JSON_TYPES["number"]),
+                elements.c.value == self.number(item),
+            )
+        return sa.and_(
+            sa.func.json_type(doc, path) == "array",
+            sa.exists(sa.select(1).select_from(elements).where(same)),
+        )
+
+    def number(self, value: int | float, *, double: bool = False) -> sa.ColumnElement[Any]:
+        # Numbers are doubles and 64-bit integers here, compared exactly with each other.
+        if double or isinstance(value, float):
+            return sa.literal(float(value), sa.Double())
+        return sa.literal(value, sa.BigInteger())
+
+    def text_contains(self, text: sa.ColumnElement[str], part: str) -> sa.ColumnElement[bool]:
+        return sa.func.instr(text, part) > 0
+
+    def text_ends_with(self, text: sa.ColumnElement[str], suffix: str) -> sa.ColumnElement[bool]:
+        return sa.func.substr(text, -len(suffix), type_=sa.Text) == suffix
+
+    def micros(self, column: sa.ColumnElement[datetime]) -> sa.ColumnElement[int]:
+        # Stored as `YYYY-MM-DD HH:MM:SS.ffffff`, always six digits (`datetime_param`). The
+        # fraction is cut before strftime, which would round it to the millisecond and so
+        # carry .9999995 into the next second.
+        seconds = sa.cast(sa.func.strftime("%s", sa.func.substr(column, 1, 19)), sa.BigInteger)
+        fraction = sa.cast(sa.func.substr(column, 21, 6), sa.BigInteger)
+        return seconds * 1_000_000 + fraction
+
+    def exact_sum(self, numbers: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+        return sa.func.ariane_sum(numbers, type_=sa.Double)
 
 
 class PostgresDialect(Dialect):
@@ -208,6 +355,73 @@ class PostgresDialect(Dialect):
     def is_retryable(self, error: DBAPIError) -> bool:
         # 40P01 deadlock_detected, 40001 serialization_failure
         return getattr(error.orig, "sqlstate", None) in ("40P01", "40001")
+
+    def _node(self, doc: sa.ColumnElement[Any], parts: Sequence[str]) -> sa.ColumnElement[Any]:
+        # `->` with a text key reads objects only, where `#>` would index arrays by "0".
+        node = doc
+        for part in parts:
+            node = node.op("->", return_type=postgresql.JSONB)(sa.literal(part, sa.Text))
+        return node
+
+    def json_is(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], kind: str
+    ) -> sa.ColumnElement[bool]:
+        return sa.func.jsonb_typeof(self._node(doc, parts)) == kind
+
+    def json_text(self, doc: sa.ColumnElement[Any], parts: Sequence[str]) -> sa.ColumnElement[str]:
+        parent = self._node(doc, parts[:-1])
+        text = parent.op("->>", return_type=sa.Text)(sa.literal(parts[-1], sa.Text))
+        return sa.case((self.json_is(doc, parts, "string"), text), else_=sa.null())
+
+    def json_number(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str]
+    ) -> sa.ColumnElement[Any]:
+        # jsonb keeps the decimal written, and numeric compares it exactly.
+        number = sa.cast(self._node(doc, parts), sa.Numeric())
+        return sa.case((self.json_is(doc, parts, "number"), number), else_=sa.null())
+
+    def json_flag(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], flag: bool
+    ) -> sa.ColumnElement[bool]:
+        literal = sa.cast(sa.literal("true" if flag else "false"), postgresql.JSONB)
+        return self._node(doc, parts).op("=", return_type=sa.Boolean)(literal)
+
+    def json_array_has(
+        self, doc: sa.ColumnElement[Any], parts: Sequence[str], item: str | int | float | bool
+    ) -> sa.ColumnElement[bool]:
+        # Containment compares scalars by kind and value (numbers as numeric), and an
+        # array nested in the array is not searched.
+        wanted = sa.cast(sa.literal(_json_dumps([item])), postgresql.JSONB)
+        return sa.and_(
+            self.json_is(doc, parts, "array"),
+            self._node(doc, parts).op("@>", return_type=sa.Boolean)(wanted),
+        )
+
+    def number(self, value: int | float, *, double: bool = False) -> sa.ColumnElement[Any]:
+        if double:
+            return sa.literal(float(value), sa.Double())
+        if isinstance(value, float):
+            # The decimal the float's JSON text says, as jsonb holds it.
+            return sa.literal(Decimal(repr(value)), sa.Numeric())
+        return sa.literal(value, sa.BigInteger())
+
+    def ordered(self, text: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        # Byte order of UTF-8 is code-point order.
+        return text.collate("C")
+
+    def text_contains(self, text: sa.ColumnElement[str], part: str) -> sa.ColumnElement[bool]:
+        return sa.func.strpos(text, part) > 0
+
+    def text_ends_with(self, text: sa.ColumnElement[str], suffix: str) -> sa.ColumnElement[bool]:
+        return sa.func.right(text, len(suffix), type_=sa.Text) == suffix
+
+    def micros(self, column: sa.ColumnElement[datetime]) -> sa.ColumnElement[int]:
+        # extract() is an exact numeric since PostgreSQL 14.
+        return sa.cast(sa.extract("epoch", column) * 1_000_000, sa.BigInteger)
+
+    def exact_sum(self, numbers: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+        # sum() of numeric is exact; the cast rounds once, to the nearest double.
+        return sa.cast(sa.func.sum(numbers), sa.Double())
 
 
 def normalise_url(url: str) -> str:
@@ -351,6 +565,34 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        # For segment conditions compiled to SQL; PostgreSQL has ariane_moment from a
+        # migration, and sum() of numeric is exact there.
+        dbapi_connection.create_function("ariane_moment", 1, _moment_micros, deterministic=True)
+        dbapi_connection.create_aggregate("ariane_sum", 1, _ExactSum)
+
+
+def _sqlite_path(parts: Sequence[str]) -> str:
+    # Keys are quoted: a condition's names hold no quote (`predicates.parse_path`).
+    return "$" + "".join(f'."{part}"' for part in parts)
+
+
+def _moment_micros(value: Any) -> int | None:
+    moment = parse_moment(value)
+    return None if moment is None else micros(moment)
+
+
+class _ExactSum:
+    """SQLite's `ariane_sum`: the double nearest the exact sum of decimal numbers."""
+
+    def __init__(self) -> None:
+        self.total: Decimal | None = None
+
+    def step(self, value: int | float | None) -> None:
+        if value is not None:
+            self.total = add_exactly(self.total or Decimal(0), decimal_of(value))
+
+    def finalize(self) -> float | None:
+        return None if self.total is None else float(self.total)
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

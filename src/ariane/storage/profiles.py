@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from ariane.domain.identity import Identifier, Merge
 from ariane.domain.profiles import ProfileState
+from ariane.storage import segments as segment_store
 from ariane.storage.database import Dialect, RetryTransaction, chunked
 from ariane.storage.tables import (
     PERSONAL_DATA,
@@ -133,11 +134,11 @@ def insert_identities(
         raise RetryTransaction("an identifier was claimed by another writer meanwhile")
 
 
-def _profile_tables() -> list[sa.Column[Any]]:
+def _profile_tables(on_merge: str) -> list[sa.Column[Any]]:
     columns = []
     for name, link in PERSONAL_DATA.items():
         column = link.get("profile_column")
-        if column and name != "profiles":
+        if column and name != "profiles" and link.get("on_merge", "move") == on_merge:
             columns.append(metadata.tables[name].c[column])
     return columns
 
@@ -157,13 +158,16 @@ def record_merge(
         .values(profile_id=merge.survivor)
         .returning(identities.c.type, identities.c.value)
     ).all()
-    for column in _profile_tables():
+    for column in _profile_tables("move"):
         if column.table is not identities:
             conn.execute(
                 column.table.update()
                 .where(column == merge.absorbed)
                 .values({column.name: merge.survivor})
             )
+    segment_store.inherit_memberships(conn, merge.absorbed, merge.survivor)
+    for column in _profile_tables("drop"):
+        conn.execute(column.table.delete().where(column == merge.absorbed))
     conn.execute(
         profiles.update()
         .where(profiles.c.merged_into == merge.absorbed)

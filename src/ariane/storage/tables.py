@@ -179,6 +179,79 @@ erasure_receipts = sa.Table(
     sa.Column("counts", JSONDoc, nullable=False),
 )
 
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("condition", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+computed_traits = sa.Table(
+    "computed_traits",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("definition", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One row, bumped by every change to segments or computed traits: a writer reads it in
+# its transaction and reloads its definitions when it moved.
+catalogue_version = sa.Table(
+    "catalogue_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+segment_members = sa.Table(
+    "segment_members",
+    metadata,
+    sa.Column("segment_id", sa.String(32), primary_key=True),
+    sa.Column("profile_id", sa.String(32), primary_key=True),
+    sa.Column("entered_at", UTCDateTime, nullable=False),
+    sa.Index("ix_segment_members_profile_id", "profile_id"),
+)
+
+segment_history = sa.Table(
+    "segment_history",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("segment_id", sa.String(32), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("change", sa.String(10), nullable=False),
+    sa.Column("cause", sa.String(20), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_segment_history_segment_id_at", "segment_id", "at", "id"),
+)
+
+# When time alone may next change a profile's segments; one row per profile at most.
+profile_timers = sa.Table(
+    "profile_timers",
+    metadata,
+    sa.Column("profile_id", sa.String(32), primary_key=True),
+    sa.Column("due_at", UTCDateTime, nullable=False, index=True),
+)
+
+# Effects of committed changes, written in the same transaction, dispatched after it.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.String(100), nullable=False),
+    sa.Column("message_id", sa.String(200), nullable=False, unique=True),
+    sa.Column("profile_id", sa.String(32), nullable=True, index=True),
+    sa.Column("payload", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("dispatched_at", UTCDateTime, nullable=True),
+)
+
 # How each table holding personal data is tied to a person: by a profile-id column, or
 # by identifier values (quarantined events never reached a profile: they are found
 # through the identifiers they name, and those rows go with them).
@@ -189,6 +262,12 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     "merges": {"profile_column": "profile_id"},
     "identity_decisions": {"profile_column": "profile_id"},
     "consents": {"profile_column": "profile_id"},
+    # A merge hands the absorbed profile's memberships to the survivor (see
+    # `record_merge`) and drops its timer; the survivor is evaluated afresh.
+    "segment_members": {"profile_column": "profile_id", "on_merge": "drop"},
+    "profile_timers": {"profile_column": "profile_id", "on_merge": "drop"},
+    "segment_history": {"profile_column": "profile_id"},
+    "outbox": {"profile_column": "profile_id"},
     "quarantine": {"identified_by": "quarantine_identifiers"},
     "quarantine_identifiers": {"part_of": "quarantine"},
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,7 @@ from starlette.responses import Response
 
 from ariane.bootstrap import Container
 from ariane.domain.errors import Conflict, DomainError, NotFound
-from ariane.web.api import operations, profiles
+from ariane.web.api import operations, profiles, segments
 from ariane.web.metrics import Metrics, RequestTimer
 from ariane.web.responses import FastJSON, error
 from ariane.web.tracking import TrackingAPI
@@ -51,7 +52,20 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        interval = container.settings.segment_timer_interval
+        timers = threading.Thread(
+            target=container.segments.run_timers,
+            args=(stop, interval),
+            name="segment-timers",
+            daemon=True,
+        )
+        if interval > 0:
+            timers.start()
         yield
+        stop.set()
+        if timers.is_alive():
+            timers.join(timeout=10)
         if owns_container:
             container.close()
 
@@ -76,6 +90,7 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     app.router.routes.extend(app.state.tracking.routes())
     app.include_router(profiles.router)
     app.include_router(operations.router)
+    app.include_router(segments.router)
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> Response:

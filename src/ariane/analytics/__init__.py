@@ -1,0 +1,1 @@
+"""Batch analytics over the whole population: pure computation, fed by the services."""

@@ -1,0 +1,515 @@
+"""The condition language of segments: a JSON (or YAML) tree, checked, then evaluated.
+
+    {"all": [...]}  {"any": [...]}  {"not": {...}}
+    {"trait": "plan", "op": "eq", "value": "trial"}
+    {"computed": "orders_30d", "op": "gte", "value": 2}
+    {"event": "Feature Used", "where": [{"property": "feature", "op": "in", "value": [...]}],
+     "count": {"gte": 3}, "within": "P7D"}          # or "within" + "from": "first_seen",
+                                                   # or "between": [start, end], or none
+    {"segment": "subscribers"}
+    {"consent": "marketing_email", "status": "granted"}
+    {"behaviour": {...model...}, "group": "explorers"}   # nearest centroid, see discovery
+
+The evaluator here is the meaning; `storage/segment_sql.py` compiles the same tree to SQL
+and a property-based test holds the two to the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ariane.domain import computed as comp
+from ariane.domain.computed import Feature, Window
+from ariane.domain.consent import ConsentDecision
+from ariane.domain.predicates import (
+    MISSING,
+    InvalidDefinition,
+    Test,
+    age_boundary,
+    check,
+    is_number,
+    lookup,
+    parse_path,
+    parse_test,
+)
+from ariane.domain.profiles import ProfileState
+
+BOUNDS = ("eq", "ne", "gt", "gte", "lt", "lte")
+CONSENT_STATUSES = ("granted", "denied", "withdrawn", "expired", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    children: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    children: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    child: Node
+
+
+@dataclass(frozen=True, slots=True)
+class TraitIs:
+    path: tuple[str, ...]
+    test: Test
+
+
+@dataclass(frozen=True, slots=True)
+class ComputedIs:
+    name: str
+    test: Test
+
+
+@dataclass(frozen=True, slots=True)
+class EventCount:
+    feature: Feature
+    bounds: tuple[tuple[str, int], ...]
+
+    def holds(self, count: int) -> bool:
+        return all(_bound(op, count, limit) for op, limit in self.bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class InSegment:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentIs:
+    purpose: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    features: tuple[Feature, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    centroids: tuple[tuple[str, tuple[float, ...]], ...]
+    group: str
+
+    def nearest(self, counts: Sequence[float]) -> str:
+        point = [(x - c) / s for x, c, s in zip(counts, self.center, self.scale, strict=True)]
+        best, best_distance = "", float("inf")
+        for name, centroid in self.centroids:
+            distance = sum((p - q) ** 2 for p, q in zip(point, centroid, strict=True))
+            # Strictly closer: on a tie the first centroid keeps it.
+            if distance < best_distance:
+                best, best_distance = name, distance
+        return best
+
+
+Node = AllOf | AnyOf | Not | TraitIs | ComputedIs | EventCount | InSegment | ConsentIs | Behaviour
+
+
+def _bound(op: str, count: int, limit: int) -> bool:
+    if op == "eq":
+        return count == limit
+    if op == "ne":
+        return count != limit
+    if op == "gt":
+        return count > limit
+    if op == "gte":
+        return count >= limit
+    if op == "lt":
+        return count < limit
+    return count <= limit
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+_KINDS = ("all", "any", "not", "trait", "computed", "event", "segment", "consent", "behaviour")
+_ALLOWED = {
+    "all": {"all"},
+    "any": {"any"},
+    "not": {"not"},
+    "trait": {"trait", "op", "value"},
+    "computed": {"computed", "op", "value"},
+    "event": {"event", "where", "count", "within", "from", "between"},
+    "segment": {"segment"},
+    "consent": {"consent", "status"},
+    "behaviour": {"behaviour", "group"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """What a condition may refer to: the segments and computed traits that exist."""
+
+    segments: Collection[str] = ()
+    computed: Collection[str] = ()
+
+
+def parse_condition(node: Any, names: Names, path: str = "condition") -> Node:
+    if not isinstance(node, dict):
+        raise InvalidDefinition(
+            'a condition is an object such as {"trait": "plan", "op": "eq", ...}',
+            field=path,
+        )
+    kinds = [k for k in _KINDS if k in node]
+    if len(kinds) != 1:
+        raise InvalidDefinition(
+            f"a condition has exactly one of {', '.join(_KINDS)}"
+            + (f"; found {', '.join(kinds)}" if kinds else ""),
+            field=path,
+        )
+    kind = kinds[0]
+    unknown = sorted(set(node) - _ALLOWED[kind])
+    if unknown:
+        raise InvalidDefinition(
+            f"unknown key {unknown[0]!r} in a {kind} condition", field=f"{path}.{unknown[0]}"
+        )
+    if kind in ("all", "any"):
+        items = node[kind]
+        if not isinstance(items, list) or not items:
+            raise InvalidDefinition(f"{kind} needs a non-empty list", field=f"{path}.{kind}")
+        children = tuple(
+            parse_condition(child, names, f"{path}.{kind}[{i}]") for i, child in enumerate(items)
+        )
+        return AllOf(children) if kind == "all" else AnyOf(children)
+    if kind == "not":
+        return Not(parse_condition(node["not"], names, f"{path}.not"))
+    if kind == "trait":
+        return TraitIs(parse_path(node["trait"], f"{path}.trait"), parse_test(node, path))
+    if kind == "computed":
+        name = node["computed"]
+        if name not in names.computed:
+            raise InvalidDefinition(
+                f"unknown computed trait {name!r}; define it first", field=f"{path}.computed"
+            )
+        return ComputedIs(name, parse_test(node, path))
+    if kind == "event":
+        return _parse_event(node, path)
+    if kind == "segment":
+        name = node["segment"]
+        if name not in names.segments:
+            raise InvalidDefinition(
+                f"unknown segment {name!r}; create it first", field=f"{path}.segment"
+            )
+        return InSegment(name)
+    if kind == "consent":
+        return _parse_consent(node, path)
+    return _parse_behaviour(node, path)
+
+
+def _parse_event(node: Mapping[str, Any], path: str) -> EventCount:
+    event, where = comp.parse_filter(node, path)
+    window = comp.parse_window(node, path)
+    count = node.get("count", {"gte": 1})
+    where_count = f"{path}.count"
+    if not isinstance(count, dict) or not count:
+        raise InvalidDefinition('count needs bounds such as {"gte": 3}', field=where_count)
+    bounds = []
+    for op, limit in sorted(count.items()):
+        if op not in BOUNDS:
+            raise InvalidDefinition(
+                f"unknown bound {op!r}; use {', '.join(BOUNDS)}", field=f"{where_count}.{op}"
+            )
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise InvalidDefinition(
+                "a count bound is a whole number, 0 or more", field=f"{where_count}.{op}"
+            )
+        bounds.append((op, limit))
+    return EventCount(Feature("count", event, where, None, window), tuple(bounds))
+
+
+def _parse_consent(node: Mapping[str, Any], path: str) -> ConsentIs:
+    purpose = node["consent"]
+    if not isinstance(purpose, str) or not purpose.strip():
+        raise InvalidDefinition("needs a purpose such as marketing_email", field=f"{path}.consent")
+    status = node.get("status", "granted")
+    if status not in CONSENT_STATUSES:
+        raise InvalidDefinition(
+            f"status is one of {', '.join(CONSENT_STATUSES)}", field=f"{path}.status"
+        )
+    return ConsentIs(purpose.strip(), status)
+
+
+def _numbers(value: Any, size: int | None, where: str) -> tuple[float, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(is_number(v) for v in value)
+        or (size is not None and len(value) != size)
+    ):
+        wanted = f"{size} numbers" if size is not None else "a list of numbers"
+        raise InvalidDefinition(f"needs {wanted}", field=where)
+    return tuple(float(v) for v in value)
+
+
+def _parse_behaviour(node: Mapping[str, Any], path: str) -> Behaviour:
+    model = node["behaviour"]
+    where = f"{path}.behaviour"
+    if not isinstance(model, dict):
+        raise InvalidDefinition(
+            "needs the model saved by `ariane segments discover`: features, center, scale,"
+            " centroids",
+            field=where,
+        )
+    raw_features = model.get("features")
+    if not isinstance(raw_features, list) or not raw_features:
+        raise InvalidDefinition("needs a list of features", field=f"{where}.features")
+    features = []
+    for index, item in enumerate(raw_features):
+        item_path = f"{where}.features[{index}]"
+        if not isinstance(item, dict) or set(item) != {"event", "within"}:
+            raise InvalidDefinition("a feature is {event, within}", field=item_path)
+        event, _ = comp.parse_filter(item, item_path)
+        length = comp.parse_window(item, item_path).length
+        features.append(Feature("count", event, (), None, Window("first", length)))
+    size = len(features)
+    center = _numbers(model.get("center"), size, f"{where}.center")
+    scale = _numbers(model.get("scale"), size, f"{where}.scale")
+    if any(s <= 0 for s in scale):
+        raise InvalidDefinition("scales must be above zero", field=f"{where}.scale")
+    centroids = model.get("centroids")
+    if not isinstance(centroids, dict) or not centroids:
+        raise InvalidDefinition("needs {group: [numbers]}", field=f"{where}.centroids")
+    parsed = tuple(
+        (str(name), _numbers(vector, size, f"{where}.centroids.{name}"))
+        for name, vector in centroids.items()
+    )
+    group = node.get("group")
+    if group not in centroids:
+        raise InvalidDefinition(
+            f"group {group!r} is not one of the model's: {', '.join(map(str, centroids))}",
+            field=f"{path}.group",
+        )
+    return Behaviour(tuple(features), center, scale, parsed, str(group))
+
+
+def to_json(node: Node) -> dict[str, Any]:
+    """The canonical form of a parsed condition."""
+    if isinstance(node, AllOf):
+        return {"all": [to_json(c) for c in node.children]}
+    if isinstance(node, AnyOf):
+        return {"any": [to_json(c) for c in node.children]}
+    if isinstance(node, Not):
+        return {"not": to_json(node.child)}
+    if isinstance(node, TraitIs):
+        return {"trait": ".".join(node.path), **node.test.to_json()}
+    if isinstance(node, ComputedIs):
+        return {"computed": node.name, **node.test.to_json()}
+    if isinstance(node, EventCount):
+        doc = node.feature.to_json()
+        del doc["kind"]
+        return {**doc, "count": dict(node.bounds)}
+    if isinstance(node, InSegment):
+        return {"segment": node.name}
+    if isinstance(node, ConsentIs):
+        return {"consent": node.purpose, "status": node.status}
+    return {
+        "behaviour": {
+            "features": [
+                {"event": f.event, "within": f.window.to_json()["within"]} for f in node.features
+            ],
+            "center": list(node.center),
+            "scale": list(node.scale),
+            "centroids": {name: list(vector) for name, vector in node.centroids},
+        },
+        "group": node.group,
+    }
+
+
+# --- what a condition depends on -----------------------------------------------------------
+
+
+def walk(node: Node) -> Iterator[Node]:
+    yield node
+    if isinstance(node, AllOf | AnyOf):
+        for child in node.children:
+            yield from walk(child)
+    elif isinstance(node, Not):
+        yield from walk(node.child)
+
+
+def features(node: Node) -> Iterator[Feature]:
+    """The event features the condition reads directly (computed traits aside)."""
+    for item in walk(node):
+        if isinstance(item, EventCount):
+            yield item.feature
+        elif isinstance(item, Behaviour):
+            yield from item.features
+
+
+def segment_references(node: Node) -> set[str]:
+    return {item.name for item in walk(node) if isinstance(item, InSegment)}
+
+
+def computed_references(node: Node) -> set[str]:
+    return {item.name for item in walk(node) if isinstance(item, ComputedIs)}
+
+
+def find_cycle(graph: Mapping[str, Collection[str]]) -> list[str] | None:
+    """A cycle of segments referring to each other, as the names along it, if any."""
+    state: dict[str, int] = {}
+    trail: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        trail.append(name)
+        for child in sorted(graph.get(name, ())):
+            if state.get(child) == 1:
+                return [*trail[trail.index(child) :], child]
+            if child not in state:
+                found = visit(child)
+                if found:
+                    return found
+        trail.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+def evaluation_order(graph: Mapping[str, Collection[str]]) -> list[str]:
+    """Segment names, each after the segments it refers to."""
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        for child in sorted(graph.get(name, ())):
+            visit(child)
+        order.append(name)
+
+    for name in sorted(graph):
+        visit(name)
+    return order
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Facts:
+    """What the evaluator may know of one person at one moment."""
+
+    profile: ProfileState
+    now: datetime
+    computed: Mapping[str, Feature] = field(default_factory=dict)
+    segments: dict[str, bool] = field(default_factory=dict)
+    consents: Mapping[str, ConsentDecision] = field(default_factory=dict)
+    # Segments share features: each value is worked out once per person and moment.
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def feature_state(self, feature: Feature) -> Any:
+        return self.profile.computed.get("features", {}).get(feature.key)
+
+    def feature_value(self, feature: Feature) -> Any:
+        return self.value_of(feature.key, feature)
+
+    def value_of(self, key: str, feature: Feature) -> Any:
+        if key in self.values:
+            return self.values[key]
+        state = self.profile.computed.get("features", {}).get(key)
+        value = comp.value(feature, state, self.now, self.profile.first_seen)
+        self.values[key] = value
+        return value
+
+    def trait(self, path: Sequence[str]) -> Any:
+        cell = self.profile.traits.get(path[0])
+        if cell is None:
+            return MISSING
+        return lookup({path[0]: cell["value"]}, path)
+
+    def consent(self, purpose: str) -> str:
+        decision = self.consents.get(purpose)
+        return "unknown" if decision is None else decision.status_at(self.now)
+
+
+Predicate = Callable[[Facts], bool]
+
+
+def evaluate(node: Node, facts: Facts) -> bool:
+    """Whether the person meets the condition at `facts.now`."""
+    return compile_condition(node, facts.computed)(facts)
+
+
+def compile_condition(node: Node, computed: Mapping[str, Feature]) -> Predicate:
+    """The condition as a function of the facts, with every key and test worked out once:
+    this is what runs for each person touched by each batch."""
+    if isinstance(node, AllOf | AnyOf):
+        parts = tuple(compile_condition(child, computed) for child in node.children)
+        if isinstance(node, AllOf):
+            # Loops rather than all()/any() over a generator: this runs for every person
+            # of every batch, and the generator costs more than the tests it runs.
+            def every(facts: Facts) -> bool:
+                for part in parts:  # noqa: SIM110
+                    if not part(facts):
+                        return False
+                return True
+
+            return every
+
+        def some(facts: Facts) -> bool:
+            for part in parts:  # noqa: SIM110
+                if part(facts):
+                    return True
+            return False
+
+        return some
+    if isinstance(node, Not):
+        inner = compile_condition(node.child, computed)
+        return lambda facts: not inner(facts)
+    if isinstance(node, TraitIs):
+        path, trait_test = node.path, node.test
+        return lambda facts: check(trait_test, facts.trait(path), facts.now)
+    if isinstance(node, ComputedIs):
+        feature = computed[node.name]
+        key, value_test = feature.key, node.test
+        return lambda facts: check(value_test, facts.value_of(key, feature), facts.now)
+    if isinstance(node, EventCount):
+        counted, counted_key = node.feature, node.feature.key
+        if len(node.bounds) == 1:
+            op, limit = node.bounds[0]
+            return lambda facts: _bound(op, facts.value_of(counted_key, counted), limit)
+        holds = node.holds
+        return lambda facts: holds(facts.value_of(counted_key, counted))
+    if isinstance(node, InSegment):
+        name = node.name
+        return lambda facts: facts.segments.get(name, False)
+    if isinstance(node, ConsentIs):
+        purpose, status = node.purpose, node.status
+        return lambda facts: facts.consent(purpose) == status
+    keyed = [(f.key, f) for f in node.features]
+    nearest, group = node.nearest, node.group
+    return lambda facts: nearest([float(facts.value_of(k, f)) for k, f in keyed]) == group
+
+
+def next_change(node: Node, facts: Facts) -> datetime | None:
+    """The earliest moment after now when time alone may change the answer."""
+    moments: list[datetime] = []
+    now = facts.now
+    for item in walk(node):
+        if isinstance(item, TraitIs):
+            moments.append(age_boundary(item.test, facts.trait(item.path)) or now)
+        elif isinstance(item, ComputedIs):
+            feature = facts.computed[item.name]
+            moments.append(comp.next_change(feature, facts.feature_state(feature), now) or now)
+            moments.append(age_boundary(item.test, facts.feature_value(feature)) or now)
+        elif isinstance(item, EventCount):
+            moments.append(
+                comp.next_change(item.feature, facts.feature_state(item.feature), now) or now
+            )
+        elif isinstance(item, ConsentIs):
+            decision = facts.consents.get(item.purpose)
+            if decision is not None and decision.expires_at is not None:
+                moments.append(decision.expires_at)
+    later = [m for m in moments if m > now]
+    return min(later) if later else None

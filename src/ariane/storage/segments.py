@@ -1,0 +1,275 @@
+"""Segments, computed traits, memberships, their history, timers and the outbox rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ariane.domain.clock import iso
+from ariane.domain.segments import Transition
+from ariane.storage.database import chunked
+from ariane.storage.tables import (
+    catalogue_version,
+    computed_traits,
+    events,
+    outbox,
+    profile_timers,
+    segment_history,
+    segment_members,
+    segments,
+)
+
+INTERNAL_SOURCE = "ariane"
+_CHUNK = 400
+
+
+def version(conn: Connection) -> int:
+    found = conn.execute(sa.select(catalogue_version.c.version)).scalar()
+    return 0 if found is None else int(found)
+
+
+def bump_version(conn: Connection) -> int:
+    """Take the catalogue's row lock: definition changes are serialised through it."""
+    bumped = conn.execute(
+        catalogue_version.update().values(version=catalogue_version.c.version + 1)
+    )
+    if bumped.rowcount == 0:
+        # The row the migration seeds is gone (a table emptied by hand): start again.
+        conn.execute(catalogue_version.insert().values(id=1, version=1))
+    return version(conn)
+
+
+def segment_rows(conn: Connection) -> list[dict[str, Any]]:
+    query = sa.select(segments).order_by(segments.c.name)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def computed_rows(conn: Connection) -> list[dict[str, Any]]:
+    query = sa.select(computed_traits).order_by(computed_traits.c.name)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def segment_row(conn: Connection, key: str) -> dict[str, Any] | None:
+    """A segment by id or by name."""
+    row = conn.execute(
+        sa.select(segments).where(sa.or_(segments.c.id == key, segments.c.name == key))
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def insert_segment(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(segments.insert().values(**row))
+
+
+def update_segment(conn: Connection, segment_id: str, values: dict[str, Any]) -> None:
+    conn.execute(segments.update().where(segments.c.id == segment_id).values(**values))
+
+
+def delete_segment(conn: Connection, segment_id: str) -> None:
+    conn.execute(segment_members.delete().where(segment_members.c.segment_id == segment_id))
+    conn.execute(segments.delete().where(segments.c.id == segment_id))
+
+
+def upsert_computed(conn: Connection, row: dict[str, Any]) -> None:
+    known = conn.execute(
+        sa.select(computed_traits.c.id).where(computed_traits.c.name == row["name"])
+    ).scalar()
+    if known is None:
+        conn.execute(computed_traits.insert().values(**row))
+    else:
+        values = {k: v for k, v in row.items() if k not in ("id", "created_at")}
+        conn.execute(computed_traits.update().where(computed_traits.c.id == known).values(values))
+
+
+def delete_computed(conn: Connection, name: str) -> int:
+    return conn.execute(computed_traits.delete().where(computed_traits.c.name == name)).rowcount
+
+
+def audience_event(transition: Transition, now: datetime, cause: str) -> dict[str, Any]:
+    """The event a transition puts on the timeline and in the outbox, in Segment's shape."""
+    name = "Audience Entered" if transition.entered else "Audience Exited"
+    return {
+        "type": "track",
+        "event": name,
+        "messageId": f"audience-{uuid.uuid4().hex}",
+        "timestamp": iso(now),
+        "properties": {
+            "audience_id": transition.segment.id,
+            "audience_name": transition.segment.name,
+            "cause": cause,
+        },
+        "context": {"library": {"name": "ariane"}},
+        "ariane_profile_id": transition.profile_id,
+    }
+
+
+def record_transitions(
+    conn: Connection, transitions: Sequence[Transition], now: datetime, cause: str
+) -> None:
+    """Memberships, their history, the timeline events and the outbox, in one go."""
+    if not transitions:
+        return
+    entered = [t for t in transitions if t.entered]
+    exited = [t for t in transitions if not t.entered]
+    if entered:
+        conn.execute(
+            segment_members.insert(),
+            [
+                {"segment_id": t.segment.id, "profile_id": t.profile_id, "entered_at": now}
+                for t in entered
+            ],
+        )
+    for t in exited:
+        conn.execute(
+            segment_members.delete().where(
+                segment_members.c.segment_id == t.segment.id,
+                segment_members.c.profile_id == t.profile_id,
+            )
+        )
+    conn.execute(
+        segment_history.insert(),
+        [
+            {
+                "segment_id": t.segment.id,
+                "profile_id": t.profile_id,
+                "change": "entered" if t.entered else "exited",
+                "cause": cause,
+                "at": now,
+            }
+            for t in transitions
+        ],
+    )
+    payloads = [(t, audience_event(t, now, cause)) for t in transitions]
+    conn.execute(
+        events.insert(),
+        [
+            {
+                "source_id": INTERNAL_SOURCE,
+                "message_id": payload["messageId"],
+                "profile_id": t.profile_id,
+                "type": "track",
+                "event": payload["event"],
+                "timestamp": now,
+                "received_at": now,
+                "payload": payload,
+            }
+            for t, payload in payloads
+        ],
+    )
+    conn.execute(
+        outbox.insert(),
+        [
+            {
+                "topic": "audience",
+                "message_id": payload["messageId"],
+                "profile_id": t.profile_id,
+                "payload": payload,
+                "created_at": now,
+            }
+            for t, payload in payloads
+        ],
+    )
+
+
+def inherit_memberships(conn: Connection, absorbed: str, survivor: str) -> None:
+    """The survivor of a merge holds the segments the absorbed profile held."""
+
+    def held(profile_id: str) -> dict[str, datetime]:
+        query = sa.select(segment_members.c.segment_id, segment_members.c.entered_at).where(
+            segment_members.c.profile_id == profile_id
+        )
+        return {str(segment_id): at for segment_id, at in conn.execute(query)}
+
+    kept = held(survivor)
+    inherited = []
+    for segment_id, entered_at in held(absorbed).items():
+        if segment_id not in kept:
+            inherited.append(
+                {"segment_id": segment_id, "profile_id": survivor, "entered_at": entered_at}
+            )
+        elif entered_at < kept[segment_id]:
+            # In both: the person has been in it since the earlier entry.
+            conn.execute(
+                segment_members.update()
+                .where(
+                    segment_members.c.segment_id == segment_id,
+                    segment_members.c.profile_id == survivor,
+                )
+                .values(entered_at=entered_at)
+            )
+    if inherited:
+        conn.execute(segment_members.insert(), inherited)
+
+
+def set_timers(conn: Connection, timers: Iterable[tuple[str, datetime | None]]) -> None:
+    """Each profile's next due moment, or none."""
+    changes = sorted(timers, key=lambda t: t[0])
+    for chunk in chunked(changes, _CHUNK):
+        conn.execute(
+            profile_timers.delete().where(profile_timers.c.profile_id.in_([p for p, _ in chunk]))
+        )
+        rows = [{"profile_id": p, "due_at": due} for p, due in chunk if due is not None]
+        if rows:
+            conn.execute(profile_timers.insert(), rows)
+
+
+def claim_due(conn: Connection, now: datetime, limit: int) -> list[str]:
+    """Profiles whose timer is due, locked; rows another process holds are skipped.
+
+    SQLite renders no FOR UPDATE: its single writer already serialises this.
+    """
+    query = (
+        sa.select(profile_timers.c.profile_id)
+        .where(profile_timers.c.due_at <= now)
+        .order_by(profile_timers.c.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(conn.execute(query).scalars())
+
+
+def next_due(conn: Connection) -> datetime | None:
+    due: datetime | None = conn.execute(sa.select(sa.func.min(profile_timers.c.due_at))).scalar()
+    return due
+
+
+def members_page(
+    conn: Connection, segment_id: str, *, limit: int, after: str | None
+) -> list[tuple[str, datetime]]:
+    query = sa.select(segment_members.c.profile_id, segment_members.c.entered_at).where(
+        segment_members.c.segment_id == segment_id
+    )
+    if after is not None:
+        query = query.where(segment_members.c.profile_id > after)
+    query = query.order_by(segment_members.c.profile_id).limit(limit)
+    return [(str(p), at) for p, at in conn.execute(query)]
+
+
+def member_count(conn: Connection, segment_id: str) -> int:
+    query = sa.select(sa.func.count()).where(segment_members.c.segment_id == segment_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def history_page(
+    conn: Connection, segment_id: str, *, limit: int, before: int | None
+) -> list[dict[str, Any]]:
+    query = sa.select(segment_history).where(segment_history.c.segment_id == segment_id)
+    if before is not None:
+        query = query.where(segment_history.c.id < before)
+    query = query.order_by(segment_history.c.id.desc()).limit(limit)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def profile_memberships(conn: Connection, profile_id: str) -> list[dict[str, Any]]:
+    query = (
+        sa.select(segments.c.id, segments.c.name, segment_members.c.entered_at)
+        .join(segments, segments.c.id == segment_members.c.segment_id)
+        .where(segment_members.c.profile_id == profile_id)
+        .order_by(segments.c.name)
+    )
+    return [{"id": i, "name": n, "entered_at": at} for i, n, at in conn.execute(query)]

@@ -1,0 +1,240 @@
+"""/api/segments and /api/computed-traits: definitions, members, history and previews.
+
+Conditions and filters are free-form JSON on purpose: the domain parser checks them, so
+that an error names the path of the faulty node (`condition.all[1].count.gte`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from ariane.bootstrap import Container
+from ariane.domain.errors import Conflict, DomainError, NotFound
+from ariane.services.segments import MAX_PAGE
+from ariane.storage.access import Token
+from ariane.web.api.auth import container, read_access, write_access
+
+router = APIRouter(prefix="/api", tags=["segments"])
+
+_SEGMENT_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No segment with that id or name."},
+    409: {"description": "The name is taken, or a rename was asked for."},
+    422: {"description": "The definition is invalid; `field` is the path of the faulty node."},
+}
+_TRAIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No computed trait of that name."},
+    409: {"description": "The name is taken, or segments still use the trait."},
+    422: {"description": "The definition is invalid; `field` names the faulty key."},
+}
+_EXAMPLE_CONDITION = {
+    "all": [
+        {"trait": "plan", "op": "eq", "value": "trial"},
+        {"event": "App Opened", "count": {"eq": 0}, "within": "P3D"},
+    ]
+}
+
+
+class SegmentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="1 to 200 characters; unique.", examples=["dormant_trial"])
+    description: str = ""
+    condition: dict[str, Any] = Field(
+        description="A condition tree; see docs/segments.md.", examples=[_EXAMPLE_CONDITION]
+    )
+
+
+class PreviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    condition: dict[str, Any] = Field(examples=[_EXAMPLE_CONDITION])
+    sample: int = Field(20, ge=0, le=100, description="How many member ids to return.")
+
+
+class TraitDefinition(BaseModel):
+    """The body of PUT, where the path names the trait."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(None, description="Optional here; if given, the name in the path.")
+    description: str = ""
+    kind: str = Field(
+        description="count, sum, average, min, max, most_frequent, first, last, unique_list"
+        " or unique_count.",
+        examples=["count"],
+    )
+    event: str = Field(description="The name of the track event.", examples=["Order Completed"])
+    where: list[Any] | None = Field(
+        None,
+        description="Property tests the event must pass: [{property, op, value}, ...].",
+        examples=[[{"property": "currency", "op": "eq", "value": "EUR"}]],
+    )
+    property: str | None = Field(
+        None, description="The property aggregated; every kind but count needs one."
+    )
+    within: str | None = Field(None, description="An ISO-8601 window, such as P30D.")
+    from_: Literal["first_seen"] | None = Field(
+        None,
+        alias="from",
+        description="first_seen: the window starts when the person was first seen.",
+    )
+    between: list[Any] | None = Field(
+        None, description="[start, end], ISO-8601 times: a fixed date range."
+    )
+
+    def definition(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, exclude={"name"})
+
+
+class TraitBody(TraitDefinition):
+    """The body of POST."""
+
+    name: str = Field(description="1 to 200 characters; unique.", examples=["orders_30d"])
+
+
+# --- segments ---------------------------------------------------------------------------------
+
+
+@router.get("/segments")
+def list_segments(app: Container = Depends(container), _: Token = Depends(read_access)) -> Any:
+    """Every segment, by name, with its member count."""
+    return {"segments": app.segments.list_segments()}
+
+
+@router.post("/segments", status_code=201, responses=_SEGMENT_ERRORS)
+def create_segment(
+    body: SegmentBody, app: Container = Depends(container), _: Token = Depends(write_access)
+) -> Any:
+    """Create a segment; its members are found from history before the answer."""
+    return app.segments.save_segment(body.name, body.description, body.condition)
+
+
+@router.post("/segments/preview", responses=_SEGMENT_ERRORS)
+def preview(
+    body: PreviewBody, app: Container = Depends(container), _: Token = Depends(write_access)
+) -> Any:
+    """How many profiles a condition holds now, and a sample of them; nothing is saved."""
+    return app.segments.preview(body.condition, body.sample)
+
+
+@router.get("/segments/{segment}", responses=_SEGMENT_ERRORS)
+def get_segment(
+    segment: str, app: Container = Depends(container), _: Token = Depends(read_access)
+) -> Any:
+    """One segment, by id or name, with its member count."""
+    return app.segments.get_segment(segment)
+
+
+@router.put("/segments/{segment}", responses=_SEGMENT_ERRORS)
+def replace_segment(
+    segment: str,
+    body: SegmentBody,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Replace a segment's description and condition; its members are found again."""
+    return app.segments.save_segment(body.name, body.description, body.condition, key=segment)
+
+
+@router.delete(
+    "/segments/{segment}", status_code=204, response_class=Response, responses=_SEGMENT_ERRORS
+)
+def delete_segment(
+    segment: str, app: Container = Depends(container), _: Token = Depends(write_access)
+) -> Response:
+    """Delete a segment no other segment refers to; members leave without Audience events."""
+    app.segments.delete_segment(segment)
+    return Response(status_code=204)
+
+
+@router.get("/segments/{segment}/members", responses=_SEGMENT_ERRORS)
+def members(
+    segment: str,
+    limit: int = Query(100, ge=1, le=MAX_PAGE),
+    cursor: str | None = Query(None, description="next_cursor from the previous page"),
+    app: Container = Depends(container),
+    _: Token = Depends(read_access),
+) -> Any:
+    """The current members, by profile id, one page at a time."""
+    return app.segments.members(segment, limit=limit, after=cursor)
+
+
+@router.get("/segments/{segment}/history", responses=_SEGMENT_ERRORS)
+def history(
+    segment: str,
+    limit: int = Query(100, ge=1, le=MAX_PAGE),
+    cursor: int | None = Query(
+        None, ge=1, le=2**63 - 1, description="next_cursor from the previous page"
+    ),
+    app: Container = Depends(container),
+    _: Token = Depends(read_access),
+) -> Any:
+    """Entries and exits, newest first, one page at a time."""
+    return app.segments.history(segment, limit=limit, before=cursor)
+
+
+# --- computed traits ------------------------------------------------------------------------
+
+
+def _save_trait(app: Container, name: str, definition: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return app.segments.save_computed(name, definition)
+    except DomainError as error:
+        # The service names faults inside "definition"; this body holds them at its top.
+        if error.field is not None and error.field.startswith("definition."):
+            error.field = error.field.removeprefix("definition.")
+        raise
+
+
+def _trait_names(app: Container) -> set[str]:
+    return {trait["name"] for trait in app.segments.list_computed()}
+
+
+@router.get("/computed-traits")
+def list_traits(app: Container = Depends(container), _: Token = Depends(read_access)) -> Any:
+    """Every computed trait, by name."""
+    return {"computed_traits": app.segments.list_computed()}
+
+
+@router.post("/computed-traits", status_code=201, responses=_TRAIT_ERRORS)
+def create_trait(
+    body: TraitBody, app: Container = Depends(container), _: Token = Depends(write_access)
+) -> Any:
+    """Define a computed trait; every profile's value is computed from history."""
+    name = body.name.strip()
+    if name in _trait_names(app):
+        raise Conflict(f"a computed trait named {name!r} exists already", field="name")
+    return _save_trait(app, body.name, body.definition())
+
+
+@router.put("/computed-traits/{name}", responses=_TRAIT_ERRORS)
+def replace_trait(
+    name: str,
+    body: TraitDefinition,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Replace a computed trait's definition; values and the segments using it follow."""
+    if name not in _trait_names(app):
+        raise NotFound(f"no computed trait {name!r}", field="name")
+    if body.name is not None and body.name.strip() != name:
+        raise Conflict(
+            "renaming a computed trait is not supported: create the new one and delete the old",
+            field="name",
+        )
+    return _save_trait(app, name, body.definition())
+
+
+@router.delete(
+    "/computed-traits/{name}", status_code=204, response_class=Response, responses=_TRAIT_ERRORS
+)
+def delete_trait(
+    name: str, app: Container = Depends(container), _: Token = Depends(write_access)
+) -> Response:
+    """Delete a computed trait that no segment uses."""
+    app.segments.delete_computed(name)
+    return Response(status_code=204)

@@ -1,0 +1,181 @@
+"""The condition language: what is accepted, what is refused and where, what it means."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ariane.domain import computed as comp
+from ariane.domain.clock import iso
+from ariane.domain.computed import parse_feature
+from ariane.domain.conditions import (
+    Facts,
+    Names,
+    evaluate,
+    find_cycle,
+    next_change,
+    parse_condition,
+    to_json,
+)
+from ariane.domain.predicates import InvalidDefinition
+from ariane.domain.profiles import ProfileState
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+NAMES = Names(segments={"subscribers"}, computed={"orders_30d"})
+
+ISSUE_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "all": [
+            {"trait": "plan", "op": "eq", "value": "trial"},
+            {
+                "event": "Feature Used",
+                "where": [{"property": "feature", "op": "in", "value": ["alerts", "map"]}],
+                "count": {"gte": 3},
+                "within": "P7D",
+            },
+            {"not": {"segment": "subscribers"}},
+            {
+                "any": [
+                    {"computed": "orders_30d", "op": "gte", "value": 2},
+                    {"trait": "trial_started_at", "op": "older_than", "value": "P25D"},
+                ]
+            },
+        ]
+    },
+    {"event": "Page Viewed", "count": {"gte": 1}, "within": "PT3S"},
+    {"event": "App Opened", "count": {"eq": 0}, "within": "P3D"},
+]
+
+
+@pytest.mark.parametrize("condition", ISSUE_EXAMPLES)
+def test_the_issue_examples_are_accepted_as_written(condition: dict[str, Any]) -> None:
+    node = parse_condition(condition, NAMES)
+    assert to_json(parse_condition(to_json(node), NAMES)) == to_json(node)
+
+
+@pytest.mark.parametrize(
+    ("condition", "path", "words"),
+    [
+        ({"trait": "plan", "op": "equals", "value": "x"}, "condition.op", "unknown operator"),
+        (
+            {"all": [{"trait": "a", "op": "exists"}, {"event": "E", "within": "7 days"}]},
+            "condition.all[1].within",
+            "ISO-8601",
+        ),
+        ({"segment": "nobody"}, "condition.segment", "unknown segment"),
+        ({"computed": "nothing", "op": "exists"}, "condition.computed", "unknown computed"),
+        ({"event": "E", "count": {"atleast": 3}}, "condition.count.atleast", "unknown bound"),
+        ({"event": "E", "count": {"gte": -1}}, "condition.count.gte", "whole number"),
+        ({"event": "E", "withn": "P1D"}, "condition.withn", "unknown key"),
+        ({"any": []}, "condition.any", "non-empty"),
+        ({"trait": "plan", "op": "in", "value": "x"}, "condition.value", "list"),
+        ({"trait": "plan", "op": "eq"}, "condition.value", "needs a value"),
+        ({"trait": "a..b", "op": "exists"}, "condition.trait", "usable name"),
+        ({"trait": "x", "event": "E"}, "condition", "exactly one"),
+        ({"consent": "email", "status": "maybe"}, "condition.status", "granted"),
+        (
+            {"not": {"event": "E", "where": [{"property": "p", "op": "between", "value": [1]}]}},
+            "condition.not.where[0].value",
+            "between",
+        ),
+        ({"event": "E", "within": "P0D"}, "condition.within", "longer than zero"),
+        (
+            {"event": "E", "between": ["2026-02-01", "2026-01-01"]},
+            "condition.between",
+            "before the end",
+        ),
+    ],
+)
+def test_invalid_definitions_name_the_faulty_node(
+    condition: dict[str, Any], path: str, words: str
+) -> None:
+    with pytest.raises(InvalidDefinition) as raised:
+        parse_condition(condition, NAMES)
+    assert raised.value.field == path
+    assert words in raised.value.message
+
+
+def test_a_cycle_between_segments_is_named() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _profile(**traits: Any) -> ProfileState:
+    return ProfileState(
+        "p1", {k: {"value": v, "at": iso(NOW), "source": "s"} for k, v in traits.items()}
+    )
+
+
+def _fold(profile: ProfileState, feature: comp.Feature, moments: list[datetime]) -> None:
+    states = profile.computed.setdefault("features", {})
+    for number, at in enumerate(moments):
+        comp.fold_event(states, [(feature.key, feature)], at, f"m{number}", {}, NOW, None)
+
+
+def test_a_window_that_moves_gives_the_moment_it_changes() -> None:
+    node = parse_condition(ISSUE_EXAMPLES[1], NAMES)
+    profile = _profile()
+    seen = NOW - timedelta(seconds=1)
+    _fold(
+        profile,
+        comp.Feature("count", "Page Viewed", window=comp.Window("recent", timedelta(seconds=3))),
+        [seen],
+    )
+    facts = Facts(profile, NOW)
+    assert evaluate(node, facts)
+    assert next_change(node, facts) == seen + timedelta(seconds=3)
+    later = Facts(profile, seen + timedelta(seconds=3))
+    assert not evaluate(node, later)
+    assert next_change(node, later) is None
+
+
+def test_ages_of_traits() -> None:
+    node = parse_condition({"trait": "started", "op": "older_than", "value": "P25D"}, NAMES)
+    started = NOW - timedelta(days=25)
+    assert evaluate(node, Facts(_profile(started=iso(started)), NOW))
+    assert not evaluate(
+        node, Facts(_profile(started=iso(started + timedelta(microseconds=1))), NOW)
+    )
+    assert not evaluate(node, Facts(_profile(started="last tuesday"), NOW))
+    assert next_change(node, Facts(_profile(started=iso(NOW)), NOW)) == NOW + timedelta(days=25)
+
+
+def test_computed_states_fold_in_any_order_and_merge_to_the_same_value() -> None:
+    rng = random.Random(5)
+    definitions = (
+        [
+            {"kind": kind, "event": "Order", "property": "category"}
+            for kind in ("most_frequent", "first", "last", "unique_list", "unique_count")
+        ]
+        + [
+            {"kind": kind, "event": "Order", "property": "total", "within": "P30D"}
+            for kind in ("sum", "average", "min", "max")
+        ]
+        + [{"kind": "count", "event": "Order", "within": "P7D", "from": "first_seen"}]
+    )
+    orders = [
+        (
+            NOW - timedelta(days=rng.randrange(40), minutes=rng.randrange(1000)),
+            f"m{n}",
+            {"category": rng.choice(["rings", "pearls", "watches"]), "total": rng.randrange(90)},
+        )
+        for n in range(40)
+    ]
+    first_seen = min(at for at, _, _ in orders)
+    for definition in definitions:
+        feature = parse_feature(definition, "t")
+        whole: dict[str, Any] = {}
+        for at, mid, props in orders:
+            comp.fold_event(whole, [("k", feature)], at, mid, props, NOW, first_seen)
+        shuffled = orders[:]
+        rng.shuffle(shuffled)
+        halves: list[dict[str, Any]] = [{}, {}]
+        for number, (at, mid, props) in enumerate(shuffled):
+            comp.fold_event(halves[number % 2], [("k", feature)], at, mid, props, NOW, first_seen)
+        comp.merge_states({"k": feature}, halves[0], halves[1], NOW, first_seen)
+        assert comp.value(feature, halves[0].get("k"), NOW, first_seen) == comp.value(
+            feature, whole.get("k"), NOW, first_seen
+        ), definition
