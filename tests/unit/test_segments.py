@@ -40,7 +40,8 @@ def test_an_event_reaches_the_segments_that_read_it_and_those_that_refer_to_them
 
 
 def test_traits_consents_and_first_seen_reach_their_readers() -> None:
-    assert reached(Touch(traits=True)) == ["pro", "pro_buyers"]
+    assert reached(Touch(traits={"plan"})) == ["pro", "pro_buyers"]
+    assert reached(Touch(traits={"email"})) == []
     assert reached(Touch(consent=True)) == ["reachable"]
     assert reached(Touch(first_seen=True)) == ["first_week"]
 

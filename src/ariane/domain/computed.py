@@ -142,6 +142,12 @@ class Feature:
     where: tuple[tuple[tuple[str, ...], Test], ...] = ()
     property_path: tuple[str, ...] | None = None
     window: Window = field(default_factory=Window)
+    # Worked out once: evaluation looks features up by key for every person it touches.
+    key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "key", hashlib.sha1(canonical.encode()).hexdigest()[:16])
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.kind, "event": self.event}
@@ -153,11 +159,6 @@ class Feature:
             doc["property"] = ".".join(self.property_path)
         doc.update(self.window.to_json())
         return doc
-
-    @property
-    def key(self) -> str:
-        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha1(canonical.encode()).hexdigest()[:16]
 
     def matches(self, properties: Mapping[str, Any], at: datetime) -> bool:
         # Ages in a filter are measured from the event's own time, so that whether an

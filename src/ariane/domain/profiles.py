@@ -37,16 +37,21 @@ def set_trait(
     return True
 
 
-def apply_message(profile: ProfileState, message: Message, source: str) -> None:
-    """Fold one accepted event into the profile."""
+def apply_message(profile: ProfileState, message: Message, source: str) -> set[str]:
+    """Fold one accepted event into the profile; the traits whose value it changed."""
     at: str = message.payload["timestamp"]
+    changed: set[str] = set()
     context_traits = message.context.get("traits")
-    if isinstance(context_traits, dict):
-        for key, value in context_traits.items():
-            set_trait(profile.traits, key, value, at, source)
+    sets = [context_traits] if isinstance(context_traits, dict) else []
     if message.type == "identify":
-        for key, value in message.traits.items():
-            set_trait(profile.traits, key, value, at, source)
+        sets.append(message.traits)
+    for values in sets:
+        for key, value in values.items():
+            before = profile.traits.get(key)
+            if set_trait(profile.traits, key, value, at, source) and (
+                before is None or before["value"] != value
+            ):
+                changed.add(key)
 
     computed = profile.computed
     if message.type == "track" and message.event is not None:
@@ -59,6 +64,7 @@ def apply_message(profile: ProfileState, message: Message, source: str) -> None:
         profile.first_seen = message.timestamp
     if profile.last_seen is None or message.timestamp > profile.last_seen:
         profile.last_seen = message.timestamp
+    return changed
 
 
 def _sum_counts(into: dict[str, Any], other: dict[str, Any]) -> None:

@@ -52,7 +52,8 @@ class Touch:
     """What a batch changed about one person."""
 
     events: set[str] = field(default_factory=set)
-    traits: bool = False
+    # Top-level keys of the traits whose value changed.
+    traits: set[str] = field(default_factory=set)
     consent: bool = False
     first_seen: bool = False
     # New in this batch: before it, the person was blank.
@@ -63,7 +64,7 @@ class Touch:
 @dataclass(frozen=True, slots=True)
 class _Reads:
     events: frozenset[str]
-    traits: bool
+    traits: frozenset[str]
     consent: bool
     first_seen: bool
     segments: frozenset[str]
@@ -98,7 +99,7 @@ class Catalogue:
             nodes = list(walk(segment.condition))
             reads[segment.name] = _Reads(
                 events=frozenset(f.event for f in used),
-                traits=any(isinstance(n, TraitIs) for n in nodes),
+                traits=frozenset(n.path[0] for n in nodes if isinstance(n, TraitIs)),
                 consent=any(isinstance(n, ConsentIs) for n in nodes),
                 first_seen=any(f.window.kind == "first" for f in used),
                 segments=frozenset(graph[segment.name]),
@@ -159,7 +160,7 @@ class Catalogue:
             return self.order
         key = (
             frozenset(touch.events),
-            touch.traits,
+            frozenset(touch.traits),
             touch.consent,
             touch.first_seen,
             touch.created,
@@ -172,7 +173,7 @@ class Catalogue:
             reads = self._reads[segment.name]
             if (
                 reads.events & touch.events
-                or (reads.traits and touch.traits)
+                or reads.traits & touch.traits
                 or (reads.consent and touch.consent)
                 or (reads.first_seen and touch.first_seen)
                 or reads.segments & reached

@@ -229,10 +229,10 @@ class IngestService:
             )
             state = live[profile_id]
             first_seen = state.first_seen
-            apply_message(state, message, source_id)
+            changed_traits = apply_message(state, message, source_id)
             if live_segments:
                 touch = touches.setdefault(profile_id, Touch())
-                touch.traits |= message.type == "identify" or "traits" in message.context
+                touch.traits |= changed_traits
                 touch.first_seen |= state.first_seen != first_seen
                 catalogue.fold(state, message, now, touch)
             assigned.append(profile_id)

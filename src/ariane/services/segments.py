@@ -127,9 +127,8 @@ class SegmentService:
                 settlement.timers.append((profile_id, after))
         return settlement
 
-    @staticmethod
-    def record(conn: Connection, settlement: Settlement, now: datetime, cause: str) -> None:
-        store.record_transitions(conn, settlement.transitions, now, cause)
+    def record(self, conn: Connection, settlement: Settlement, now: datetime, cause: str) -> None:
+        store.record_transitions(conn, self.db.dialect, settlement.transitions, now, cause)
         store.set_timers(conn, settlement.timers)
 
     def reevaluate(
@@ -181,7 +180,7 @@ class SegmentService:
             transitions: list[Transition] = []
             for profile_id, (state, _) in touched.items():
                 transitions += catalogue.settle(state, timed, now, consents.get(profile_id))
-            store.record_transitions(conn, transitions, now, "time")
+            store.record_transitions(conn, self.db.dialect, transitions, now, "time")
             store.set_timers(conn, [(p, due_at(s)) for p, (s, _) in touched.items()])
             profile_store.update_profiles(
                 conn, self.db.dialect, [s for s, _ in touched.values()], now
@@ -391,7 +390,7 @@ class SegmentService:
                 transitions += new.settle(state, which, now, consents.get(pid))
                 if due_at(state) != before:
                     timers.append((pid, due_at(state)))
-            store.record_transitions(conn, transitions, now, "backfill")
+            store.record_transitions(conn, self.db.dialect, transitions, now, "backfill")
             store.set_timers(conn, timers)
             profile_store.update_profiles(conn, dialect, list(states.values()), now)
 

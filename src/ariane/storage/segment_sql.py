@@ -320,7 +320,7 @@ class _Compiler:
             assert window.length is not None
             # After now - length; before year 1 that is every event.
             since = micros(self.now) - length_micros(window.length)
-            return [stamp >= from_micros(since)] if since >= _EARLIEST else []
+            return [stamp > from_micros(since)] if since >= _EARLIEST else []
         if window.kind == "first":
             assert window.length is not None
             length = length_micros(window.length)
@@ -328,7 +328,7 @@ class _Compiler:
                 return []
             first_seen = profiles.c.first_seen
             limit = self.dialect.micros(first_seen) + sa.literal(length, sa.BigInteger)
-            return [sa.or_(first_seen.is_(None), self.dialect.micros(stamp) < limit)]
+            return [sa.or_(first_seen.is_(None), self.dialect.micros(stamp) <= limit)]
         return []
 
     def in_feature(self, feature: Feature) -> Bool:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso
 from ariane.domain.segments import Transition
-from ariane.storage.database import chunked
+from ariane.storage.database import Dialect, chunked
 from ariane.storage.tables import (
     catalogue_version,
     computed_traits,
@@ -109,30 +109,37 @@ def audience_event(transition: Transition, now: datetime, cause: str) -> dict[st
 
 
 def record_transitions(
-    conn: Connection, transitions: Sequence[Transition], now: datetime, cause: str
+    conn: Connection,
+    dialect: Dialect,
+    transitions: Sequence[Transition],
+    now: datetime,
+    cause: str,
 ) -> None:
-    """Memberships, their history, the timeline events and the outbox, in one go."""
+    """Memberships, their history, the timeline events and the outbox, in one go.
+
+    Through the driver's executemany (see `Dialect.insert_ignoring_conflicts`): a batch
+    of new people can enter hundreds of segments at once.
+    """
     if not transitions:
         return
     entered = [t for t in transitions if t.entered]
     exited = [t for t in transitions if not t.entered]
-    if entered:
+    dialect.insert_ignoring_conflicts(
+        conn,
+        segment_members,
+        [
+            {"segment_id": t.segment.id, "profile_id": t.profile_id, "entered_at": now}
+            for t in entered
+        ],
+    )
+    for chunk in chunked(exited, _CHUNK):
+        pairs = sa.tuple_(segment_members.c.segment_id, segment_members.c.profile_id)
         conn.execute(
-            segment_members.insert(),
-            [
-                {"segment_id": t.segment.id, "profile_id": t.profile_id, "entered_at": now}
-                for t in entered
-            ],
+            segment_members.delete().where(pairs.in_([(t.segment.id, t.profile_id) for t in chunk]))
         )
-    for t in exited:
-        conn.execute(
-            segment_members.delete().where(
-                segment_members.c.segment_id == t.segment.id,
-                segment_members.c.profile_id == t.profile_id,
-            )
-        )
-    conn.execute(
-        segment_history.insert(),
+    dialect.insert_ignoring_conflicts(
+        conn,
+        segment_history,
         [
             {
                 "segment_id": t.segment.id,
@@ -145,8 +152,9 @@ def record_transitions(
         ],
     )
     payloads = [(t, audience_event(t, now, cause)) for t in transitions]
-    conn.execute(
-        events.insert(),
+    dialect.insert_ignoring_conflicts(
+        conn,
+        events,
         [
             {
                 "source_id": INTERNAL_SOURCE,
@@ -161,8 +169,9 @@ def record_transitions(
             for t, payload in payloads
         ],
     )
-    conn.execute(
-        outbox.insert(),
+    dialect.insert_ignoring_conflicts(
+        conn,
+        outbox,
         [
             {
                 "topic": "audience",
