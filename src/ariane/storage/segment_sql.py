@@ -328,7 +328,7 @@ class _Compiler:
                 return []
             first_seen = profiles.c.first_seen
             limit = self.dialect.micros(first_seen) + sa.literal(length, sa.BigInteger)
-            return [sa.or_(first_seen.is_(None), self.dialect.micros(stamp) <= limit)]
+            return [sa.or_(first_seen.is_(None), self.dialect.micros(stamp) < limit)]
         return []
 
     def in_feature(self, feature: Feature) -> Bool:
