@@ -338,9 +338,12 @@ def _fill(url: str, people: int, rng: random.Random, now: datetime) -> None:
                         },
                     }
                 )
-            with db.engine.begin() as conn:
-                conn.execute(profiles.insert(), profile_rows)
-                conn.execute(events.insert(), event_rows)
+
+            def write(conn: Any, people: Any = profile_rows, done: Any = event_rows) -> None:
+                db.dialect.insert_ignoring_conflicts(conn, profiles, people)
+                db.dialect.insert_ignoring_conflicts(conn, events, done)
+
+            db.write(write)
         if db.dialect.name == "postgresql":
             with db.engine.connect() as conn:
                 conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("ANALYZE"))

@@ -87,9 +87,14 @@ def preview(
     Read inside `Database.read()`, so that the count and the sample agree.
     """
     query = members_query(node, dialect, now=now, computed=computed)
-    count = conn.execute(sa.select(sa.func.count()).select_from(query.order_by(None).subquery()))
-    ids = list(conn.execute(query.limit(sample)).scalars()) if sample else []
-    return int(count.scalar_one()), [str(i) for i in ids]
+    if sample <= 0:
+        total = conn.execute(
+            sa.select(sa.func.count()).select_from(query.order_by(None).subquery())
+        )
+        return int(total.scalar_one()), []
+    # One pass over the profiles: the count of every match rides along the first rows.
+    rows = conn.execute(query.add_columns(sa.func.count().over()).limit(sample)).all()
+    return (int(rows[0][1]) if rows else 0), [str(row[0]) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
