@@ -93,6 +93,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
     with engine.begin() as conn:
         names = ", ".join(t.name for t in metadata.sorted_tables)
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
+        # The row migration 0003 seeds: definition changes and writers lock it.
+        conn.execute(sa.text("INSERT INTO catalogue_version (id, version) VALUES (1, 0)"))
     engine.dispose()
     return url
 

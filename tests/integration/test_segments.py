@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from ariane.bootstrap import Container, build
 from ariane.domain.clock import iso
 from ariane.services.ingest import Envelope
+from ariane.services.segments import SegmentService
 from ariane.settings import Settings
 from ariane.storage.tables import events, outbox, profile_timers, segment_history
 from tests.conftest import FakeClock
@@ -408,3 +409,70 @@ def test_history_and_timelines_hold_internal_events_apart(world: World) -> None:
     assert [e["event"] for e in timeline] == ["Audience Entered", "Ping"]
     with world.container.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(segment_history)).scalar() == 1
+
+
+def test_each_entry_leaving_a_window_sets_the_next_timer(world: World) -> None:
+    world.segment("browsing", {"event": "Page Viewed", "count": {"gte": 1}, "within": "PT3S"})
+    ada = world.send("ada", "Page Viewed")
+    world.clock.advance(seconds=1)
+    world.send("ada", "Page Viewed")
+    world.clock.advance(seconds=2)
+    assert world.segments.fire_due() == 1
+    # The first view has left the window, the second has not: still in, one more timer.
+    assert world.members("browsing") == {ada}
+    world.clock.advance(seconds=1)
+    assert world.segments.fire_due() == 1
+    assert world.members("browsing") == set()
+
+
+def test_a_definition_deleted_then_made_again_counts_history_once(world: World) -> None:
+    condition = {"event": "Order Completed", "count": {"gte": 3}}
+    world.segment("buyers", condition)
+    world.send("ada", "Order Completed")
+    ada = world.send("ada", "Order Completed")
+    world.segments.delete_segment("buyers")
+    world.segments.save_computed("orders", {"kind": "count", "event": "Order Completed"})
+    world.segments.delete_computed("orders")
+    world.segment("buyers", condition)
+    world.segments.save_computed("orders", {"kind": "count", "event": "Order Completed"})
+    assert world.members("buyers") == set()
+    assert world.view(ada)["computed_traits"] == {"orders": 2}
+
+
+def test_a_trait_that_turns_from_a_number_to_a_boolean_is_a_change(world: World) -> None:
+    world.segment("beta", {"trait": "beta", "op": "eq", "value": True})
+    world.send("ada", traits={"beta": 1})
+    assert world.members("beta") == set()
+    ada = world.send("ada", traits={"beta": True})
+    assert world.members("beta") == {ada}
+
+
+def test_a_batch_for_a_new_person_waits_for_a_change_of_definitions(
+    world: World, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite runs one write transaction at a time: there is no race to lose")
+    paused, release = threading.Event(), threading.Event()
+    backfill = SegmentService._backfill
+
+    def held_open(self: SegmentService, *args: Any) -> None:
+        backfill(self, *args)
+        paused.set()
+        release.wait(10)
+
+    monkeypatch.setattr(SegmentService, "_backfill", held_open)
+    saver = threading.Thread(
+        target=world.segment, args=("buyers", {"event": "Order Completed", "count": {"gte": 1}})
+    )
+    saver.start()
+    assert paused.wait(10)
+    sent: list[str] = []
+    sender = threading.Thread(target=lambda: sent.append(world.send("ada", "Order Completed")))
+    sender.start()
+    sender.join(0.5)
+    # The batch waits for the definitions to commit, then applies them.
+    assert not sent
+    release.set()
+    saver.join()
+    sender.join()
+    assert world.members("buyers") == set(sent)

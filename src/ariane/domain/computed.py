@@ -440,18 +440,21 @@ def _from_entries(kind: str, entries: Sequence[Sequence[Any]]) -> Any:
 def next_change(
     feature: Feature, state: Mapping[str, Any] | None, now: datetime
 ) -> datetime | None:
-    """When the oldest entry of a window that moves with time leaves it."""
+    """When the oldest entry still inside a window that moves with time leaves it.
+
+    Entries that have left already are skipped: a timer does not prune the state, and the
+    next one is due when the next entry leaves.
+    """
     if feature.window.kind != "recent" or not state:
         return None
     length = feature.window.length
     assert length is not None
-    stamps = [e[0] for e in state.get("e", [])]
-    if not stamps:
+    span, current = length_micros(length), micros(now)
+    leaving = [e[0] + span for e in state.get("e", []) if e[0] + span > current]
+    if not leaving:
         return None
-    due = min(stamps) + length_micros(length)
-    if due > _LATEST:
-        return None
-    return from_micros(due) if due > micros(now) else None
+    due = min(leaving)
+    return None if due > _LATEST else from_micros(due)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ and a property-based test holds the two to the same answers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,7 +101,12 @@ class Behaviour:
         point = [(x - c) / s for x, c, s in zip(counts, self.center, self.scale, strict=True)]
         best, best_distance = "", float("inf")
         for name, centroid in self.centroids:
-            distance = sum((p - q) ** 2 for p, q in zip(point, centroid, strict=True))
+            distance = 0.0
+            for p, q in zip(point, centroid, strict=True):
+                # Multiplied, not squared with **: the SQL engine multiplies, and the two
+                # differ in the last bit now and then, enough to tip a near tie.
+                gap = p - q
+                distance += gap * gap
             # Strictly closer: on a tie the first centroid keeps it.
             if distance < best_distance:
                 best, best_distance = name, distance
@@ -233,14 +239,19 @@ def _parse_consent(node: Mapping[str, Any], path: str) -> ConsentIs:
     return ConsentIs(purpose.strip(), status)
 
 
+_MODEL_LIMIT = 1e15
+
+
 def _numbers(value: Any, size: int | None, where: str) -> tuple[float, ...]:
+    # Finite and bounded: PostgreSQL raises on a float overflow where Python gives inf.
     if (
         not isinstance(value, list)
         or not value
-        or not all(is_number(v) for v in value)
+        or not all(is_number(v) and math.isfinite(v) and abs(v) <= _MODEL_LIMIT for v in value)
         or (size is not None and len(value) != size)
     ):
         wanted = f"{size} numbers" if size is not None else "a list of numbers"
+        wanted += f" of at most {_MODEL_LIMIT:g} in size"
         raise InvalidDefinition(f"needs {wanted}", field=where)
     return tuple(float(v) for v in value)
 
@@ -268,8 +279,8 @@ def _parse_behaviour(node: Mapping[str, Any], path: str) -> Behaviour:
     size = len(features)
     center = _numbers(model.get("center"), size, f"{where}.center")
     scale = _numbers(model.get("scale"), size, f"{where}.scale")
-    if any(s <= 0 for s in scale):
-        raise InvalidDefinition("scales must be above zero", field=f"{where}.scale")
+    if any(s < 1e-9 for s in scale):
+        raise InvalidDefinition("scales must be 1e-9 or more", field=f"{where}.scale")
     centroids = model.get("centroids")
     if not isinstance(centroids, dict) or not centroids:
         raise InvalidDefinition("needs {group: [numbers]}", field=f"{where}.centroids")

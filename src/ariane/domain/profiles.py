@@ -37,6 +37,17 @@ def set_trait(
     return True
 
 
+def identical(one: Any, other: Any) -> bool:
+    """Equal as JSON values: `1`, `1.0` and `true` are not the same trait value."""
+    if isinstance(one, bool) or isinstance(other, bool):
+        return one is other
+    if isinstance(one, dict) and isinstance(other, dict):
+        return one.keys() == other.keys() and all(identical(one[k], other[k]) for k in one)
+    if isinstance(one, list) and isinstance(other, list):
+        return len(one) == len(other) and all(map(identical, one, other))
+    return type(one) is type(other) and bool(one == other)
+
+
 def apply_message(profile: ProfileState, message: Message, source: str) -> set[str]:
     """Fold one accepted event into the profile; the traits whose value it changed."""
     at: str = message.payload["timestamp"]
@@ -49,7 +60,7 @@ def apply_message(profile: ProfileState, message: Message, source: str) -> set[s
         for key, value in values.items():
             before = profile.traits.get(key)
             if set_trait(profile.traits, key, value, at, source) and (
-                before is None or before["value"] != value
+                before is None or not identical(before["value"], value)
             ):
                 changed.add(key)
 

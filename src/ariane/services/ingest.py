@@ -180,6 +180,9 @@ class IngestService:
             if not planned:
                 return
 
+        # Before any profile is locked: held until commit, so that a change of definitions
+        # either waits for this batch or is wholly seen by it, new profiles included.
+        catalogue = self.segments.catalogue(conn, hold=True)
         keys = {i.key for p in planned for i in (*p.identifiers, *p.previous)}
         index = IdentityIndex()
         owners = profile_store.find_owners(conn, dialect, keys)
@@ -187,9 +190,6 @@ class IngestService:
         index.load(owners)
         index.load(profile_store.held_identifiers(conn, dialect, existing, self.limited_types))
 
-        # Read once the profiles are locked: a change of definitions committed while this
-        # transaction waited for them is seen here.
-        catalogue = self.segments.catalogue(conn)
         live_segments = bool(catalogue.order or catalogue.features)
         merge_features = catalogue.merge_features(now)
         touches: dict[str, Touch] = {}

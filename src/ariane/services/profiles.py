@@ -189,6 +189,7 @@ class ProfileService:
             # The lock makes a concurrent merge or erasure of the profile wait for this
             # decision, or this decision wait for them; one that committed meanwhile
             # means starting again, to land on the survivor or to find no one.
+            self.segments.catalogue(conn, hold=True)
             states = profile_store.lock_profiles(conn, self.db.dialect, [live])
             consent_store.insert(conn, live, decision)
             self.segments.reevaluate(conn, states, Touch(consent=True), now, "consent")

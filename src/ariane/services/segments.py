@@ -77,9 +77,16 @@ class SegmentService:
 
     # --- the catalogue ------------------------------------------------------------------------
 
-    def catalogue(self, conn: Connection) -> Catalogue:
-        """The definitions in force for this transaction, rebuilt only when they changed."""
-        version = store.version(conn)
+    def catalogue(self, conn: Connection, *, hold: bool = False) -> Catalogue:
+        """The definitions in force for this transaction, rebuilt only when they changed.
+
+        With `hold`, a writer keeps them in force until it commits: a change of
+        definitions (which locks the catalogue first, then the profiles it backfills)
+        waits for the writer, or the writer for the change and then sees it. Writers
+        take it before locking any profile, so the two never wait for each other in a
+        circle.
+        """
+        version = store.version(conn, hold=hold)
         cached = self._cached
         if cached is not None and cached.version == version:
             return cached
@@ -169,11 +176,11 @@ class SegmentService:
 
         def work(conn: Connection) -> int:
             now = self.clock()
+            catalogue = self.catalogue(conn, hold=True)
             due = store.claim_due(conn, now, limit)
             if not due:
                 return 0
             states = profile_store.lock_profiles(conn, self.db.dialect, due)
-            catalogue = self.catalogue(conn)
             timed = catalogue.timed()
             touched = {pid: (states[pid], Touch()) for pid in sorted(states)}
             consents = self.consents(conn, catalogue, touched)
@@ -377,7 +384,9 @@ class SegmentService:
             states = profile_store.lock_profiles(conn, dialect, ids)
             for state in states.values():
                 features = state.computed.setdefault("features", {})
-                for key in [k for k in features if k not in new.features]:
+                # A feature no definition uses any more goes, and so does what is left of
+                # one being computed afresh (a definition deleted, then made again).
+                for key in [k for k in features if k not in new.features or k in fresh]:
                     del features[key]
             if fresh:
                 self._fold_history(conn, states, fresh, now)

@@ -28,8 +28,13 @@ INTERNAL_SOURCE = "ariane"
 _CHUNK = 400
 
 
-def version(conn: Connection) -> int:
-    found = conn.execute(sa.select(catalogue_version.c.version)).scalar()
+def version(conn: Connection, *, hold: bool = False) -> int:
+    """The catalogue's version; with `hold`, a share lock on it until the transaction ends
+    (SQLite renders none: its single writer already serialises writers)."""
+    query = sa.select(catalogue_version.c.version)
+    if hold:
+        query = query.with_for_update(read=True)
+    found = conn.execute(query).scalar()
     return 0 if found is None else int(found)
 
 
