@@ -86,7 +86,9 @@ class SegmentService:
         take it before locking any profile, so the two never wait for each other in a
         circle.
         """
-        version = store.version(conn, hold=hold)
+        if hold:
+            self.db.dialect.hold_catalogue(conn, exclusive=False)
+        version = store.version(conn)
         cached = self._cached
         if cached is not None and cached.version == version:
             return cached
@@ -229,7 +231,7 @@ class SegmentService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             # Bumping first takes the catalogue's lock: changes to definitions queue here.
-            version = store.bump_version(conn)
+            version = store.bump_version(conn, self.db.dialect)
             old = self._build(conn, version - 1)
             existing = self._require(conn, key) if key is not None else None
             clash = store.segment_row(conn, name)
@@ -265,7 +267,7 @@ class SegmentService:
 
     def delete_segment(self, key: str) -> None:
         def work(conn: Connection) -> None:
-            version = store.bump_version(conn)
+            version = store.bump_version(conn, self.db.dialect)
             row = self._require(conn, key)
             catalogue = self._build(conn, version)
             users = [
@@ -296,7 +298,7 @@ class SegmentService:
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
-            version = store.bump_version(conn)
+            version = store.bump_version(conn, self.db.dialect)
             old = self._build(conn, version - 1)
             store.upsert_computed(
                 conn,
@@ -320,7 +322,7 @@ class SegmentService:
 
     def delete_computed(self, name: str) -> None:
         def work(conn: Connection) -> None:
-            version = store.bump_version(conn)
+            version = store.bump_version(conn, self.db.dialect)
             catalogue = self._build(conn, version)
             users = [s.name for s in catalogue.order if name in _computed_refs(s)]
             if users:

@@ -159,6 +159,11 @@ class Dialect:
     def is_retryable(self, error: DBAPIError) -> bool:
         return False
 
+    def hold_catalogue(self, conn: Connection, *, exclusive: bool) -> None:
+        """Hold segment definitions in force until the transaction ends: writers share the
+        hold, a change of definitions takes it alone. SQLite's single writer already
+        serialises them."""
+
     # --- for segment conditions compiled to SQL (storage/segment_sql.py) --------------------
     #
     # `parts` is a path of object keys into the JSON document `doc`: a key never indexes an
@@ -311,6 +316,10 @@ class SQLiteDialect(Dialect):
         return sa.func.ariane_sum(numbers, type_=sa.Double)
 
 
+# The advisory lock key of segment definitions ("ARIANE" in ASCII, then 1).
+CATALOGUE_LOCK = 0x41524941_4E450001
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
     placeholder = "%s"
@@ -351,6 +360,12 @@ class PostgresDialect(Dialect):
             sa.select(*columns).where(key == wanted.c.value, *conditions).offset(0).lateral("found")
         )
         return sa.select(*found.c).select_from(wanted).join(found, sa.true())
+
+    def hold_catalogue(self, conn: Connection, *, exclusive: bool) -> None:
+        # An advisory lock rather than a row lock: a shared row lock writes to the row
+        # for every batch, and every batch takes one.
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        conn.exec_driver_sql(f"SELECT {function}({CATALOGUE_LOCK})")
 
     def is_retryable(self, error: DBAPIError) -> bool:
         # 40P01 deadlock_detected, 40001 serialization_failure

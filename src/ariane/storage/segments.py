@@ -28,18 +28,15 @@ INTERNAL_SOURCE = "ariane"
 _CHUNK = 400
 
 
-def version(conn: Connection, *, hold: bool = False) -> int:
-    """The catalogue's version; with `hold`, a share lock on it until the transaction ends
-    (SQLite renders none: its single writer already serialises writers)."""
-    query = sa.select(catalogue_version.c.version)
-    if hold:
-        query = query.with_for_update(read=True)
-    found = conn.execute(query).scalar()
+def version(conn: Connection) -> int:
+    found = conn.execute(sa.select(catalogue_version.c.version)).scalar()
     return 0 if found is None else int(found)
 
 
-def bump_version(conn: Connection) -> int:
-    """Take the catalogue's row lock: definition changes are serialised through it."""
+def bump_version(conn: Connection, dialect: Dialect) -> int:
+    """Take the catalogue alone: a change of definitions waits for the writers that hold
+    it, and they wait for the change."""
+    dialect.hold_catalogue(conn, exclusive=True)
     bumped = conn.execute(
         catalogue_version.update().values(version=catalogue_version.c.version + 1)
     )
