@@ -21,7 +21,7 @@ from ariane.domain.errors import DomainError
 from ariane.services.discovery import discover
 from ariane.services.ingest import Envelope
 from ariane.storage import behaviour
-from ariane.storage.tables import merges
+from ariane.storage.tables import INTERNAL_SOURCE, merges
 
 EXPLORING = ["Feature Used", "Map Opened", "Alert Created"]
 LEARNING = ["Help Viewed", "Tutorial Opened"]
@@ -150,7 +150,7 @@ def send(container: Container, users: list[User]) -> None:
         if user.kind == "curious"
         for n in range(30)
     ]
-    container.ingest.ingest(behaviour.INTERNAL_SOURCE, internal, envelope)
+    container.ingest.ingest(INTERNAL_SOURCE, internal, envelope)
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ from ariane.domain.conditions import (
     Names,
     evaluate,
     find_cycle,
-    next_change,
     parse_condition,
     to_json,
 )
 from ariane.domain.predicates import InvalidDefinition
 from ariane.domain.profiles import ProfileState
+from ariane.domain.segments import Catalogue, SegmentDefinition
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 NAMES = Names(segments={"subscribers"}, computed={"orders_30d"})
@@ -101,6 +101,12 @@ def test_invalid_definitions_name_the_faulty_node(
 def test_a_cycle_between_segments_is_named() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def next_change(node: Any, facts: Facts) -> datetime | None:
+    """When time alone may next change the answer, as the catalogue's timers see it."""
+    catalogue = Catalogue(1, [SegmentDefinition("s", "s", "", node)], {})
+    return catalogue.next_due(facts)
 
 
 def _profile(**traits: Any) -> ProfileState:

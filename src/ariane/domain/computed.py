@@ -457,19 +457,6 @@ def next_change(
     return None if due > _LATEST else from_micros(due)
 
 
-@dataclass(frozen=True, slots=True)
-class Catalogue:
-    """The features in use, indexed by the event name that feeds them."""
-
-    features: Mapping[str, Feature] = field(default_factory=dict)
-
-    def by_event(self) -> dict[str, list[tuple[str, Feature]]]:
-        index: dict[str, list[tuple[str, Feature]]] = {}
-        for key, feature in self.features.items():
-            index.setdefault(feature.event, []).append((key, feature))
-        return index
-
-
 def fold_event(
     states: dict[str, Any],
     fed: Iterable[tuple[str, Feature]],

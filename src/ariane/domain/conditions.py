@@ -29,7 +29,6 @@ from ariane.domain.predicates import (
     MISSING,
     InvalidDefinition,
     Test,
-    age_boundary,
     check,
     is_number,
     lookup,
@@ -419,12 +418,6 @@ class Facts:
     # Segments share features: each value is worked out once per person and moment.
     values: dict[str, Any] = field(default_factory=dict)
 
-    def feature_state(self, feature: Feature) -> Any:
-        return self.profile.computed.get("features", {}).get(feature.key)
-
-    def feature_value(self, feature: Feature) -> Any:
-        return self.value_of(feature.key, feature)
-
     def value_of(self, key: str, feature: Feature) -> Any:
         if key in self.values:
             return self.values[key]
@@ -501,26 +494,3 @@ def compile_condition(node: Node, computed: Mapping[str, Feature]) -> Predicate:
     keyed = [(f.key, f) for f in node.features]
     nearest, group = node.nearest, node.group
     return lambda facts: nearest([float(facts.value_of(k, f)) for k, f in keyed]) == group
-
-
-def next_change(node: Node, facts: Facts) -> datetime | None:
-    """The earliest moment after now when time alone may change the answer."""
-    moments: list[datetime] = []
-    now = facts.now
-    for item in walk(node):
-        if isinstance(item, TraitIs):
-            moments.append(age_boundary(item.test, facts.trait(item.path)) or now)
-        elif isinstance(item, ComputedIs):
-            feature = facts.computed[item.name]
-            moments.append(comp.next_change(feature, facts.feature_state(feature), now) or now)
-            moments.append(age_boundary(item.test, facts.feature_value(feature)) or now)
-        elif isinstance(item, EventCount):
-            moments.append(
-                comp.next_change(item.feature, facts.feature_state(item.feature), now) or now
-            )
-        elif isinstance(item, ConsentIs):
-            decision = facts.consents.get(item.purpose)
-            if decision is not None and decision.expires_at is not None:
-                moments.append(decision.expires_at)
-    later = [m for m in moments if m > now]
-    return min(later) if later else None

@@ -87,9 +87,6 @@ class Test:
     value: Any = None
     age: timedelta | None = None
 
-    def holds(self, value: Any, now: datetime) -> bool:
-        return check(self, value, now)
-
     def to_json(self) -> dict[str, Any]:
         if self.op in _UNARY:
             return {"op": self.op}

@@ -47,7 +47,7 @@ from ariane.storage import profiles as profile_store
 from ariane.storage import segment_sql
 from ariane.storage import segments as store
 from ariane.storage.database import Database
-from ariane.storage.tables import events, profiles
+from ariane.storage.tables import INTERNAL_SOURCE, events, profiles
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +427,7 @@ class SegmentService:
                 events.c.profile_id.in_(sorted(states)),
                 events.c.type == "track",
                 events.c.event.in_(sorted(by_event)),
-                events.c.source_id != store.INTERNAL_SOURCE,
+                events.c.source_id != INTERNAL_SOURCE,
             )
             .order_by(events.c.profile_id, events.c.timestamp, events.c.id)
         )

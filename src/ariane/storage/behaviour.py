@@ -15,10 +15,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ariane.storage.tables import events, profiles
+from ariane.storage.tables import INTERNAL_SOURCE, events, profiles
 
-# The source of the events Ariane records itself (segment entered or exited...).
-INTERNAL_SOURCE = "ariane"
 # Rows fetched from the database at a time.
 _BATCH = 5000
 

@@ -38,10 +38,15 @@ from ariane.domain.conditions import (
 )
 from ariane.domain.predicates import Test, is_number, micros
 from ariane.storage.database import Dialect
-from ariane.storage.tables import consents, events, profiles, segment_members, segments
+from ariane.storage.tables import (
+    INTERNAL_SOURCE,
+    consents,
+    events,
+    profiles,
+    segment_members,
+    segments,
+)
 
-# The source of the events Ariane records itself: they are never behaviour.
-INTERNAL_SOURCE = "ariane"
 _EARLIEST = micros(datetime.min.replace(tzinfo=UTC))
 # Longer than the distance between any two instants a datetime holds, in microseconds.
 _FOREVER = 2**60

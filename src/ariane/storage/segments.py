@@ -14,6 +14,7 @@ from ariane.domain.clock import iso
 from ariane.domain.segments import Transition
 from ariane.storage.database import Dialect, chunked
 from ariane.storage.tables import (
+    INTERNAL_SOURCE,
     catalogue_version,
     computed_traits,
     events,
@@ -24,7 +25,6 @@ from ariane.storage.tables import (
     segments,
 )
 
-INTERNAL_SOURCE = "ariane"
 _CHUNK = 400
 
 
@@ -242,11 +242,6 @@ def claim_due(conn: Connection, now: datetime, limit: int) -> list[str]:
         .with_for_update(skip_locked=True)
     )
     return list(conn.execute(query).scalars())
-
-
-def next_due(conn: Connection) -> datetime | None:
-    due: datetime | None = conn.execute(sa.select(sa.func.min(profile_timers.c.due_at))).scalar()
-    return due
 
 
 def members_page(

@@ -44,6 +44,10 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+# The source of the events Ariane records itself (Audience Entered/Exited): never a
+# person's behaviour.
+INTERNAL_SOURCE = "ariane"
+
 JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
