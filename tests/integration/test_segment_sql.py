@@ -53,6 +53,7 @@ from ariane.domain.profiles import ProfileState
 from ariane.storage.database import Database
 from ariane.storage.segment_sql import condition_sql, members_query, preview
 from ariane.storage.tables import consents, events, profiles, segment_members, segments
+from tests.integration.test_segments import TRIAL_CONDITION
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 EXAMPLES = 250
@@ -910,24 +911,7 @@ def test_sql_agrees_with_the_live_evaluator(db: Database, scenario: Scenario) ->
 
 # --- the conditions -------------------------------------------------------------------
 
-TRIAL: dict[str, Any] = {
-    "all": [
-        {"trait": "plan", "op": "eq", "value": "trial"},
-        {
-            "event": "Feature Used",
-            "where": [{"property": "feature", "op": "in", "value": ["alerts", "map"]}],
-            "count": {"gte": 3},
-            "within": "P7D",
-        },
-        {"not": {"segment": "subscribers"}},
-        {
-            "any": [
-                {"computed": "orders_30d", "op": "gte", "value": 2},
-                {"trait": "trial_started_at", "op": "older_than", "value": "P25D"},
-            ]
-        },
-    ]
-}
+TRIAL = TRIAL_CONDITION
 ORDERS_30D = {"kind": "count", "event": "Order Completed", "within": "P30D"}
 
 

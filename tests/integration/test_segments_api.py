@@ -13,28 +13,12 @@ from fastapi.testclient import TestClient
 from ariane.bootstrap import Container
 from tests.conftest import FakeClock
 from tests.integration.test_admin_api import basic
+from tests.integration.test_segments import TRIAL_CONDITION
 
 SUBSCRIBERS = {"trait": "plan", "op": "eq", "value": "paid"}
 ORDERS_30D = {"kind": "count", "event": "Order Completed", "within": "P30D"}
 # The three conditions of issue 3, exactly as written there.
-ENGAGED_TRIAL: dict[str, Any] = {
-    "all": [
-        {"trait": "plan", "op": "eq", "value": "trial"},
-        {
-            "event": "Feature Used",
-            "where": [{"property": "feature", "op": "in", "value": ["alerts", "map"]}],
-            "count": {"gte": 3},
-            "within": "P7D",
-        },
-        {"not": {"segment": "subscribers"}},
-        {
-            "any": [
-                {"computed": "orders_30d", "op": "gte", "value": 2},
-                {"trait": "trial_started_at", "op": "older_than", "value": "P25D"},
-            ]
-        },
-    ]
-}
+ENGAGED_TRIAL = TRIAL_CONDITION
 BROWSING = {"event": "Page Viewed", "count": {"gte": 1}, "within": "PT3S"}
 DORMANT = {"event": "App Opened", "count": {"eq": 0}, "within": "P3D"}
 

@@ -288,7 +288,12 @@ class SegmentService:
         with self.db.read() as conn:
             return [self._public_computed(r) for r in store.computed_rows(conn)]
 
-    def save_computed(self, name: Any, definition: Any) -> dict[str, Any]:
+    def save_computed(
+        self, name: Any, definition: Any, *, exists: bool | None = None
+    ) -> dict[str, Any]:
+        """Create or replace a computed trait and compute it from history. With `exists`,
+        the trait must (True) or must not (False) exist already, checked under the
+        catalogue's lock so that two creations of one name cannot both succeed."""
         name = _check_name(name, "a computed trait")
         if not isinstance(definition, dict):
             raise DomainError("a computed trait is an object with kind and event", field="kind")
@@ -300,6 +305,10 @@ class SegmentService:
             now = self.clock()
             version = store.bump_version(conn, self.db.dialect)
             old = self._build(conn, version - 1)
+            if exists is False and name in old.computed:
+                raise Conflict(f"a computed trait named {name!r} exists already", field="name")
+            if exists is True and name not in old.computed:
+                raise NotFound(f"no computed trait {name!r}", field="name")
             store.upsert_computed(
                 conn,
                 {

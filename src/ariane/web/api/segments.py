@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from ariane.bootstrap import Container
-from ariane.domain.errors import Conflict, DomainError, NotFound
+from ariane.domain.errors import Conflict, DomainError
 from ariane.services.segments import MAX_PAGE
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
@@ -180,18 +180,16 @@ def history(
 # --- computed traits ------------------------------------------------------------------------
 
 
-def _save_trait(app: Container, name: str, definition: dict[str, Any]) -> dict[str, Any]:
+def _save_trait(
+    app: Container, name: str, definition: dict[str, Any], *, exists: bool
+) -> dict[str, Any]:
     try:
-        return app.segments.save_computed(name, definition)
+        return app.segments.save_computed(name, definition, exists=exists)
     except DomainError as error:
         # The service names faults inside "definition"; this body holds them at its top.
         if error.field is not None and error.field.startswith("definition."):
             error.field = error.field.removeprefix("definition.")
         raise
-
-
-def _trait_names(app: Container) -> set[str]:
-    return {trait["name"] for trait in app.segments.list_computed()}
 
 
 @router.get("/computed-traits")
@@ -205,10 +203,7 @@ def create_trait(
     body: TraitBody, app: Container = Depends(container), _: Token = Depends(write_access)
 ) -> Any:
     """Define a computed trait; every profile's value is computed from history."""
-    name = body.name.strip()
-    if name in _trait_names(app):
-        raise Conflict(f"a computed trait named {name!r} exists already", field="name")
-    return _save_trait(app, body.name, body.definition())
+    return _save_trait(app, body.name, body.definition(), exists=False)
 
 
 @router.put("/computed-traits/{name}", responses=_TRAIT_ERRORS)
@@ -219,14 +214,12 @@ def replace_trait(
     _: Token = Depends(write_access),
 ) -> Any:
     """Replace a computed trait's definition; values and the segments using it follow."""
-    if name not in _trait_names(app):
-        raise NotFound(f"no computed trait {name!r}", field="name")
     if body.name is not None and body.name.strip() != name:
         raise Conflict(
             "renaming a computed trait is not supported: create the new one and delete the old",
             field="name",
         )
-    return _save_trait(app, name, body.definition())
+    return _save_trait(app, name, body.definition(), exists=True)
 
 
 @router.delete(
