@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from ariane.domain.computed import parse_feature
 from ariane.domain.conditions import Names, parse_condition
+from ariane.domain.messages import parse_message
+from ariane.domain.profiles import ProfileState
 from ariane.domain.segments import Catalogue, SegmentDefinition, Touch
+
+NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 
 COMPUTED = {"orders_30d": parse_feature({"kind": "count", "event": "Order", "within": "P30D"}, "t")}
 DEFINITIONS: dict[str, dict[str, Any]] = {
@@ -17,6 +22,11 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
     "reachable": {"consent": "email"},
     "first_week": {"event": "Order", "within": "P7D", "from": "first_seen"},
     "dormant": {"event": "App Opened", "count": {"eq": 0}, "within": "P3D"},
+    "big_spenders": {
+        "event": "Order",
+        "where": [{"property": "total", "op": "gte", "value": 100}],
+        "count": {"gte": 1},
+    },
 }
 
 
@@ -33,10 +43,25 @@ def reached(touch: Touch) -> list[str]:
     return sorted(s.name for s in catalogue().affected(touch))
 
 
-def test_an_event_reaches_the_segments_that_read_it_and_those_that_refer_to_them() -> None:
-    assert reached(Touch(events={"Page Viewed"})) == ["browsers"]
-    assert reached(Touch(events={"Order"})) == ["buyers", "first_week", "pro_buyers"]
-    assert reached(Touch(events={"Something Else"})) == []
+def folded(event: str, properties: dict[str, Any] | None = None) -> Touch:
+    """What folding one event of a new person changes."""
+    raw = {"type": "track", "event": event, "userId": "ada", "timestamp": NOW.isoformat()}
+    message = parse_message({**raw, "properties": properties or {}}, received_at=NOW)
+    touch = Touch()
+    catalogue().fold(ProfileState("p1"), message, NOW, touch)
+    return touch
+
+
+def test_an_event_reaches_the_segments_that_read_what_it_changed() -> None:
+    assert reached(folded("Page Viewed")) == ["browsers"]
+    assert reached(folded("Order", {"total": 20})) == ["buyers", "first_week", "pro_buyers"]
+    assert reached(folded("Order", {"total": 120})) == [
+        "big_spenders",
+        "buyers",
+        "first_week",
+        "pro_buyers",
+    ]
+    assert reached(folded("Something Else")) == []
 
 
 def test_traits_consents_and_first_seen_reach_their_readers() -> None:
@@ -48,7 +73,8 @@ def test_traits_consents_and_first_seen_reach_their_readers() -> None:
 
 def test_a_new_person_is_also_evaluated_where_a_blank_person_belongs() -> None:
     assert reached(Touch(created=True)) == ["dormant"]
-    assert reached(Touch(created=True, events={"Page Viewed"})) == ["browsers", "dormant"]
+    page = folded("Page Viewed").features
+    assert reached(Touch(created=True, features=page)) == ["browsers", "dormant"]
     assert reached(Touch(everything=True)) == sorted(DEFINITIONS)
 
 

@@ -142,12 +142,23 @@ class Feature:
     where: tuple[tuple[tuple[str, ...], Test], ...] = ()
     property_path: tuple[str, ...] | None = None
     window: Window = field(default_factory=Window)
-    # Worked out once: evaluation looks features up by key for every person it touches.
+    # Worked out once: evaluation looks features up by key for every person it touches,
+    # and folds and reads windows in microseconds.
     key: str = field(init=False, repr=False, compare=False)
+    span: int = field(init=False, repr=False, compare=False)
+    bounds: tuple[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         object.__setattr__(self, "key", hashlib.sha1(canonical.encode()).hexdigest()[:16])
+        window = self.window
+        length = window.length
+        object.__setattr__(self, "span", 0 if length is None else length_micros(length))
+        if window.start is not None and window.end is not None:
+            bounds = (micros(window.start), micros(window.end))
+        else:
+            bounds = (-_FAR, _FAR)
+        object.__setattr__(self, "bounds", bounds)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.kind, "event": self.event}
@@ -261,26 +272,25 @@ def parse_feature(node: Any, path: str) -> Feature:
 
 # --- state ------------------------------------------------------------------------------
 #
-# Entries (moving windows): {"e": [[micros, value, message_id], ...]}
+# Entries (moving windows): {"e": [entry, ...]}, each entry what its kind reads: [micros]
+# for a count, [micros, value, message_id] for first and last (ties broken by message id),
+# [micros, value] for the others. (States written before 2026-11-24 hold all three in
+# every entry: they read the same.)
 # Aggregates: count {"n"}, sum/average {"s": exact decimal text, "n"}, min/max {"m"},
 # first/last {"t", "i", "v"}, most_frequent {"c": {value: n}}, unique_* {"u": {value: 1}}.
 
 
-def _entry_value(feature: Feature, properties: Mapping[str, Any]) -> Any:
-    if feature.property_path is None:
-        return None
-    return lookup(properties, feature.property_path)
-
-
-def _horizon(feature: Feature, now: datetime, first_seen: datetime | None) -> tuple[int, int]:
+def _horizon(feature: Feature, now_us: int, first_us: int | None) -> tuple[int, int]:
     """The micros range [low, high) of entries still inside a moving window."""
-    length = feature.window.length
-    assert length is not None
     # In microseconds: `now - length` may fall before year 1, where datetime overflows.
     if feature.window.kind == "recent":
-        return micros(now) - length_micros(length) + 1, _FAR
-    base = micros(first_seen) if first_seen is not None else _FAR
-    return -_FAR, base + length_micros(length)
+        return now_us - feature.span + 1, _FAR
+    base = first_us if first_us is not None else _FAR
+    return -_FAR, base + feature.span
+
+
+def _micros_or_none(moment: datetime | None) -> int | None:
+    return None if moment is None else micros(moment)
 
 
 def fold(
@@ -296,23 +306,47 @@ def fold(
 
     Returns None when the event leaves the state as it was.
     """
-    value = _entry_value(feature, properties)
-    if feature.property_path is not None and (value is MISSING or not feature.takes(value)):
-        return None
-    stamp = micros(at)
+    return _fold(
+        state, feature, micros(at), message_id, properties, micros(now), _micros_or_none(first_seen)
+    )
+
+
+def _fold(
+    state: dict[str, Any] | None,
+    feature: Feature,
+    stamp: int,
+    message_id: str,
+    properties: Mapping[str, Any],
+    now_us: int,
+    first_us: int | None,
+) -> dict[str, Any] | None:
+    path = feature.property_path
+    if path is None:
+        value = None
+    else:
+        value = properties.get(path[0], MISSING) if len(path) == 1 else lookup(properties, path)
+        if value is MISSING or not feature.takes(value):
+            return None
     window = feature.window
+    if window.kind == "all":
+        return _aggregate(dict(state or {}), feature.kind, stamp, message_id, value)
     if window.kind == "range":
-        assert window.start is not None and window.end is not None
-        if not window.start <= at < window.end:
+        start, end = feature.bounds
+        if not start <= stamp < end:
             return None
-    if window.moves:
-        low, high = _horizon(feature, now, first_seen)
-        if not low <= stamp < high:
-            return None
-        entries = [e for e in (state or {}).get("e", []) if low <= e[0] < high]
+        return _aggregate(dict(state or {}), feature.kind, stamp, message_id, value)
+    low, high = _horizon(feature, now_us, first_us)
+    if not low <= stamp < high:
+        return None
+    entries = [e for e in state["e"] if low <= e[0] < high] if state else []
+    kind = feature.kind
+    if kind == "count":
+        entries.append([stamp])
+    elif kind == "first" or kind == "last":
         entries.append([stamp, value, message_id])
-        return {"e": entries}
-    return _aggregate(dict(state or {}), feature.kind, stamp, message_id, value)
+    else:
+        entries.append([stamp, value])
+    return {"e": entries}
 
 
 def _aggregate(
@@ -356,7 +390,7 @@ def merge(
     if one is None or other is None:
         return one if other is None else other
     if feature.window.moves:
-        low, high = _horizon(feature, now, first_seen)
+        low, high = _horizon(feature, micros(now), _micros_or_none(first_seen))
         return {"e": [e for e in (*one["e"], *other["e"]) if low <= e[0] < high]}
     kind = feature.kind
     if kind == "count":
@@ -382,10 +416,23 @@ def value(
     feature: Feature, state: Mapping[str, Any] | None, now: datetime, first_seen: datetime | None
 ) -> Any:
     """The feature's value at `now`: 0 or [] when nothing counts, MISSING when undefined."""
+    return value_at(feature, state, micros(now), _micros_or_none(first_seen))
+
+
+def value_at(
+    feature: Feature, state: Mapping[str, Any] | None, now_us: int, first_us: int | None
+) -> Any:
+    """`value`, with `now` and first seen in microseconds."""
     state = state or {}
     kind = feature.kind
     if feature.window.moves:
-        low, high = _horizon(feature, now, first_seen)
+        low, high = _horizon(feature, now_us, first_us)
+        if kind == "count":
+            inside = 0
+            for entry in state.get("e", ()):
+                if low <= entry[0] < high:
+                    inside += 1
+            return inside
         entries = [e for e in state.get("e", []) if low <= e[0] < high]
         return _from_entries(kind, entries)
     if kind == "count":
@@ -411,9 +458,9 @@ def _most_frequent(counts: Mapping[str, int]) -> Any:
 
 
 def _from_entries(kind: str, entries: Sequence[Sequence[Any]]) -> Any:
-    values = [e[1] for e in entries]
     if kind == "count":
         return len(entries)
+    values = [e[1] for e in entries]
     if kind in ("sum", "average"):
         total = Decimal(0)
         for item in values:
@@ -445,16 +492,21 @@ def next_change(
     Entries that have left already are skipped: a timer does not prune the state, and the
     next one is due when the next entry leaves.
     """
+    due = next_change_at(feature, state, micros(now))
+    return None if due is None else from_micros(due)
+
+
+def next_change_at(feature: Feature, state: Mapping[str, Any] | None, now_us: int) -> int | None:
+    """`next_change` in microseconds."""
     if feature.window.kind != "recent" or not state:
         return None
-    length = feature.window.length
-    assert length is not None
-    span, current = length_micros(length), micros(now)
-    leaving = [e[0] + span for e in state.get("e", []) if e[0] + span > current]
-    if not leaving:
-        return None
-    due = min(leaving)
-    return None if due > _LATEST else from_micros(due)
+    span = feature.span
+    due = None
+    for entry in state.get("e", ()):
+        leaves = entry[0] + span
+        if leaves > now_us and (due is None or leaves < due):
+            due = leaves
+    return None if due is None or due > _LATEST else due
 
 
 def fold_event(
@@ -468,10 +520,11 @@ def fold_event(
 ) -> list[str]:
     """Fold one track event into every feature its name feeds; the keys that changed."""
     changed = []
+    stamp, now_us, first_us = micros(at), micros(now), _micros_or_none(first_seen)
     for key, feature in fed:
-        if not feature.matches(properties, at):
+        if feature.where and not feature.matches(properties, at):
             continue
-        state = fold(states.get(key), feature, at, message_id, properties, now, first_seen)
+        state = _fold(states.get(key), feature, stamp, message_id, properties, now_us, first_us)
         if state is not None:
             states[key] = state
             changed.append(key)

@@ -17,6 +17,7 @@ and a property-based test holds the two to the same answers.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,9 +30,10 @@ from ariane.domain.predicates import (
     MISSING,
     InvalidDefinition,
     Test,
-    check,
+    compile_test,
     is_number,
     lookup,
+    micros,
     parse_path,
     parse_test,
 )
@@ -115,18 +117,18 @@ class Behaviour:
 Node = AllOf | AnyOf | Not | TraitIs | ComputedIs | EventCount | InSegment | ConsentIs | Behaviour
 
 
+_COUNT_ORDERS: dict[str, Callable[[int, int], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
 def _bound(op: str, count: int, limit: int) -> bool:
-    if op == "eq":
-        return count == limit
-    if op == "ne":
-        return count != limit
-    if op == "gt":
-        return count > limit
-    if op == "gte":
-        return count >= limit
-    if op == "lt":
-        return count < limit
-    return count <= limit
+    return _COUNT_ORDERS[op](count, limit)
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -417,20 +419,32 @@ class Facts:
     consents: Mapping[str, ConsentDecision] = field(default_factory=dict)
     # Segments share features: each value is worked out once per person and moment.
     values: dict[str, Any] = field(default_factory=dict)
+    # `now` and first seen in microseconds, and the feature states, looked up once.
+    now_us: int = field(init=False)
+    first_us: int | None = field(init=False)
+    states: Mapping[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.now_us = micros(self.now)
+        first_seen = self.profile.first_seen
+        self.first_us = None if first_seen is None else micros(first_seen)
+        self.states = self.profile.computed.get("features", {})
 
     def value_of(self, key: str, feature: Feature) -> Any:
-        if key in self.values:
-            return self.values[key]
-        state = self.profile.computed.get("features", {}).get(key)
-        value = comp.value(feature, state, self.now, self.profile.first_seen)
-        self.values[key] = value
+        values = self.values
+        if key in values:
+            return values[key]
+        value = comp.value_at(feature, self.states.get(key), self.now_us, self.first_us)
+        values[key] = value
         return value
 
     def trait(self, path: Sequence[str]) -> Any:
         cell = self.profile.traits.get(path[0])
         if cell is None:
             return MISSING
-        return lookup({path[0]: cell["value"]}, path)
+        if len(path) == 1:
+            return cell["value"]
+        return lookup(cell["value"], path[1:])
 
     def consent(self, purpose: str) -> str:
         decision = self.consents.get(purpose)
@@ -472,17 +486,18 @@ def compile_condition(node: Node, computed: Mapping[str, Feature]) -> Predicate:
         inner = compile_condition(node.child, computed)
         return lambda facts: not inner(facts)
     if isinstance(node, TraitIs):
-        path, trait_test = node.path, node.test
-        return lambda facts: check(trait_test, facts.trait(path), facts.now)
+        path, trait_test = node.path, compile_test(node.test)
+        return lambda facts: trait_test(facts.trait(path), facts.now)
     if isinstance(node, ComputedIs):
         feature = computed[node.name]
-        key, value_test = feature.key, node.test
-        return lambda facts: check(value_test, facts.value_of(key, feature), facts.now)
+        key, value_test = feature.key, compile_test(node.test)
+        return lambda facts: value_test(facts.value_of(key, feature), facts.now)
     if isinstance(node, EventCount):
         counted, counted_key = node.feature, node.feature.key
         if len(node.bounds) == 1:
             op, limit = node.bounds[0]
-            return lambda facts: _bound(op, facts.value_of(counted_key, counted), limit)
+            order = _COUNT_ORDERS[op]
+            return lambda facts: order(facts.value_of(counted_key, counted), limit)
         holds = node.holds
         return lambda facts: holds(facts.value_of(counted_key, counted))
     if isinstance(node, InSegment):

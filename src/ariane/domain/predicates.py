@@ -18,8 +18,9 @@ every value, so the rules are strict and typed rather than forgiving:
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from math import isfinite
@@ -192,6 +193,53 @@ def check(test: Test, value: Any, now: datetime) -> bool:
     if op == "older_than":
         return micros(moment) <= bound
     return micros(moment) > bound
+
+
+TestFunction = Callable[[Any, datetime], bool]
+
+_ORDERS: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+def compile_test(test: Test) -> TestFunction:
+    """`check` for one test, as a function of the value and the moment.
+
+    The comparisons segments make most, of a number or a string with a literal of its
+    own kind, are decided here at once; every other case goes to `check`.
+    """
+    op, literal = test.op, test.value
+    if op in _ORDERS and is_number(literal):
+        order = _ORDERS[op]
+
+        def against_number(value: Any, now: datetime) -> bool:
+            kind = type(value)
+            if kind is int or kind is float:
+                return order(value, literal)
+            return check(test, value, now)
+
+        return against_number
+    if op == "eq" and isinstance(literal, str):
+
+        def equals_text(value: Any, now: datetime) -> bool:
+            if type(value) is str:
+                return bool(value == literal)
+            return check(test, value, now)
+
+        return equals_text
+    if op == "eq" and is_number(literal):
+
+        def equals_number(value: Any, now: datetime) -> bool:
+            kind = type(value)
+            if kind is int or kind is float:
+                return bool(value == literal)
+            return check(test, value, now)
+
+        return equals_number
+    return lambda value, now: check(test, value, now)
 
 
 def age_boundary(test: Test, value: Any) -> datetime | None:

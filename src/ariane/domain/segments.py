@@ -51,7 +51,8 @@ class SegmentDefinition:
 class Touch:
     """What a batch changed about one person."""
 
-    events: set[str] = field(default_factory=set)
+    # Keys of the features whose state an event changed.
+    features: set[str] = field(default_factory=set)
     # Top-level keys of the traits whose value changed.
     traits: set[str] = field(default_factory=set)
     consent: bool = False
@@ -63,7 +64,7 @@ class Touch:
 
 @dataclass(frozen=True, slots=True)
 class _Reads:
-    events: frozenset[str]
+    features: frozenset[str]
     traits: frozenset[str]
     consent: bool
     first_seen: bool
@@ -75,6 +76,10 @@ class Transition:
     segment: SegmentDefinition
     profile_id: str
     entered: bool
+
+
+# Sets of changes whose reach is remembered; beyond that, the memory starts again.
+_AFFECTED_CACHE = 4096
 
 
 class Catalogue:
@@ -98,7 +103,7 @@ class Catalogue:
             self.features.update((f.key, f) for f in used)
             nodes = list(walk(segment.condition))
             reads[segment.name] = _Reads(
-                events=frozenset(f.event for f in used),
+                features=frozenset(f.key for f in used),
                 traits=frozenset(n.path[0] for n in nodes if isinstance(n, TraitIs)),
                 consent=any(isinstance(n, ConsentIs) for n in nodes),
                 first_seen=any(f.window.kind == "first" for f in used),
@@ -141,8 +146,7 @@ class Catalogue:
             now,
             profile.first_seen,
         )
-        if changed:
-            touch.events.add(message.event)
+        touch.features.update(changed)
 
     def merge_features(self, now: datetime) -> FeatureMerge:
         def merge(
@@ -159,7 +163,7 @@ class Catalogue:
         if touch.everything:
             return self.order
         key = (
-            frozenset(touch.events),
+            frozenset(touch.features),
             frozenset(touch.traits),
             touch.consent,
             touch.first_seen,
@@ -172,7 +176,7 @@ class Catalogue:
         for segment in self.order:
             reads = self._reads[segment.name]
             if (
-                reads.events & touch.events
+                reads.features & touch.features
                 or reads.traits & touch.traits
                 or (reads.consent and touch.consent)
                 or (reads.first_seen and touch.first_seen)
@@ -180,6 +184,8 @@ class Catalogue:
             ):
                 reached.add(segment.name)
         result = [s for s in self.order if s.name in reached]
+        if len(self._affected) >= _AFFECTED_CACHE:
+            self._affected.clear()
         self._affected[key] = result
         return result
 
@@ -217,13 +223,17 @@ class Catalogue:
         for stale in [sid for sid in members if sid not in self.by_id]:
             del members[stale]
         changes = []
+        predicates, answers = self._predicates, facts.segments
+        entered_at: str | None = None
         for segment in which:
-            inside = self._predicates[segment.name](facts)
-            facts.segments[segment.name] = inside
-            if inside and segment.id not in members:
-                members[segment.id] = iso(now)
-                changes.append(Transition(segment, profile.id, True))
-            elif not inside and segment.id in members:
+            inside = predicates[segment.name](facts)
+            answers[segment.name] = inside
+            if inside:
+                if segment.id not in members:
+                    entered_at = entered_at or iso(now)
+                    members[segment.id] = entered_at
+                    changes.append(Transition(segment, profile.id, True))
+            elif segment.id in members:
                 del members[segment.id]
                 changes.append(Transition(segment, profile.id, False))
         due = self._clocks.next_due(facts)
@@ -261,15 +271,22 @@ class _Clocks:
                     windows[node.feature.key] = node.feature
                 elif isinstance(node, ConsentIs):
                     purposes.add(node.purpose)
-        self.windows = list(windows.items())
+        self.windows = windows
         self.trait_ages = list(trait_ages.values())
         self.value_ages = list(value_ages.values())
         self.purposes = sorted(purposes)
 
     def next_due(self, facts: Facts) -> datetime | None:
-        now = facts.now
-        states = facts.profile.computed.get("features", {})
-        moments = [comp.next_change(f, states.get(key), now) for key, f in self.windows]
+        now, now_us, states = facts.now, facts.now_us, facts.states
+        # The windows this person has entries in: most people have few of them.
+        leaving = None
+        for key, state in states.items():
+            feature = self.windows.get(key)
+            if feature is not None:
+                due = comp.next_change_at(feature, state, now_us)
+                if due is not None and (leaving is None or due < leaving):
+                    leaving = due
+        moments = [None if leaving is None else comp.from_micros(leaving)]
         moments += [age_boundary(n.test, facts.trait(n.path)) for n in self.trait_ages]
         moments += [age_boundary(n.test, facts.value_of(k, f)) for k, f, n in self.value_ages]
         for purpose in self.purposes:

@@ -7,11 +7,12 @@ identifier, one locks every profile concerned, one statement writes each kind of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import Connection
 
 from ariane.domain.consent import ConsentDecision, consents_from_message
@@ -33,7 +34,7 @@ from ariane.settings import Settings
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
-from ariane.storage.database import Database
+from ariane.storage.database import Database, RetryTransaction
 
 
 @dataclass(slots=True)
@@ -135,6 +136,13 @@ class IngestService:
         for item, row in zip(planned, rows, strict=True):
             item.row = row
 
+        # Where writers take turns (SQLite), the batch is first worked out from a snapshot,
+        # outside the turn; the turn then checks that what it read still holds and only
+        # writes. When a writer changed it meanwhile, the turn is given up and the batch
+        # worked out again from a newer snapshot; after that, or for a batch that cannot
+        # be worked out beforehand, it is worked out in the turn.
+        rounds = _PREPARED_ROUNDS if self.db.serialises_writes else 0
+        prepared: _Batch | None = None
         attempts = 0
 
         def work(conn: Connection) -> IngestResult:
@@ -145,6 +153,12 @@ class IngestService:
                 quarantined=result.quarantined,
                 problems=result.problems,
             )
+            if prepared is not None and attempts == 1:
+                if not self._still_holds(conn, prepared):
+                    raise _Stale
+                event_store.insert_quarantine(conn, rejected, named)
+                self._write(conn, source_id, prepared, outcome)
+                return outcome
             event_store.insert_quarantine(conn, rejected, named)
             # Resent events are the exception: the first attempt does not look for them,
             # and the event insert, which counts what it stored, sends a batch holding one
@@ -152,7 +166,55 @@ class IngestService:
             self._apply(conn, source_id, planned, outcome, find_resent=attempts > 1)
             return outcome
 
+        for _ in range(rounds):
+            prepared = self._prepare(source_id, planned)
+            if prepared is None:
+                break
+            try:
+                return self.db.write(work)
+            except _Stale:
+                attempts = 0
+        prepared = None
         return self.db.write(work)
+
+    def _prepare(self, source_id: str, planned: list[_Planned]) -> _Batch | None:
+        """The batch worked out from a snapshot, when it merges no stored profiles and
+        records no consent: what it writes then depends on nothing but what it read."""
+        if not planned:
+            return None
+        with self.db.read() as conn:
+            catalogue = self.segments.catalogue(conn)
+            batch = self._work_out(conn, source_id, planned, self.clock(), catalogue)
+            if batch.merge_log or batch.consent_updates:
+                return None
+            batch.settlement = self._settle(conn, batch)
+            batch.consent_histories = self._consent_histories(conn, batch)
+        return batch
+
+    def _still_holds(self, conn: Connection, batch: _Batch) -> bool:
+        """Whether everything `batch` was worked out from is still as it was read."""
+        if self.segments.catalogue(conn, hold=True) is not batch.catalogue:
+            return False
+        dialect = self.db.dialect
+        owners = profile_store.find_owners(conn, dialect, batch.keys)
+        if sorted(owners) != batch.owners:
+            return False
+        ids = {p for _, _, p in owners}
+        try:
+            existing = profile_store.lock_profiles(conn, dialect, ids)
+        except RetryTransaction:
+            return False
+        if _fingerprint(existing) != batch.fingerprint:
+            return False
+        held = profile_store.held_identifiers(conn, dialect, existing, self.limited_types)
+        if sorted(held) != batch.held:
+            return False
+        return self._consent_histories(conn, batch) == batch.consent_histories
+
+    def _consent_histories(self, conn: Connection, batch: _Batch) -> dict[str, Any]:
+        if batch.settlement is None or not batch.catalogue.uses_consent:
+            return {}
+        return {p: consent_store.history(conn, p) for p in sorted(batch.existing)}
 
     def _apply(
         self,
@@ -183,26 +245,51 @@ class IngestService:
         # Before any profile is locked: held until commit, so that a change of definitions
         # either waits for this batch or is wholly seen by it, new profiles included.
         catalogue = self.segments.catalogue(conn, hold=True)
+        batch = self._work_out(conn, source_id, planned, now, catalogue)
+        for merge, reason, message_id in batch.merge_log:
+            merge.survivor = batch.final(merge.survivor)
+            profile_store.record_merge(conn, merge, reason, message_id, now)
+        if batch.consent_updates:
+            consent_store.record_changes(conn, batch.consent_updates)
+        batch.settlement = self._settle(conn, batch)
+        self._write(conn, source_id, batch, result)
+
+    def _work_out(
+        self,
+        conn: Connection,
+        source_id: str,
+        planned: list[_Planned],
+        now: datetime,
+        catalogue: Catalogue,
+    ) -> _Batch:
+        """Resolve each event to its person and fold it into their profile, in memory."""
+        dialect = self.db.dialect
         keys = {i.key for p in planned for i in (*p.identifiers, *p.previous)}
         index = IdentityIndex()
         owners = profile_store.find_owners(conn, dialect, keys)
         existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in owners})
+        held = profile_store.held_identifiers(conn, dialect, existing, self.limited_types)
+        batch = _Batch(
+            planned=planned,
+            now=now,
+            catalogue=catalogue,
+            keys=keys,
+            owners=sorted(owners),
+            held=sorted(held),
+            existing=set(existing),
+            fingerprint=_fingerprint(existing) if self.db.serialises_writes else b"",
+        )
         index.load(owners)
-        index.load(profile_store.held_identifiers(conn, dialect, existing, self.limited_types))
+        index.load(held)
 
         live_segments = bool(catalogue.order or catalogue.features)
         merge_features = catalogue.merge_features(now)
-        touches: dict[str, Touch] = {}
+        touches = batch.touches
         resolver = Resolver(self.settings.identity, index)
-        created: dict[str, ProfileState] = {}
-        live: dict[str, ProfileState] = dict(existing)
-        # Every profile id handed out in this batch leads, through these links, to the
-        # profile that holds it at the end; ids are finalised only when rows are written.
-        absorbed_into: dict[str, str] = {}
-        new_identities: list[tuple[Identifier, str]] = []
-        dropped: list[tuple[str, Identifier, str, str]] = []
-        merge_log: list[tuple[Merge, str, str]] = []
-        assigned: list[str] = []
+        created = batch.created
+        live = batch.live
+        live.update(existing)
+        absorbed_into = batch.absorbed_into
 
         for item in planned:
             message = item.message
@@ -222,9 +309,9 @@ class IngestService:
                     touches.setdefault(merge.survivor, Touch()).everything = True
                     linked = ", ".join(sorted({i.type for i in merge.linked_by}))
                     reason = f"{message.type} event linked it by {linked}"
-                    merge_log.append((merge, reason, message.message_id))
-            new_identities.extend((ident, profile_id) for ident in resolution.attached)
-            dropped.extend(
+                    batch.merge_log.append((merge, reason, message.message_id))
+            batch.new_identities.extend((ident, profile_id) for ident in resolution.attached)
+            batch.dropped.extend(
                 (profile_id, d.identifier, d.reason, message.message_id) for d in resolution.dropped
             )
             state = live[profile_id]
@@ -235,45 +322,34 @@ class IngestService:
                 touch.traits |= changed_traits
                 touch.first_seen |= state.first_seen != first_seen
                 catalogue.fold(state, message, now, touch)
-            assigned.append(profile_id)
+            batch.assigned.append(profile_id)
 
-        def final(profile_id: str) -> str:
-            while profile_id in absorbed_into:
-                profile_id = absorbed_into[profile_id]
-            return profile_id
-
-        for merge, reason, message_id in merge_log:
-            merge.survivor = final(merge.survivor)
-            profile_store.record_merge(conn, merge, reason, message_id, now)
-        result.merges = len(merge_log)
-        consent_updates: list[tuple[str, ConsentDecision]] = []
-        for item, profile_id in zip(planned, assigned, strict=True):
+        for item, profile_id in zip(planned, batch.assigned, strict=True):
             message = item.message
             for decision in consents_from_message(message.context, message.timestamp, source_id):
-                consent_updates.append((final(profile_id), decision))
-        if consent_updates:
-            consent_store.record_changes(conn, consent_updates)
-        settlement = (
-            self._settle(conn, catalogue, live, touches, created, final, consent_updates, now)
-            if live_segments
-            else None
-        )
-        profile_store.insert_profiles(conn, dialect, created.values(), now)
+                batch.consent_updates.append((batch.final(profile_id), decision))
+        return batch
+
+    def _write(self, conn: Connection, source_id: str, batch: _Batch, result: IngestResult) -> None:
+        """Everything the batch changes, worked out already, written."""
+        dialect, now, final = self.db.dialect, batch.now, batch.final
+        result.merges = len(batch.merge_log)
+        profile_store.insert_profiles(conn, dialect, batch.created.values(), now)
         profile_store.insert_identities(
-            conn, dialect, [(i, final(p), source_id) for i, p in new_identities], now
+            conn, dialect, [(i, final(p), source_id) for i, p in batch.new_identities], now
         )
 
-        holders = [final(profile_id) for profile_id in assigned]
-        rows = [(*item.row, owner) for item, owner in zip(planned, holders, strict=True)]
+        holders = [final(profile_id) for profile_id in batch.assigned]
+        rows = [(*item.row, owner) for item, owner in zip(batch.planned, holders, strict=True)]
         # In arrival order: ids break timestamp ties on the timeline. Two writers storing
         # the same resent events in different orders may deadlock; PostgreSQL detects it
         # and the transaction is retried.
         event_store.insert_events(conn, dialect, rows)
-        if settlement is not None:
+        if batch.settlement is not None:
             # After the events: the Audience events they caused come after them.
-            self.segments.record(conn, settlement, now, "event")
+            self.segments.record(conn, batch.settlement, now, "event")
         profile_store.record_decisions(
-            conn, [(final(p), ident, reason, mid) for p, ident, reason, mid in dropped], now
+            conn, [(final(p), ident, reason, mid) for p, ident, reason, mid in batch.dropped], now
         )
         # Only the profiles this batch changed: an owner found for an identifier that was
         # then dropped is left as it was.
@@ -281,33 +357,81 @@ class IngestService:
         profile_store.update_profiles(
             conn,
             dialect,
-            [s for pid, s in live.items() if pid in changed and pid not in created],
+            [s for pid, s in batch.live.items() if pid in changed and pid not in batch.created],
             now,
         )
         result.accepted = len(rows)
         result.profile_ids = holders
 
-    def _settle(
-        self,
-        conn: Connection,
-        catalogue: Catalogue,
-        live: dict[str, ProfileState],
-        touches: dict[str, Touch],
-        created: Collection[str],
-        final: Callable[[str], str],
-        consent_updates: list[tuple[str, ConsentDecision]],
-        now: datetime,
-    ) -> Settlement:
+    def _settle(self, conn: Connection, batch: _Batch) -> Settlement | None:
         """Segments: each person the batch touched, once, under the id they end with."""
+        catalogue = batch.catalogue
+        if not (catalogue.order or catalogue.features):
+            return None
         settling: dict[str, tuple[ProfileState, Touch]] = {}
-        for profile_id, touch in touches.items():
-            owner = final(profile_id)
-            _, into = settling.setdefault(owner, (live[owner], Touch(created=owner in created)))
-            into.events |= touch.events
+        for profile_id, touch in batch.touches.items():
+            owner = batch.final(profile_id)
+            _, into = settling.setdefault(
+                owner, (batch.live[owner], Touch(created=owner in batch.created))
+            )
+            into.features |= touch.features
             into.traits |= touch.traits
             into.first_seen |= touch.first_seen
             into.everything |= touch.everything
-        for owner, _ in consent_updates:
+        for owner, _ in batch.consent_updates:
             settling[owner][1].consent = True
         consents = self.segments.consents(conn, catalogue, settling)
-        return self.segments.settle(catalogue, settling, now, consents)
+        return self.segments.settle(catalogue, settling, batch.now, consents)
+
+
+# How many times a batch is worked out from a snapshot before it is worked out in its turn.
+_PREPARED_ROUNDS = 3
+
+
+class _Stale(Exception):
+    """What a batch was worked out from changed before its turn to write."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What a batch does, worked out in memory before it is written."""
+
+    planned: list[_Planned]
+    now: datetime
+    catalogue: Catalogue
+    # What it was worked out from: the identifiers it names, their owners, the owners'
+    # profiles (as read, `fingerprint`) and the identifiers those hold.
+    keys: set[tuple[str, str]]
+    owners: list[tuple[str, str, str]]
+    held: list[tuple[str, str, str]]
+    existing: set[str]
+    fingerprint: bytes
+    consent_histories: dict[str, Any] = field(default_factory=dict)
+    live: dict[str, ProfileState] = field(default_factory=dict)
+    created: dict[str, ProfileState] = field(default_factory=dict)
+    touches: dict[str, Touch] = field(default_factory=dict)
+    # Every profile id handed out in this batch leads, through these links, to the
+    # profile that holds it at the end; ids are finalised only when rows are written.
+    absorbed_into: dict[str, str] = field(default_factory=dict)
+    new_identities: list[tuple[Identifier, str]] = field(default_factory=list)
+    dropped: list[tuple[str, Identifier, str, str]] = field(default_factory=list)
+    merge_log: list[tuple[Merge, str, str]] = field(default_factory=list)
+    consent_updates: list[tuple[str, ConsentDecision]] = field(default_factory=list)
+    assigned: list[str] = field(default_factory=list)
+    settlement: Settlement | None = None
+
+    def final(self, profile_id: str) -> str:
+        while profile_id in self.absorbed_into:
+            profile_id = self.absorbed_into[profile_id]
+        return profile_id
+
+
+def _fingerprint(states: Mapping[str, ProfileState]) -> bytes:
+    """The profiles as read, to tell whether they were written meanwhile."""
+    return orjson.dumps(
+        [
+            (s.id, s.traits, s.computed, s.first_seen, s.last_seen)
+            for _, s in sorted(states.items())
+        ],
+        option=orjson.OPT_NON_STR_KEYS,
+    )

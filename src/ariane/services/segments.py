@@ -128,17 +128,16 @@ class SegmentService:
                 state.computed.pop("segments", None)
             return settlement
         for profile_id, (state, touch) in touched.items():
-            before = due_at(state)
+            before = state.computed.get("due")
             which = catalogue.affected(touch)
             settlement.transitions += catalogue.settle(state, which, now, consents.get(profile_id))
-            after = due_at(state)
-            if after != before:
-                settlement.timers.append((profile_id, after))
+            if state.computed.get("due") != before:
+                settlement.timers.append((profile_id, due_at(state)))
         return settlement
 
     def record(self, conn: Connection, settlement: Settlement, now: datetime, cause: str) -> None:
         store.record_transitions(conn, self.db.dialect, settlement.transitions, now, cause)
-        store.set_timers(conn, settlement.timers)
+        store.set_timers(conn, self.db.dialect, settlement.timers)
 
     def reevaluate(
         self,
@@ -190,7 +189,9 @@ class SegmentService:
             for profile_id, (state, _) in touched.items():
                 transitions += catalogue.settle(state, timed, now, consents.get(profile_id))
             store.record_transitions(conn, self.db.dialect, transitions, now, "time")
-            store.set_timers(conn, [(p, due_at(s)) for p, (s, _) in touched.items()])
+            store.set_timers(
+                conn, self.db.dialect, [(p, due_at(s)) for p, (s, _) in touched.items()]
+            )
             profile_store.update_profiles(
                 conn, self.db.dialect, [s for s, _ in touched.values()], now
             )
@@ -411,7 +412,7 @@ class SegmentService:
                 if due_at(state) != before:
                     timers.append((pid, due_at(state)))
             store.record_transitions(conn, self.db.dialect, transitions, now, "backfill")
-            store.set_timers(conn, timers)
+            store.set_timers(conn, dialect, timers)
             profile_store.update_profiles(conn, dialect, list(states.values()), now)
 
     def _fold_history(

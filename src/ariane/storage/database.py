@@ -13,6 +13,7 @@ import fcntl
 import operator
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +33,9 @@ from ariane.domain.computed import add_exactly, decimal_of
 from ariane.domain.predicates import micros, parse_moment
 
 T = TypeVar("T")
+
+# Rows in one statement of `Dialect.insert_bulk` on PostgreSQL.
+_BULK_CHUNK = 5000
 
 # Pauses between attempts of a write, in seconds (see `backoff`).
 _BACKOFF_START = 0.001
@@ -90,9 +94,49 @@ class Dialect:
         """`insert_ignoring_conflicts` for rows already in the driver's form (`driver_rows`)."""
         if not params:
             return 0
+        return self._execute_many(conn, table, columns, params, "ON CONFLICT DO NOTHING")
+
+    def insert_bulk(
+        self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+    ) -> int:
+        """`insert_ignoring_conflicts` for writes of many rows at once: on PostgreSQL, one
+        statement per few thousand rows instead of one per row."""
+        return self._insert_bulk(conn, table, rows, "ON CONFLICT DO NOTHING")
+
+    def upsert_bulk(
+        self, conn: Connection, table: sa.Table, key: str, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """`insert_bulk`, but a row whose `key` is taken has its other columns replaced."""
+        if not rows:
+            return
+        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in rows[0] if c != key)
+        self._insert_bulk(conn, table, rows, f'ON CONFLICT ("{key}") DO UPDATE SET {updates}')
+
+    def _insert_bulk(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        rows: Sequence[Mapping[str, Any]],
+        on_conflict: str,
+    ) -> int:
+        # SQLite's executemany costs little more than a single statement.
+        if not rows:
+            return 0
+        columns = list(rows[0])
+        params = self.driver_rows(table, columns, rows)
+        return self._execute_many(conn, table, columns, params, on_conflict)
+
+    def _execute_many(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        params: Sequence[tuple[Any, ...]],
+        on_conflict: str,
+    ) -> int:
         names = ", ".join(f'"{c}"' for c in columns)
         marks = ", ".join([self.placeholder] * len(columns))
-        sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING'
+        sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) {on_conflict}'
         return int(conn.exec_driver_sql(sql, list(params)).rowcount)
 
     def update_many(
@@ -361,6 +405,31 @@ class PostgresDialect(Dialect):
         )
         return sa.select(*found.c).select_from(wanted).join(found, sa.true())
 
+    def _insert_bulk(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        rows: Sequence[Mapping[str, Any]],
+        on_conflict: str,
+    ) -> int:
+        # The driver's executemany runs the statement once per row: here one statement
+        # takes a chunk of rows, as an array per column. Arrays go in binary (%b): their
+        # text form has psycopg escape every quote of every JSON document, slowly. They
+        # are cast to the columns' types without their lengths: a cast to varchar(n)
+        # would cut a longer value, which the insert itself refuses. unnest yields the
+        # rows in order, and ids follow it.
+        if not rows:
+            return 0
+        columns = list(rows[0])
+        names = ", ".join(f'"{c}"' for c in columns)
+        arrays = ", ".join(f"%b::{_unsized(table.c[c].type, conn)}[]" for c in columns)
+        sql = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) {on_conflict}'
+        inserted = 0
+        for chunk in chunked(self.driver_rows(table, columns, rows), _BULK_CHUNK):
+            by_column = tuple(list(values) for values in zip(*chunk, strict=True))
+            inserted += int(conn.exec_driver_sql(sql, by_column).rowcount)
+        return inserted
+
     def hold_catalogue(self, conn: Connection, *, exclusive: bool) -> None:
         # An advisory lock rather than a row lock: a shared row lock writes to the row
         # for every batch, and every batch takes one.
@@ -439,6 +508,11 @@ class PostgresDialect(Dialect):
         return sa.cast(sa.func.sum(numbers), sa.Double())
 
 
+def _unsized(column_type: Any, conn: Connection) -> str:
+    """A column type as PostgreSQL names it, without length or precision."""
+    return re.sub(r"\(\d+(, *\d+)?\)", "", str(column_type.compile(dialect=conn.dialect)))
+
+
 def normalise_url(url: str) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -479,6 +553,11 @@ class Database:
                 self.url, pool_size=pool_size, max_overflow=pool_size, **common
             )
             self._writer = None
+
+    @property
+    def serialises_writes(self) -> bool:
+        """Whether writers take turns, one transaction at a time (SQLite)."""
+        return self._writer is not None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

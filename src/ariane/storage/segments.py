@@ -119,14 +119,14 @@ def record_transitions(
 ) -> None:
     """Memberships, their history, the timeline events and the outbox, in one go.
 
-    Through the driver's executemany (see `Dialect.insert_ignoring_conflicts`): a batch
-    of new people can enter hundreds of segments at once.
+    Through `Dialect.insert_bulk`: a batch of new people can enter hundreds of segments
+    at once.
     """
     if not transitions:
         return
     entered = [t for t in transitions if t.entered]
     exited = [t for t in transitions if not t.entered]
-    dialect.insert_ignoring_conflicts(
+    dialect.insert_bulk(
         conn,
         segment_members,
         [
@@ -139,7 +139,7 @@ def record_transitions(
         conn.execute(
             segment_members.delete().where(pairs.in_([(t.segment.id, t.profile_id) for t in chunk]))
         )
-    dialect.insert_ignoring_conflicts(
+    dialect.insert_bulk(
         conn,
         segment_history,
         [
@@ -154,7 +154,7 @@ def record_transitions(
         ],
     )
     payloads = [(t, audience_event(t, now, cause)) for t in transitions]
-    dialect.insert_ignoring_conflicts(
+    dialect.insert_bulk(
         conn,
         events,
         [
@@ -171,7 +171,7 @@ def record_transitions(
             for t, payload in payloads
         ],
     )
-    dialect.insert_ignoring_conflicts(
+    dialect.insert_bulk(
         conn,
         outbox,
         [
@@ -217,16 +217,20 @@ def inherit_memberships(conn: Connection, absorbed: str, survivor: str) -> None:
         conn.execute(segment_members.insert(), inherited)
 
 
-def set_timers(conn: Connection, timers: Iterable[tuple[str, datetime | None]]) -> None:
+def set_timers(
+    conn: Connection, dialect: Dialect, timers: Iterable[tuple[str, datetime | None]]
+) -> None:
     """Each profile's next due moment, or none."""
     changes = sorted(timers, key=lambda t: t[0])
-    for chunk in chunked(changes, _CHUNK):
-        conn.execute(
-            profile_timers.delete().where(profile_timers.c.profile_id.in_([p for p, _ in chunk]))
-        )
-        rows = [{"profile_id": p, "due_at": due} for p, due in chunk if due is not None]
-        if rows:
-            conn.execute(profile_timers.insert(), rows)
+    gone = [p for p, due in changes if due is None]
+    for chunk in chunked(gone, _CHUNK):
+        conn.execute(profile_timers.delete().where(profile_timers.c.profile_id.in_(chunk)))
+    dialect.upsert_bulk(
+        conn,
+        profile_timers,
+        "profile_id",
+        [{"profile_id": p, "due_at": due} for p, due in changes if due is not None],
+    )
 
 
 def claim_due(conn: Connection, now: datetime, limit: int) -> list[str]:
