@@ -74,6 +74,9 @@ def serve(
     import uvicorn
 
     settings = load_settings()
+    if workers is not None:
+        # The worker processes read their settings from the environment they inherit.
+        os.environ["ARIANE_WORKERS"] = str(workers)
     uvicorn.run(
         "ariane.web.asgi:app_factory",
         factory=True,

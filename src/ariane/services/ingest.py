@@ -28,7 +28,7 @@ from ariane.domain.identity import (
 )
 from ariane.domain.messages import Message, check_batch, parse_message
 from ariane.domain.profiles import ProfileState, apply_message, merge_profiles
-from ariane.domain.segments import Catalogue, Touch
+from ariane.domain.segments import Catalogue, Touch, due_at
 from ariane.services.segments import SegmentService, Settlement
 from ariane.settings import Settings
 from ariane.storage import consents as consent_store
@@ -136,13 +136,15 @@ class IngestService:
         for item, row in zip(planned, rows, strict=True):
             item.row = row
 
-        # Where writers take turns (SQLite), the batch is first worked out from a snapshot,
-        # outside the turn; the turn then checks that what it read still holds and only
-        # writes. When a writer changed it meanwhile, the turn is given up and the batch
-        # worked out again from a newer snapshot; after that, or for a batch that cannot
-        # be worked out beforehand, it is worked out in the turn.
-        rounds = _PREPARED_ROUNDS if self.db.serialises_writes else 0
-        prepared: _Batch | None = None
+        # Where worker processes take turns to write (SQLite), the batch is first worked
+        # out from a snapshot, outside the turn; the turn then checks that what it read
+        # still holds and only writes. A batch that cannot be worked out beforehand, or
+        # that another writer made stale meanwhile, is worked out in the turn.
+        prepared = (
+            self._prepare(source_id, planned)
+            if self.db.serialises_writes and self.settings.workers > 1
+            else None
+        )
         attempts = 0
 
         def work(conn: Connection) -> IngestResult:
@@ -153,34 +155,25 @@ class IngestService:
                 quarantined=result.quarantined,
                 problems=result.problems,
             )
-            if prepared is not None and attempts == 1:
-                if not self._still_holds(conn, prepared):
-                    raise _Stale
-                event_store.insert_quarantine(conn, rejected, named)
+            event_store.insert_quarantine(conn, rejected, named)
+            if prepared is not None and attempts == 1 and self._still_holds(conn, prepared):
                 self._write(conn, source_id, prepared, outcome)
                 return outcome
-            event_store.insert_quarantine(conn, rejected, named)
             # Resent events are the exception: the first attempt does not look for them,
             # and the event insert, which counts what it stored, sends a batch holding one
             # back here for a second attempt that does.
             self._apply(conn, source_id, planned, outcome, find_resent=attempts > 1)
             return outcome
 
-        for _ in range(rounds):
-            prepared = self._prepare(source_id, planned)
-            if prepared is None:
-                break
-            try:
-                return self.db.write(work)
-            except _Stale:
-                attempts = 0
-        prepared = None
         return self.db.write(work)
 
     def _prepare(self, source_id: str, planned: list[_Planned]) -> _Batch | None:
         """The batch worked out from a snapshot, when it merges no stored profiles and
         records no consent: what it writes then depends on nothing but what it read."""
-        if not planned:
+        if not planned or any(
+            consents_from_message(p.message.context, p.message.timestamp, source_id)
+            for p in planned
+        ):
             return None
         with self.db.read() as conn:
             catalogue = self.segments.catalogue(conn)
@@ -192,9 +185,17 @@ class IngestService:
         return batch
 
     def _still_holds(self, conn: Connection, batch: _Batch) -> bool:
-        """Whether everything `batch` was worked out from is still as it was read."""
-        if self.segments.catalogue(conn, hold=True) is not batch.catalogue:
+        """Whether everything `batch` was worked out from is still as it was read, and
+        whether its time still gives the same answers: no segment of anyone it settled
+        may change with time alone between when it was worked out and now."""
+        if self.segments.catalogue(conn, hold=True).version != batch.catalogue.version:
             return False
+        if batch.settlement is not None:
+            now = self.clock()
+            for owner in {batch.final(p) for p in batch.touches}:
+                due = due_at(batch.live[owner])
+                if due is not None and due <= now:
+                    return False
         dialect = self.db.dialect
         owners = profile_store.find_owners(conn, dialect, batch.keys)
         if sorted(owners) != batch.owners:
@@ -382,14 +383,6 @@ class IngestService:
             settling[owner][1].consent = True
         consents = self.segments.consents(conn, catalogue, settling)
         return self.segments.settle(catalogue, settling, batch.now, consents)
-
-
-# How many times a batch is worked out from a snapshot before it is worked out in its turn.
-_PREPARED_ROUNDS = 3
-
-
-class _Stale(Exception):
-    """What a batch was worked out from changed before its turn to write."""
 
 
 @dataclass(slots=True)
