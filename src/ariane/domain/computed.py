@@ -293,24 +293,6 @@ def _micros_or_none(moment: datetime | None) -> int | None:
     return None if moment is None else micros(moment)
 
 
-def fold(
-    state: dict[str, Any] | None,
-    feature: Feature,
-    at: datetime,
-    message_id: str,
-    properties: Mapping[str, Any],
-    now: datetime,
-    first_seen: datetime | None,
-) -> dict[str, Any] | None:
-    """The state after one event already known to match the feature's name and filter.
-
-    Returns None when the event leaves the state as it was.
-    """
-    return _fold(
-        state, feature, micros(at), message_id, properties, micros(now), _micros_or_none(first_seen)
-    )
-
-
 def _fold(
     state: dict[str, Any] | None,
     feature: Feature,
@@ -484,20 +466,13 @@ def _from_entries(kind: str, entries: Sequence[Sequence[Any]]) -> Any:
     return unique if kind == "unique_list" else len(unique)
 
 
-def next_change(
-    feature: Feature, state: Mapping[str, Any] | None, now: datetime
-) -> datetime | None:
-    """When the oldest entry still inside a window that moves with time leaves it.
+def next_change_at(feature: Feature, state: Mapping[str, Any] | None, now_us: int) -> int | None:
+    """When (in microseconds) the oldest entry still inside a window that moves with time
+    leaves it.
 
     Entries that have left already are skipped: a timer does not prune the state, and the
     next one is due when the next entry leaves.
     """
-    due = next_change_at(feature, state, micros(now))
-    return None if due is None else from_micros(due)
-
-
-def next_change_at(feature: Feature, state: Mapping[str, Any] | None, now_us: int) -> int | None:
-    """`next_change` in microseconds."""
     if feature.window.kind != "recent" or not state:
         return None
     span = feature.span

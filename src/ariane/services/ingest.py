@@ -177,8 +177,10 @@ class IngestService:
             return None
         with self.db.read() as conn:
             catalogue = self.segments.catalogue(conn)
-            batch = self._work_out(conn, source_id, planned, self.clock(), catalogue)
-            if batch.merge_log or batch.consent_updates:
+            batch = self._work_out(
+                conn, source_id, planned, self.clock(), catalogue, fingerprint=True
+            )
+            if batch.merge_log:
                 return None
             batch.settlement = self._settle(conn, batch)
             batch.consent_histories = self._consent_histories(conn, batch)
@@ -262,8 +264,13 @@ class IngestService:
         planned: list[_Planned],
         now: datetime,
         catalogue: Catalogue,
+        *,
+        fingerprint: bool = False,
     ) -> _Batch:
-        """Resolve each event to its person and fold it into their profile, in memory."""
+        """Resolve each event to its person and fold it into their profile, in memory.
+
+        With `fingerprint`, the profiles are also kept as read, for `_still_holds`.
+        """
         dialect = self.db.dialect
         keys = {i.key for p in planned for i in (*p.identifiers, *p.previous)}
         index = IdentityIndex()
@@ -278,7 +285,7 @@ class IngestService:
             owners=sorted(owners),
             held=sorted(held),
             existing=set(existing),
-            fingerprint=_fingerprint(existing) if self.db.serialises_writes else b"",
+            fingerprint=_fingerprint(existing) if fingerprint else b"",
         )
         index.load(owners)
         index.load(held)
