@@ -7,7 +7,7 @@ identifier, one locks every profile concerned, one statement writes each kind of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -156,9 +156,11 @@ class IngestService:
                 problems=result.problems,
             )
             event_store.insert_quarantine(conn, rejected, named)
-            if prepared is not None and attempts == 1 and self._still_holds(conn, prepared):
-                self._write(conn, source_id, prepared, outcome)
-                return outcome
+            if prepared is not None and attempts == 1:
+                stale = self._stale(conn, prepared)
+                if stale is not None and len(stale) < len(planned):
+                    self._write(conn, source_id, self._mend(conn, prepared, stale), outcome)
+                    return outcome
             # Resent events are the exception: the first attempt does not look for them,
             # and the event insert, which counts what it stored, sends a batch holding one
             # back here for a second attempt that does.
@@ -183,41 +185,101 @@ class IngestService:
             if batch.merge_log:
                 return None
             batch.settlement = self._settle(conn, batch)
-            batch.consent_histories = self._consent_histories(conn, batch)
+            batch.consent_histories = self._consent_histories(conn, batch, batch.existing)
         return batch
 
-    def _still_holds(self, conn: Connection, batch: _Batch) -> bool:
-        """Whether everything `batch` was worked out from is still as it was read, and
-        whether its time still gives the same answers: no segment of anyone it settled
-        may change with time alone between when it was worked out and now."""
+    def _stale(self, conn: Connection, batch: _Batch) -> set[int] | None:
+        """The positions of the events of `batch` that were worked out from something that
+        has changed since: an owner of an identifier, a profile, the identifiers it holds,
+        its consent history, or a segment that time alone changed between when it was
+        worked out and now. With them, every event of the same people (those linked to
+        them by an identifier or a profile, as read then or now). None when the
+        definitions changed, or a profile was merged away: everything is stale.
+        """
         if self.segments.catalogue(conn, hold=True).version != batch.catalogue.version:
-            return False
+            return None
+        dialect = self.db.dialect
+        found = profile_store.find_owners(conn, dialect, batch.keys)
+        try:
+            existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in found})
+        except RetryTransaction:
+            return None
+        owners = {(t, v): p for t, v, p in found}
+        held = _by_profile(
+            profile_store.held_identifiers(conn, dialect, existing, self.limited_types)
+        )
+        histories = self._consent_histories(conn, batch, existing)
+        changed: set[Any] = {key for key in batch.keys if owners.get(key) != batch.owners.get(key)}
+        prints = _fingerprints(existing)
+        for profile_id in existing.keys() | batch.existing:
+            if (
+                prints.get(profile_id) != batch.fingerprints.get(profile_id)
+                or held.get(profile_id) != batch.held.get(profile_id)
+                or histories.get(profile_id) != batch.consent_histories.get(profile_id)
+            ):
+                changed.add(profile_id)
         if batch.settlement is not None:
             now = self.clock()
             for owner in {batch.final(p) for p in batch.touches}:
                 due = due_at(batch.live[owner])
                 if due is not None and due <= now:
-                    return False
-        dialect = self.db.dialect
-        owners = profile_store.find_owners(conn, dialect, batch.keys)
-        if sorted(owners) != batch.owners:
-            return False
-        ids = {p for _, _, p in owners}
-        try:
-            existing = profile_store.lock_profiles(conn, dialect, ids)
-        except RetryTransaction:
-            return False
-        if _fingerprint(existing) != batch.fingerprint:
-            return False
-        held = profile_store.held_identifiers(conn, dialect, existing, self.limited_types)
-        if sorted(held) != batch.held:
-            return False
-        return self._consent_histories(conn, batch) == batch.consent_histories
+                    changed.add(owner)
+        if not changed:
+            return set()
+        # People: events joined by the identifiers they name and the profiles that own
+        # them, before and now.
+        people = _Links()
+        for position, item in enumerate(batch.planned):
+            people.join(position, batch.final(batch.assigned[position]))
+            for ident in (*item.identifiers, *item.previous):
+                people.join(position, ident.key)
+        for key in batch.keys:
+            people.join(key, batch.owners.get(key), owners.get(key))
+        touched = {people.find(node) for node in changed}
+        return {
+            position for position in range(len(batch.planned)) if people.find(position) in touched
+        }
 
-    def _consent_histories(self, conn: Connection, batch: _Batch) -> dict[str, Any]:
+    def _mend(self, conn: Connection, batch: _Batch, stale: set[int]) -> _Batch:
+        """`batch` with the events at `stale` worked out again, in the turn."""
+        if not stale:
+            return batch
+        again = self._redo(conn, batch.source_id, [batch.planned[i] for i in sorted(stale)])
+        kept = {batch.final(p) for i, p in enumerate(batch.assigned) if i not in stale}
+        mended = _Batch(
+            source_id=batch.source_id,
+            planned=batch.planned,
+            now=again.now,
+            catalogue=again.catalogue,
+            keys=batch.keys,
+            existing=batch.existing,
+        )
+        redone = iter(again.assigned)
+        mended.assigned = [next(redone) if i in stale else p for i, p in enumerate(batch.assigned)]
+        mended.absorbed_into = {**batch.absorbed_into, **again.absorbed_into}
+        mended.live = {p: s for p, s in batch.live.items() if p in kept} | again.live
+        mended.created = {p: s for p, s in batch.created.items() if p in kept} | again.created
+        mended.touches = again.touches
+        mended.new_identities = [
+            (ident, p) for ident, p in batch.new_identities if batch.final(p) in kept
+        ] + again.new_identities
+        mended.dropped = [d for d in batch.dropped if batch.final(d[0]) in kept] + again.dropped
+        mended.merge_log = again.merge_log
+        mended.consent_updates = again.consent_updates
+        if batch.settlement is not None and again.settlement is not None:
+            mended.settlement = Settlement(
+                [t for t in batch.settlement.transitions if t.profile_id in kept]
+                + again.settlement.transitions,
+                [t for t in batch.settlement.timers if t[0] in kept] + again.settlement.timers,
+            )
+        return mended
+
+    def _consent_histories(
+        self, conn: Connection, batch: _Batch, profile_ids: Collection[str]
+    ) -> dict[str, Any]:
         if batch.settlement is None or not batch.catalogue.uses_consent:
             return {}
-        return {p: consent_store.history(conn, p) for p in sorted(batch.existing)}
+        return {p: consent_store.history(conn, p) for p in sorted(profile_ids)}
 
     def _apply(
         self,
@@ -230,7 +292,6 @@ class IngestService:
     ) -> None:
         if not planned:
             return
-        now = self.clock()
         dialect = self.db.dialect
         seen = (
             event_store.seen_message_ids(
@@ -245,6 +306,11 @@ class IngestService:
             if not planned:
                 return
 
+        self._write(conn, source_id, self._redo(conn, source_id, planned), result)
+
+    def _redo(self, conn: Connection, source_id: str, planned: list[_Planned]) -> _Batch:
+        """`planned` worked out in the turn, its merges and consents recorded."""
+        now = self.clock()
         # Before any profile is locked: held until commit, so that a change of definitions
         # either waits for this batch or is wholly seen by it, new profiles included.
         catalogue = self.segments.catalogue(conn, hold=True)
@@ -255,7 +321,7 @@ class IngestService:
         if batch.consent_updates:
             consent_store.record_changes(conn, batch.consent_updates)
         batch.settlement = self._settle(conn, batch)
-        self._write(conn, source_id, batch, result)
+        return batch
 
     def _work_out(
         self,
@@ -269,7 +335,7 @@ class IngestService:
     ) -> _Batch:
         """Resolve each event to its person and fold it into their profile, in memory.
 
-        With `fingerprint`, the profiles are also kept as read, for `_still_holds`.
+        With `fingerprint`, what it was worked out from is also kept, for `_stale`.
         """
         dialect = self.db.dialect
         keys = {i.key for p in planned for i in (*p.identifiers, *p.previous)}
@@ -278,15 +344,17 @@ class IngestService:
         existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in owners})
         held = profile_store.held_identifiers(conn, dialect, existing, self.limited_types)
         batch = _Batch(
+            source_id=source_id,
             planned=planned,
             now=now,
             catalogue=catalogue,
             keys=keys,
-            owners=sorted(owners),
-            held=sorted(held),
             existing=set(existing),
-            fingerprint=_fingerprint(existing) if fingerprint else b"",
         )
+        if fingerprint:
+            batch.owners = {(t, v): p for t, v, p in owners}
+            batch.held = _by_profile(held)
+            batch.fingerprints = _fingerprints(existing)
         index.load(owners)
         index.load(held)
 
@@ -396,16 +464,19 @@ class IngestService:
 class _Batch:
     """What a batch does, worked out in memory before it is written."""
 
+    source_id: str
     planned: list[_Planned]
     now: datetime
     catalogue: Catalogue
-    # What it was worked out from: the identifiers it names, their owners, the owners'
-    # profiles (as read, `fingerprint`) and the identifiers those hold.
+    # The identifiers it names and the profiles that owned them.
     keys: set[tuple[str, str]]
-    owners: list[tuple[str, str, str]]
-    held: list[tuple[str, str, str]]
     existing: set[str]
-    fingerprint: bytes
+    # Worked out before its turn: what it was worked out from, for `_stale`. The owner of
+    # each identifier, the identifiers of limited types each profile held, each profile
+    # as read, and its consent history.
+    owners: dict[tuple[str, str], str] = field(default_factory=dict)
+    held: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    fingerprints: dict[str, bytes] = field(default_factory=dict)
     consent_histories: dict[str, Any] = field(default_factory=dict)
     live: dict[str, ProfileState] = field(default_factory=dict)
     created: dict[str, ProfileState] = field(default_factory=dict)
@@ -426,12 +497,48 @@ class _Batch:
         return profile_id
 
 
-def _fingerprint(states: Mapping[str, ProfileState]) -> bytes:
-    """The profiles as read, to tell whether they were written meanwhile."""
-    return orjson.dumps(
-        [
-            (s.id, s.traits, s.computed, s.first_seen, s.last_seen)
-            for _, s in sorted(states.items())
-        ],
-        option=orjson.OPT_NON_STR_KEYS,
-    )
+def _fingerprints(states: Mapping[str, ProfileState]) -> dict[str, bytes]:
+    """Each profile as read, to tell whether it was written meanwhile."""
+    return {
+        s.id: orjson.dumps(
+            (s.traits, s.computed, s.first_seen, s.last_seen), option=orjson.OPT_NON_STR_KEYS
+        )
+        for s in states.values()
+    }
+
+
+def _by_profile(rows: Iterable[tuple[str, str, str]]) -> dict[str, list[tuple[str, str]]]:
+    held: dict[str, list[tuple[str, str]]] = {}
+    for id_type, value, profile_id in rows:
+        held.setdefault(profile_id, []).append((id_type, value))
+    for values in held.values():
+        values.sort()
+    return held
+
+
+class _Links:
+    """Which of a batch's events, identifiers and profiles belong to one person: joined
+    sets, each led by one of its members (union-find)."""
+
+    def __init__(self) -> None:
+        self._leader: dict[Hashable, Hashable] = {}
+
+    def find(self, node: Hashable) -> Hashable:
+        leader = self._leader
+        leader.setdefault(node, node)
+        while leader[node] != node:
+            # Halving the path: each node visited points two steps on.
+            leader[node] = leader[leader[node]]
+            node = leader[node]
+        return node
+
+    def join(self, *nodes: Hashable | None) -> None:
+        first = None
+        for node in nodes:
+            if node is None:
+                continue
+            leader = self.find(node)
+            if first is None:
+                first = leader
+            elif leader != first:
+                self._leader[leader] = first
