@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -62,6 +63,12 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
         )
         if interval > 0:
             timers.start()
+        if owns_container:
+            # A worker process's own app: what start-up built lives as long as the
+            # process. Frozen out of the collector's sight, each full collection walks
+            # only what requests allocate; before, full collections took a fifth of the
+            # time of a batch with live segments (docs/benchmarks.md).
+            gc.freeze()
         yield
         stop.set()
         if timers.is_alive():
