@@ -17,7 +17,13 @@ from ariane.bootstrap import Container, build
 from ariane.domain.clock import iso
 from ariane.services.ingest import Envelope, IngestService
 from ariane.settings import IdentitySettings, Settings
-from ariane.storage.tables import events, identity_decisions
+from ariane.storage.tables import (
+    events,
+    identity_decisions,
+    profiles,
+    segment_history,
+    segment_members,
+)
 from tests.conftest import FakeClock
 from tests.integration.test_segments import World
 
@@ -196,9 +202,11 @@ def redone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     redo = IngestService._redo
     counts: list[int] = []
 
-    def counted(self: IngestService, conn: Any, source_id: str, planned: list[Any]) -> Any:
+    def counted(
+        self: IngestService, conn: Any, source_id: str, planned: list[Any], now: Any
+    ) -> Any:
         counts.append(len(planned))
-        return redo(self, conn, source_id, planned)
+        return redo(self, conn, source_id, planned, now)
 
     monkeypatch.setattr(IngestService, "_redo", counted)
     return counts
@@ -387,3 +395,132 @@ def test_a_refused_merge_is_worked_out_again_when_the_other_profile_changed_mean
         ]
     finally:
         limited.close()
+
+
+def test_the_people_kept_are_checked_at_the_moment_the_others_are_worked_out_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.segment("recent", {"event": "Order", "count": {"gte": 1}, "within": "P1D"})
+    world.send("ada", traits={"plan": "free"})
+    # Bob's order leaves the window 1 ms after the batch is worked out; Ada is written
+    # meanwhile, and the clock moves on while her event is worked out again.
+    late = world.clock() - timedelta(days=1) + timedelta(milliseconds=1)
+    found = meanwhile(
+        monkeypatch, world.container, lambda: world.send("ada", traits={"plan": "pro"})
+    )
+    redo = IngestService._redo
+
+    def slow(self: IngestService, *args: Any) -> Any:
+        world.clock.advance(milliseconds=2)
+        return redo(self, *args)
+
+    monkeypatch.setattr(IngestService, "_redo", slow)
+
+    send_batch(
+        world,
+        [
+            {"userId": "bob", "event": "Order", "timestamp": iso(late)},
+            {"userId": "ada", "event": "Search"},
+        ],
+    )
+
+    # Bob was kept: at the moment of the check his order was in the window. His entry is
+    # recorded at a moment it held, not when Ada's event was worked out again.
+    assert found == [set(), {1}]
+    bob = world.container.profiles.lookup("user_id", "bob")
+    assert world.changes("recent") == [(bob, "entered", "event")]
+    with world.container.db.read() as conn:
+        entered = conn.execute(
+            sa.select(segment_history.c.at).where(segment_history.c.profile_id == bob)
+        ).scalar_one()
+    assert entered < late + timedelta(days=1)
+    world.clock.advance(seconds=1)
+    world.segments.fire_due()
+    assert world.changes("recent") == [(bob, "entered", "event"), (bob, "exited", "time")]
+
+
+def test_the_people_kept_enter_their_segments_when_they_were_worked_out(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buyers = world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
+    world.send("ada", traits={"plan": "free"})
+    worked_out = world.clock()
+
+    def interfere() -> None:
+        world.send("ada", traits={"plan": "pro"})
+        world.clock.advance(seconds=5)  # the wait for the writer's turn
+
+    found = meanwhile(monkeypatch, world.container, interfere)
+    holders = send_batch(
+        world, [{"userId": "bob", "event": "Order"}, {"userId": "ada", "event": "Search"}]
+    )
+
+    assert found == [set(), {1}]
+    bob = holders[0]
+    # The membership row, the history and the profile agree on when Bob entered.
+    with world.container.db.read() as conn:
+        member_at = conn.execute(
+            sa.select(segment_members.c.entered_at).where(segment_members.c.profile_id == bob)
+        ).scalar_one()
+        history_at = conn.execute(
+            sa.select(segment_history.c.at).where(segment_history.c.profile_id == bob)
+        ).scalar_one()
+        computed = conn.execute(
+            sa.select(profiles.c.computed).where(profiles.c.id == bob)
+        ).scalar_one()
+    assert member_at == history_at == worked_out
+    assert computed["segments"] == {buyers["id"]: iso(worked_out)}
+
+
+def test_a_resent_event_in_a_partly_stale_batch_is_found_on_the_second_attempt(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
+    world.send("ada", traits={"plan": "free"})
+    resent = {"userId": "bob", "event": "Order", "messageId": uuid.uuid4().hex}
+    send_batch(world, [dict(resent)])
+    found = meanwhile(
+        monkeypatch, world.container, lambda: world.send("ada", traits={"plan": "pro"})
+    )
+    counts = redone(monkeypatch)
+
+    messages = [dict(resent), {"userId": "cleo", "event": "Order"}]
+    messages.append({"userId": "ada", "event": "Order"})
+    for message in messages:
+        message.setdefault("messageId", uuid.uuid4().hex)
+        message.update(type="track", timestamp=iso(world.clock()))
+    result = world.container.ingest.ingest(
+        world.source.id, messages, Envelope(received_at=world.clock())
+    )
+
+    # The first attempt worked Ada's event out again and its write met the resent one;
+    # the second looked for resent events and worked the other two out in the turn.
+    assert found == [set(), {2}]
+    assert counts == [1, 2]
+    assert (result.accepted, result.duplicates) == (2, 1)
+    bob = world.container.profiles.lookup("user_id", "bob")
+    assert world.view(bob)["computed"]["event_counts"] == {"Order": 1}
+    assert world.changes("buyers").count((bob, "entered", "event")) == 1
+
+
+def test_a_profile_merged_away_meanwhile_makes_only_the_events_it_owned_stale(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vic = world.send("vic", "Page Viewed")
+    anonymous = send_batch(world, [{"anonymousId": "anon-9", "event": "Page Viewed"}])[0]
+    found = meanwhile(
+        monkeypatch,
+        world.container,
+        lambda: send_batch(world, [{"userId": "vic", "anonymousId": "anon-9", "event": "Login"}]),
+    )
+
+    holders = send_batch(
+        world, [{"anonymousId": "anon-9", "event": "Order"}, {"userId": "zed", "event": "Order"}]
+    )
+
+    # The merge (worked out in its own turn: it merges stored profiles) moved anon-9 to
+    # Vic: only the event naming it was worked out again.
+    assert found == [{0}]
+    assert holders[0] == vic
+    assert world.container.profiles.lookup("anonymous_id", "anon-9") == vic
+    assert world.view(anonymous)["id"] == vic

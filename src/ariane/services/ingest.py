@@ -157,9 +157,13 @@ class IngestService:
             )
             event_store.insert_quarantine(conn, rejected, named)
             if prepared is not None and attempts == 1:
-                stale = self._stale(conn, prepared)
+                # One moment for the check and for what is worked out again: what the
+                # check kept holds at it.
+                now = self.clock()
+                stale = self._stale(conn, prepared, now)
                 if stale is not None and len(stale) < len(planned):
-                    self._write(conn, source_id, self._mend(conn, prepared, stale), outcome)
+                    mended = self._mend(conn, prepared, stale, now)
+                    self._write(conn, source_id, mended, outcome)
                     return outcome
             # Resent events are the exception: the first attempt does not look for them,
             # and the event insert, which counts what it stored, sends a batch holding one
@@ -188,13 +192,14 @@ class IngestService:
             batch.consent_histories = self._consent_histories(conn, batch, batch.existing)
         return batch
 
-    def _stale(self, conn: Connection, batch: _Batch) -> set[int] | None:
+    def _stale(self, conn: Connection, batch: _Batch, now: datetime) -> set[int] | None:
         """The positions of the events of `batch` that were worked out from something that
         has changed since: an owner of an identifier, a profile, the identifiers it holds,
         its consent history, or a segment that time alone changed between when it was
-        worked out and now. With them, every event of the same people (those linked to
+        worked out and `now`. With them, every event of the same people (those linked to
         them by an identifier or a profile, as read then or now). None when the
-        definitions changed, or a profile was merged away: everything is stale.
+        definitions changed, or a profile the identifiers lead to vanished between reading
+        its owner and locking it: everything is stale.
         """
         if self.segments.catalogue(conn, hold=True).version != batch.catalogue.version:
             return None
@@ -219,7 +224,6 @@ class IngestService:
             ):
                 changed.add(profile_id)
         if batch.settlement is not None:
-            now = self.clock()
             for owner in {batch.final(p) for p in batch.touches}:
                 due = due_at(batch.live[owner])
                 if due is not None and due <= now:
@@ -240,11 +244,15 @@ class IngestService:
             position for position in range(len(batch.planned)) if people.find(position) in touched
         }
 
-    def _mend(self, conn: Connection, batch: _Batch, stale: set[int]) -> _Batch:
-        """`batch` with the events at `stale` worked out again, in the turn."""
+    def _mend(self, conn: Connection, batch: _Batch, stale: set[int], now: datetime) -> _Batch:
+        """`batch` with the events at `stale` worked out again at `now`, in the turn.
+
+        The result holds what `_write` reads, nothing more: it is not checked again.
+        """
         if not stale:
             return batch
-        again = self._redo(conn, batch.source_id, [batch.planned[i] for i in sorted(stale)])
+        planned = [batch.planned[i] for i in sorted(stale)]
+        again = self._redo(conn, batch.source_id, planned, now)
         kept = {batch.final(p) for i, p in enumerate(batch.assigned) if i not in stale}
         mended = _Batch(
             source_id=batch.source_id,
@@ -266,11 +274,16 @@ class IngestService:
         mended.dropped = [d for d in batch.dropped if batch.final(d[0]) in kept] + again.dropped
         mended.merge_log = again.merge_log
         mended.consent_updates = again.consent_updates
-        if batch.settlement is not None and again.settlement is not None:
-            mended.settlement = Settlement(
-                [t for t in batch.settlement.transitions if t.profile_id in kept]
-                + again.settlement.transitions,
-                [t for t in batch.settlement.timers if t[0] in kept] + again.settlement.timers,
+        mended.settlement = again.settlement
+        if batch.settlement is not None:
+            # Recorded at the time the kept people were worked out, which their profiles
+            # hold as when they entered.
+            mended.earlier = (
+                Settlement(
+                    [t for t in batch.settlement.transitions if t.profile_id in kept],
+                    [t for t in batch.settlement.timers if t[0] in kept],
+                ),
+                batch.now,
             )
         return mended
 
@@ -306,11 +319,12 @@ class IngestService:
             if not planned:
                 return
 
-        self._write(conn, source_id, self._redo(conn, source_id, planned), result)
+        self._write(conn, source_id, self._redo(conn, source_id, planned, self.clock()), result)
 
-    def _redo(self, conn: Connection, source_id: str, planned: list[_Planned]) -> _Batch:
-        """`planned` worked out in the turn, its merges and consents recorded."""
-        now = self.clock()
+    def _redo(
+        self, conn: Connection, source_id: str, planned: list[_Planned], now: datetime
+    ) -> _Batch:
+        """`planned` worked out in the turn at `now`, its merges and consents recorded."""
         # Before any profile is locked: held until commit, so that a change of definitions
         # either waits for this batch or is wholly seen by it, new profiles included.
         catalogue = self.segments.catalogue(conn, hold=True)
@@ -421,8 +435,10 @@ class IngestService:
         # the same resent events in different orders may deadlock; PostgreSQL detects it
         # and the transaction is retried.
         event_store.insert_events(conn, dialect, rows)
+        # After the events: the Audience events they caused come after them.
+        if batch.earlier is not None:
+            self.segments.record(conn, *batch.earlier, "event")
         if batch.settlement is not None:
-            # After the events: the Audience events they caused come after them.
             self.segments.record(conn, batch.settlement, now, "event")
         profile_store.record_decisions(
             conn, [(final(p), ident, reason, mid) for p, ident, reason, mid in batch.dropped], now
@@ -490,6 +506,8 @@ class _Batch:
     consent_updates: list[tuple[str, ConsentDecision]] = field(default_factory=list)
     assigned: list[str] = field(default_factory=list)
     settlement: Settlement | None = None
+    # Mended in the turn: what the people kept as worked out before it settled, and when.
+    earlier: tuple[Settlement, datetime] | None = None
 
     def final(self, profile_id: str) -> str:
         while profile_id in self.absorbed_into:
