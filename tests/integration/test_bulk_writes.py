@@ -100,7 +100,7 @@ def test_rows_beyond_one_statement_go_in_the_next(
 
 def test_no_rows_write_nothing(db: Database) -> None:
     assert db.write(lambda conn: db.dialect.insert_bulk(conn, outbox, [])) == 0
-    db.write(lambda conn: db.dialect.upsert_bulk(conn, profile_timers, "profile_id", []))
+    db.write(lambda conn: db.dialect.upsert_bulk(conn, profile_timers, ("profile_id",), []))
     assert stored(db) == []
     assert timers(db) == {}
 
@@ -118,7 +118,7 @@ def test_an_upsert_replaces_the_other_columns_of_a_taken_key(db: Database) -> No
 
     def upsert(*rows: tuple[str, datetime]) -> None:
         values = [{"profile_id": p, "due_at": due} for p, due in rows]
-        db.write(lambda conn: db.dialect.upsert_bulk(conn, profile_timers, "profile_id", values))
+        db.write(lambda conn: db.dialect.upsert_bulk(conn, profile_timers, ("profile_id",), values))
 
     upsert(("a", NOW), ("b", NOW))
     upsert(("b", later), ("c", NOW))

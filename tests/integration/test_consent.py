@@ -321,7 +321,7 @@ def test_a_decision_taken_during_a_merge_lands_on_the_survivor(
         # What ingestion does when an event proves the two are one person.
         profile_store.lock_profiles(conn, container.db.dialect, [absorbed, survivor])
         merge = Merge(survivor, absorbed, linked_by=[], identifiers=[])
-        profile_store.record_merge(conn, merge, "test", None, clock.now)
+        profile_store.record_merge(conn, container.db.dialect, merge, "test", None, clock.now)
 
     decided = while_held(
         container,

@@ -458,6 +458,7 @@ def test_the_people_kept_enter_their_segments_when_they_were_worked_out(
     assert found == [set(), {1}]
     bob = holders[0]
     # The membership row, the history and the profile agree on when Bob entered.
+    world.segments.catch_up()
     with world.container.db.read() as conn:
         member_at = conn.execute(
             sa.select(segment_members.c.entered_at).where(segment_members.c.profile_id == bob)

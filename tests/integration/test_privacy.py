@@ -74,6 +74,8 @@ def build_rich_person(client: TestClient, write_key: str, headers: dict[str, str
     segments.save_segment(
         "viewers", "", {"event": "Viewed Product", "count": {"gte": 1}, "within": "P30D"}
     )
+    # And one whose entry is recorded but not yet applied to its members (segment_changes).
+    segments.save_segment("sharers", "", {"event": "Shared", "count": {"gte": 1}})
     # Bob exists first, so that Ada's event carrying Bob's device is refused a merge.
     assert post("/v1/identify", {"userId": "bob-77", "anonymousId": "anon-bob-77"}).is_success
     # Ada browses anonymously, then signs up on another device: two profiles...
@@ -177,8 +179,9 @@ def test_export_then_erase_a_rich_profile(
     receipt = erased.json()
     assert set(receipt) == {"id", "erased_at", "requested_by", "counts"}
     assert receipt["counts"]["profiles"] == 2
-    # Her four events, and her Audience Entered.
-    assert receipt["counts"]["events"] == 5
+    # Her four events, and her two Audience Entered.
+    assert receipt["counts"]["events"] == 6
+    assert receipt["counts"]["segment_changes"] == 1
     assert receipt["counts"]["quarantine"] == 2
     assert receipt["counts"]["merges"] == 1
 

@@ -407,6 +407,8 @@ def test_history_and_timelines_hold_internal_events_apart(world: World) -> None:
     assert view["computed"]["event_counts"] == {"Ping": 1}
     timeline = world.container.profiles.events(ada)["events"]
     assert [e["event"] for e in timeline] == ["Audience Entered", "Ping"]
+    # The entry reaches the history by segment when the recorded changes are applied.
+    assert world.segments.catch_up() == 1
     with world.container.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(segment_history)).scalar() == 1
 

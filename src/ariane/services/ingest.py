@@ -331,7 +331,7 @@ class IngestService:
         batch = self._work_out(conn, source_id, planned, now, catalogue)
         for merge, reason, message_id in batch.merge_log:
             merge.survivor = batch.final(merge.survivor)
-            profile_store.record_merge(conn, merge, reason, message_id, now)
+            profile_store.record_merge(conn, self.db.dialect, merge, reason, message_id, now)
         if batch.consent_updates:
             consent_store.record_changes(conn, batch.consent_updates)
         batch.settlement = self._settle(conn, batch)

@@ -2,9 +2,11 @@
 
 Ingestion calls `fold` for each event and `settle` once per batch, inside its write
 transaction; timers fire through `fire_due`, also one transaction per round. Every
-membership change is written with its history row, its `Audience Entered/Exited` event
-and its outbox row in the transaction that decides it, under the lock of the profile,
-so that a change is recorded once even with several processes at work.
+membership change is recorded (in the profile, and as a row of `segment_changes`) with
+its `Audience Entered/Exited` event and its outbox row in the transaction that decides
+it, under the lock of the profile, so that a change is recorded once even with several
+processes at work. `catch_up` applies the recorded changes to the memberships and
+history by segment in bulk, before anything reads them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain import computed as comp
+from ariane.domain.clock import parse_timestamp
 from ariane.domain.computed import Feature, parse_feature
 from ariane.domain.conditions import (
     Names,
@@ -41,6 +44,7 @@ from ariane.domain.segments import (
     Touch,
     Transition,
     due_at,
+    memberships,
 )
 from ariane.storage import consents as consent_store
 from ariane.storage import profiles as profile_store
@@ -200,23 +204,36 @@ class SegmentService:
         return self.db.write(work)
 
     def run_timers(self, stop: threading.Event, interval: float) -> None:
-        """Fire due timers until `stop` is set; each round drains what is due."""
+        """Fire due timers until `stop` is set; each round drains what is due, then
+        applies the changes recorded meanwhile to memberships and their history."""
         while not stop.is_set():
             try:
                 while self.fire_due() and not stop.is_set():
                     pass
+                self.catch_up()
             except Exception:
                 log.exception("segment timers: a round failed; retrying")
             stop.wait(interval)
 
+    def catch_up(self) -> int:
+        """Apply the entries and exits recorded since the last time to memberships and
+        their history (`storage.segments.catch_up`); how many there were. Everything that
+        reads those tables calls it first."""
+        with self.db.read() as conn:
+            if not store.pending_changes(conn):
+                return 0
+        return self.db.write(lambda conn: store.catch_up(conn, self.db.dialect))
+
     # --- definitions ------------------------------------------------------------------------
 
     def list_segments(self) -> list[dict[str, Any]]:
+        self.catch_up()
         with self.db.read() as conn:
             rows = store.segment_rows(conn)
             return [{**self._public(r), "members": store.member_count(conn, r["id"])} for r in rows]
 
     def get_segment(self, key: str) -> dict[str, Any]:
+        self.catch_up()
         with self.db.read() as conn:
             row = self._require(conn, key)
             return {**self._public(row), "members": store.member_count(conn, row["id"])}
@@ -260,6 +277,7 @@ class SegmentService:
                 store.update_segment(conn, segment_id, row)
             new = self._checked(conn, version)
             self._backfill(conn, old, new, [name], now)
+            store.catch_up(conn, self.db.dialect)
             saved = store.segment_row(conn, segment_id)
             assert saved is not None
             return {**self._public(saved), "members": store.member_count(conn, segment_id)}
@@ -281,6 +299,8 @@ class SegmentService:
                     f"segment {row['name']!r} is used by {', '.join(users)}; change those first",
                     field="segment",
                 )
+            # Its changes still to apply would bring its members back.
+            store.catch_up(conn, self.db.dialect)
             store.delete_segment(conn, row["id"])
 
         self.db.write(work)
@@ -526,6 +546,8 @@ class SegmentService:
     def preview(self, condition: Any, sample: int = 20) -> dict[str, Any]:
         if not 0 <= sample <= 100:
             raise DomainError("sample must be between 0 and 100", field="sample")
+        # Conditions on membership of other segments read their members.
+        self.catch_up()
         with self.db.read() as conn:
             catalogue = self.catalogue(conn)
             node = parse_condition(
@@ -544,6 +566,7 @@ class SegmentService:
     def members(self, key: str, *, limit: int = 100, after: str | None = None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_PAGE:
             raise DomainError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        self.catch_up()
         with self.db.read() as conn:
             row = self._require(conn, key)
             page = store.members_page(conn, row["id"], limit=limit + 1, after=after)
@@ -559,6 +582,7 @@ class SegmentService:
 
     def all_members(self, key: str) -> Iterator[tuple[str, datetime]]:
         after: str | None = None
+        self.catch_up()
         with self.db.read() as conn:
             row = self._require(conn, key)
             while True:
@@ -571,6 +595,7 @@ class SegmentService:
     def history(self, key: str, *, limit: int = 100, before: int | None = None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_PAGE:
             raise DomainError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        self.catch_up()
         with self.db.read() as conn:
             row = self._require(conn, key)
             page = store.history_page(conn, row["id"], limit=limit + 1, before=before)
@@ -599,10 +624,14 @@ class SegmentService:
         for name, feature in sorted(catalogue.computed.items()):
             value = comp.value(feature, states.get(feature.key), now, state.first_seen)
             values[name] = None if value is MISSING else value
-        return {
-            "segments": store.profile_memberships(conn, state.id),
-            "computed_traits": values,
-        }
+        # The profile holds its memberships as they are decided: no catching up.
+        held = memberships(state)
+        named = sorted((catalogue.by_id[sid].name, sid) for sid in held if sid in catalogue.by_id)
+        segments = [
+            {"id": sid, "name": name, "entered_at": parse_timestamp(held[sid])}
+            for name, sid in named
+        ]
+        return {"segments": segments, "computed_traits": values}
 
     def _require(self, conn: Connection, key: str) -> dict[str, Any]:
         row = store.segment_row(conn, key)

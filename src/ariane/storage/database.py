@@ -104,13 +104,19 @@ class Dialect:
         return self._insert_bulk(conn, table, rows, "ON CONFLICT DO NOTHING")
 
     def upsert_bulk(
-        self, conn: Connection, table: sa.Table, key: str, rows: Sequence[Mapping[str, Any]]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        key: tuple[str, ...],
+        rows: Sequence[Mapping[str, Any]],
     ) -> None:
-        """`insert_bulk`, but a row whose `key` is taken has its other columns replaced."""
+        """`insert_bulk`, but a row whose `key` columns are taken has its other columns
+        replaced."""
         if not rows:
             return
-        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in rows[0] if c != key)
-        self._insert_bulk(conn, table, rows, f'ON CONFLICT ("{key}") DO UPDATE SET {updates}')
+        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in rows[0] if c not in key)
+        conflict = ", ".join(f'"{c}"' for c in key)
+        self._insert_bulk(conn, table, rows, f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}")
 
     def _insert_bulk(
         self,
@@ -202,6 +208,10 @@ class Dialect:
 
     def is_retryable(self, error: DBAPIError) -> bool:
         return False
+
+    def hold_projection(self, conn: Connection) -> None:
+        """Apply recorded segment changes one transaction at a time, until it ends.
+        SQLite's single writer already does."""
 
     def hold_catalogue(self, conn: Connection, *, exclusive: bool) -> None:
         """Hold segment definitions in force until the transaction ends: writers share the
@@ -362,6 +372,7 @@ class SQLiteDialect(Dialect):
 
 # The advisory lock key of segment definitions ("ARIANE" in ASCII, then 1).
 CATALOGUE_LOCK = 0x41524941_4E450001
+PROJECTION_LOCK = 0x41524941_4E450002
 
 
 class PostgresDialect(Dialect):
@@ -435,6 +446,9 @@ class PostgresDialect(Dialect):
         # for every batch, and every batch takes one.
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         conn.exec_driver_sql(f"SELECT {function}({CATALOGUE_LOCK})")
+
+    def hold_projection(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PROJECTION_LOCK})")
 
     def is_retryable(self, error: DBAPIError) -> bool:
         # 40P01 deadlock_detected, 40001 serialization_failure

@@ -144,7 +144,12 @@ def _profile_tables(on_merge: str) -> list[sa.Column[Any]]:
 
 
 def record_merge(
-    conn: Connection, merge: Merge, reason: str, message_id: str | None, now: datetime
+    conn: Connection,
+    dialect: Dialect,
+    merge: Merge,
+    reason: str,
+    message_id: str | None,
+    now: datetime,
 ) -> None:
     """Move everything of the absorbed profile to the survivor, keeping the old id alive.
 
@@ -152,6 +157,8 @@ def record_merge(
     can be counted twice; its id leads to the survivor (`merged_into`), also for the ids
     it had absorbed before.
     """
+    # Memberships move as they stand: the changes recorded for either are applied first.
+    segment_store.catch_up(conn, dialect)
     moved = conn.execute(
         identities.update()
         .where(identities.c.profile_id == merge.absorbed)

@@ -21,12 +21,15 @@ from ariane.storage.tables import (
     events,
     outbox,
     profile_timers,
+    segment_changes,
     segment_history,
     segment_members,
     segments,
 )
 
 _CHUNK = 400
+# Recorded segment changes applied per round of `catch_up`.
+_APPLY_CHUNK = 20_000
 
 
 def version(conn: Connection) -> int:
@@ -125,31 +128,17 @@ def record_transitions(
     now: datetime,
     cause: str,
 ) -> None:
-    """Memberships, their history, the timeline events and the outbox, in one go.
+    """The changes (applied to memberships and their history by `catch_up`), the timeline
+    events and the outbox, in one go.
 
     Through `Dialect.insert_bulk`: a batch of new people can enter hundreds of segments
     at once.
     """
     if not transitions:
         return
-    entered = [t for t in transitions if t.entered]
-    exited = [t for t in transitions if not t.entered]
     dialect.insert_bulk(
         conn,
-        segment_members,
-        [
-            {"segment_id": t.segment.id, "profile_id": t.profile_id, "entered_at": now}
-            for t in entered
-        ],
-    )
-    for chunk in chunked(exited, _CHUNK):
-        pairs = sa.tuple_(segment_members.c.segment_id, segment_members.c.profile_id)
-        conn.execute(
-            segment_members.delete().where(pairs.in_([(t.segment.id, t.profile_id) for t in chunk]))
-        )
-    dialect.insert_bulk(
-        conn,
-        segment_history,
+        segment_changes,
         [
             {
                 "segment_id": t.segment.id,
@@ -196,8 +185,75 @@ def record_transitions(
     )
 
 
+def catch_up(conn: Connection, dialect: Dialect) -> int:
+    """Apply the recorded changes to memberships and their history; how many there were.
+
+    One at a time (`Dialect.hold_projection`), in the order they were recorded: the
+    changes of one person are recorded under the lock of their profile, so those a
+    transaction sees come in the order they were decided. For each person and segment the
+    last change decides the membership.
+    """
+    dialect.hold_projection(conn)
+    columns = segment_changes.c
+    query = sa.select(
+        columns.id,
+        columns.segment_id,
+        columns.profile_id,
+        columns.change,
+        columns.cause,
+        columns.at,
+    )
+    applied = 0
+    while True:
+        rows = conn.execute(query.order_by(columns.id).limit(_APPLY_CHUNK)).all()
+        if not rows:
+            return applied
+        _apply_changes(conn, dialect, [tuple(row) for row in rows])
+        applied += len(rows)
+
+
+def _apply_changes(
+    conn: Connection, dialect: Dialect, rows: Sequence[tuple[int, str, str, str, str, datetime]]
+) -> None:
+    """`rows` of `segment_changes`, in id order, into the history, then the memberships."""
+    dialect.insert_bulk(
+        conn,
+        segment_history,
+        [
+            {"segment_id": s, "profile_id": p, "change": c, "cause": why, "at": at}
+            for _, s, p, c, why, at in rows
+        ],
+    )
+    last: dict[tuple[str, str], tuple[str, datetime]] = {}
+    for _, segment_id, profile_id, change, _, at in rows:
+        last[(segment_id, profile_id)] = (change, at)
+    left = [pair for pair, (change, _) in last.items() if change == "exited"]
+    pairs = sa.tuple_(segment_members.c.segment_id, segment_members.c.profile_id)
+    for chunk in chunked(left, _CHUNK):
+        conn.execute(segment_members.delete().where(pairs.in_(chunk)))
+    dialect.upsert_bulk(
+        conn,
+        segment_members,
+        ("segment_id", "profile_id"),
+        [
+            {"segment_id": s, "profile_id": p, "entered_at": at}
+            for (s, p), (change, at) in last.items()
+            if change == "entered"
+        ],
+    )
+    # By id, not by range: on PostgreSQL a row with a smaller id may commit later, unseen.
+    ids = [row[0] for row in rows]
+    for some in chunked(ids, _CHUNK):
+        conn.execute(segment_changes.delete().where(segment_changes.c.id.in_(some)))
+
+
+def pending_changes(conn: Connection) -> bool:
+    return conn.execute(sa.select(segment_changes.c.id).limit(1)).first() is not None
+
+
 def inherit_memberships(conn: Connection, absorbed: str, survivor: str) -> None:
-    """The survivor of a merge holds the segments the absorbed profile held."""
+    """The survivor of a merge holds the segments the absorbed profile held. The changes
+    recorded must have been applied (`catch_up`)."""
 
     def held(profile_id: str) -> dict[str, datetime]:
         query = sa.select(segment_members.c.segment_id, segment_members.c.entered_at).where(
@@ -237,7 +293,7 @@ def set_timers(
     dialect.upsert_bulk(
         conn,
         profile_timers,
-        "profile_id",
+        ("profile_id",),
         [{"profile_id": p, "due_at": due} for p, due in changes if due is not None],
     )
 
@@ -282,13 +338,3 @@ def history_page(
         query = query.where(segment_history.c.id < before)
     query = query.order_by(segment_history.c.id.desc()).limit(limit)
     return [dict(row._mapping) for row in conn.execute(query)]
-
-
-def profile_memberships(conn: Connection, profile_id: str) -> list[dict[str, Any]]:
-    query = (
-        sa.select(segments.c.id, segments.c.name, segment_members.c.entered_at)
-        .join(segments, segments.c.id == segment_members.c.segment_id)
-        .where(segment_members.c.profile_id == profile_id)
-        .order_by(segments.c.name)
-    )
-    return [{"id": i, "name": n, "entered_at": at} for i, n, at in conn.execute(query)]

@@ -235,6 +235,21 @@ segment_history = sa.Table(
     sa.Index("ix_segment_history_segment_id_at", "segment_id", "at", "id"),
 )
 
+# Entries and exits as they are decided, in the transaction that decides them, moved in
+# bulk into `segment_members` and `segment_history` by `storage.segments.catch_up`
+# before anything reads those: their indexes by segment would otherwise take a page per
+# segment for every batch. No index: rows are read in id order and deleted.
+segment_changes = sa.Table(
+    "segment_changes",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("segment_id", sa.String(32), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False),
+    sa.Column("change", sa.String(10), nullable=False),
+    sa.Column("cause", sa.String(20), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
 # When time alone may next change a profile's segments; one row per profile at most.
 profile_timers = sa.Table(
     "profile_timers",
@@ -271,6 +286,9 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     "segment_members": {"profile_column": "profile_id", "on_merge": "drop"},
     "profile_timers": {"profile_column": "profile_id", "on_merge": "drop"},
     "segment_history": {"profile_column": "profile_id"},
+    # A merge moves the changes not yet applied into the tables above first (`catch_up`):
+    # none is left for the absorbed profile.
+    "segment_changes": {"profile_column": "profile_id", "on_merge": "drop"},
     "outbox": {"profile_column": "profile_id"},
     "quarantine": {"identified_by": "quarantine_identifiers"},
     "quarantine_identifiers": {"part_of": "quarantine"},
