@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ariane.domain import computed as comp
 from ariane.domain.clock import iso
@@ -19,7 +21,13 @@ from ariane.domain.conditions import (
     parse_condition,
     to_json,
 )
-from ariane.domain.predicates import InvalidDefinition
+from ariane.domain.predicates import (
+    MISSING,
+    InvalidDefinition,
+    check,
+    compile_test,
+    parse_test,
+)
 from ariane.domain.profiles import ProfileState
 from ariane.domain.segments import Catalogue, SegmentDefinition
 
@@ -185,3 +193,25 @@ def test_computed_states_fold_in_any_order_and_merge_to_the_same_value() -> None
         assert comp.value(feature, halves[0].get("k"), NOW, first_seen) == comp.value(
             feature, whole.get("k"), NOW, first_seen
         ), definition
+
+
+@given(
+    op=st.sampled_from(["eq", "ne", "gt", "gte", "lt", "lte"]),
+    literal=st.one_of(
+        st.integers(-5, 5), st.floats(-5, 5), st.sampled_from(["a", "b", "10", ""]), st.booleans()
+    ),
+    value=st.one_of(
+        st.integers(-5, 5),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["a", "b", "10", "", None, MISSING, True, False, [1], {"a": 1}]),
+        st.decimals(-5, 5, places=2, allow_nan=False),
+    ),
+)
+@settings(max_examples=3000, deadline=None)
+def test_compiled_tests_mean_what_check_means(op: str, literal: Any, value: Any) -> None:
+    try:
+        test = parse_test({"op": op, "value": literal}, "test")
+    except InvalidDefinition:
+        return
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert compile_test(test)(value, now) == check(test, value, now)

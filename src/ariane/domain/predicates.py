@@ -209,7 +209,8 @@ def compile_test(test: Test) -> TestFunction:
     """`check` for one test, as a function of the value and the moment.
 
     The comparisons segments make most, of a number or a string with a literal of its
-    own kind, are decided here at once; every other case goes to `check`.
+    own kind, are decided here at once, and so is their answer for a value that is
+    missing (no); every other case goes to `check`.
     """
     op, literal = test.op, test.value
     if op in _ORDERS and is_number(literal):
@@ -219,6 +220,8 @@ def compile_test(test: Test) -> TestFunction:
             kind = type(value)
             if kind is int or kind is float:
                 return order(value, literal)
+            if value is MISSING or value is None:
+                return False
             return check(test, value, now)
 
         return against_number
@@ -227,6 +230,8 @@ def compile_test(test: Test) -> TestFunction:
         def equals_text(value: Any, now: datetime) -> bool:
             if type(value) is str:
                 return bool(value == literal)
+            if value is MISSING or value is None:
+                return False
             return check(test, value, now)
 
         return equals_text
@@ -236,6 +241,8 @@ def compile_test(test: Test) -> TestFunction:
             kind = type(value)
             if kind is int or kind is float:
                 return bool(value == literal)
+            if value is MISSING or value is None:
+                return False
             return check(test, value, now)
 
         return equals_number

@@ -196,6 +196,10 @@ class Dialect:
     def lock_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select
 
+    def among(self, column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElement[bool]:
+        """`column IN values` with the values as one parameter, however many there are."""
+        raise NotImplementedError
+
     def probe(
         self,
         columns: Sequence[sa.ColumnElement[Any]],
@@ -358,6 +362,10 @@ class SQLiteDialect(Dialect):
     def text_ends_with(self, text: sa.ColumnElement[str], suffix: str) -> sa.ColumnElement[bool]:
         return sa.func.substr(text, -len(suffix), type_=sa.Text) == suffix
 
+    def among(self, column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElement[bool]:
+        listed = sa.func.json_each(orjson.dumps(list(values)).decode()).table_valued("value")
+        return column.in_(sa.select(listed.c.value))
+
     def micros(self, column: sa.ColumnElement[datetime]) -> sa.ColumnElement[int]:
         # Stored as `YYYY-MM-DD HH:MM:SS.ffffff`, always six digits (`datetime_param`). The
         # fraction is cut before strftime, which would round it to the millisecond and so
@@ -392,6 +400,11 @@ class PostgresDialect(Dialect):
 
     def lock_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select.with_for_update()
+
+    def among(self, column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElement[bool]:
+        return column == sa.func.any(
+            sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.BigInteger))
+        )
 
     def probe(
         self,

@@ -191,18 +191,12 @@ def catch_up(conn: Connection, dialect: Dialect) -> int:
     One at a time (`Dialect.hold_projection`), in the order they were recorded: the
     changes of one person are recorded under the lock of their profile, so those a
     transaction sees come in the order they were decided. For each person and segment the
-    last change decides the membership.
+    last change decides the membership. Rows move between tables in SQL, picked by id: on
+    PostgreSQL a row with a smaller id may commit later, unseen until the next round.
     """
     dialect.hold_projection(conn)
     columns = segment_changes.c
-    query = sa.select(
-        columns.id,
-        columns.segment_id,
-        columns.profile_id,
-        columns.change,
-        columns.cause,
-        columns.at,
-    )
+    query = sa.select(columns.id, columns.segment_id, columns.profile_id, columns.change)
     applied = 0
     while True:
         rows = conn.execute(query.order_by(columns.id).limit(_APPLY_CHUNK)).all()
@@ -213,38 +207,41 @@ def catch_up(conn: Connection, dialect: Dialect) -> int:
 
 
 def _apply_changes(
-    conn: Connection, dialect: Dialect, rows: Sequence[tuple[int, str, str, str, str, datetime]]
+    conn: Connection, dialect: Dialect, rows: Sequence[tuple[int, str, str, str]]
 ) -> None:
-    """`rows` of `segment_changes`, in id order, into the history, then the memberships."""
-    dialect.insert_bulk(
-        conn,
-        segment_history,
-        [
-            {"segment_id": s, "profile_id": p, "change": c, "cause": why, "at": at}
-            for _, s, p, c, why, at in rows
-        ],
-    )
-    last: dict[tuple[str, str], tuple[str, datetime]] = {}
-    for _, segment_id, profile_id, change, _, at in rows:
-        last[(segment_id, profile_id)] = (change, at)
-    left = [pair for pair, (change, _) in last.items() if change == "exited"]
-    pairs = sa.tuple_(segment_members.c.segment_id, segment_members.c.profile_id)
-    for chunk in chunked(left, _CHUNK):
-        conn.execute(segment_members.delete().where(pairs.in_(chunk)))
-    dialect.upsert_bulk(
-        conn,
-        segment_members,
-        ("segment_id", "profile_id"),
-        [
-            {"segment_id": s, "profile_id": p, "entered_at": at}
-            for (s, p), (change, at) in last.items()
-            if change == "entered"
-        ],
-    )
-    # By id, not by range: on PostgreSQL a row with a smaller id may commit later, unseen.
+    """`rows` of `segment_changes` (id, segment, profile, change), in id order, into the
+    history, then the memberships."""
+    columns = segment_changes.c
     ids = [row[0] for row in rows]
-    for some in chunked(ids, _CHUNK):
-        conn.execute(segment_changes.delete().where(segment_changes.c.id.in_(some)))
+    picked = dialect.among(columns.id, ids)
+    history = sa.select(
+        columns.segment_id, columns.profile_id, columns.change, columns.cause, columns.at
+    )
+    conn.execute(
+        segment_history.insert().from_select(
+            ["segment_id", "profile_id", "change", "cause", "at"],
+            history.where(picked).order_by(columns.id),
+        )
+    )
+    # Every membership these rows change goes; those whose last change is an entry come
+    # back, entered then.
+    pairs = sa.tuple_(segment_members.c.segment_id, segment_members.c.profile_id)
+    touched = sa.select(columns.segment_id, columns.profile_id).where(picked)
+    conn.execute(segment_members.delete().where(pairs.in_(touched)))
+    last: dict[tuple[str, str], tuple[int, str]] = {}
+    for change_id, segment_id, profile_id, change in rows:
+        last[(segment_id, profile_id)] = (change_id, change)
+    entered = [change_id for change_id, change in last.values() if change == "entered"]
+    if entered:
+        conn.execute(
+            segment_members.insert().from_select(
+                ["segment_id", "profile_id", "entered_at"],
+                sa.select(columns.segment_id, columns.profile_id, columns.at).where(
+                    dialect.among(columns.id, entered)
+                ),
+            )
+        )
+    conn.execute(segment_changes.delete().where(picked))
 
 
 def pending_changes(conn: Connection) -> bool:
