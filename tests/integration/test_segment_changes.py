@@ -166,3 +166,88 @@ def test_processes_applying_at_once_apply_each_change_once(world: World) -> None
     assert sum(counts) == 30
     assert len(rows(world, segment_history)) == 30
     assert len(rows(world, segment_members)) == 30
+
+
+def test_a_merge_applies_the_changes_of_its_two_profiles_only(world: World) -> None:
+    world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
+    world.segments.catch_up()
+    bob = world.send("bob", "Order")
+    world.send("ada", "Order")
+    world.send("ada-phone", "Order", anonymousId="phone-1", userId=None)
+
+    world.send("ada", "Signed In", anonymousId="phone-1")
+
+    # Bob's entry waits for the next round; Ada's two profiles' were applied.
+    assert [r.profile_id for r in rows(world, segment_changes)] == [bob]
+
+
+@pytest.fixture
+def postgres_world(world: World, db_url: str) -> World:
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite's single writer runs one transaction at a time: nothing races")
+    return world
+
+
+@pytest.mark.parametrize("when", ["after_read", "after_apply"])
+def test_an_erasure_during_a_round_leaves_nothing_behind(
+    postgres_world: World, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    world = postgres_world
+    world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
+    ada = world.send("ada", "Order")
+    apply = store._apply_changes
+    erased: list[Any] = []
+    waiting: list[threading.Thread] = []
+
+    def erase() -> None:
+        erased.append(world.container.privacy.erase(ada, requested_by="test"))
+
+    def racing(conn: Any, dialect: Any, changes: Any) -> None:
+        if erased or waiting:
+            return apply(conn, dialect, changes)
+        eraser = threading.Thread(target=erase)
+        eraser.start()
+        if when == "after_read":
+            # Read, not applied yet: the erasure waits for the round to end.
+            eraser.join(1)
+            waiting.append(eraser)
+            return apply(conn, dialect, changes)
+        # Applied, not committed yet: the erasure waits too.
+        apply(conn, dialect, changes)
+        eraser.join(1)
+        waiting.append(eraser)
+        return None
+
+    monkeypatch.setattr(store, "_apply_changes", racing)
+    world.segments.catch_up()
+    for eraser in waiting:
+        eraser.join(20)
+        assert not eraser.is_alive()
+    assert erased
+    for table in (segment_members, segment_history, segment_changes):
+        assert [r for r in rows(world, table) if r.profile_id == ada] == [], table.name
+
+
+def test_a_smaller_id_committed_during_a_round_is_applied_by_the_next(
+    postgres_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = postgres_world.container.db
+    at = postgres_world.clock()
+    change = {"segment_id": "s", "change": "entered", "cause": "event", "at": at}
+    late = db.engine.connect()
+    open_transaction = late.begin()
+    late.execute(segment_changes.insert().values(profile_id="ada", **change))
+    db.write(lambda conn: conn.execute(segment_changes.insert().values(profile_id="bob", **change)))
+    apply = store._apply_changes
+
+    def committing(conn: Any, dialect: Any, changes: Any) -> None:
+        if open_transaction.is_active:
+            open_transaction.commit()  # Ada's smaller id commits after the round read
+        apply(conn, dialect, changes)
+
+    monkeypatch.setattr(store, "_apply_changes", committing)
+    first = postgres_world.segments.catch_up()
+    late.close()
+    assert (first, postgres_world.segments.catch_up()) == (1, 1)
+    assert sorted(r.profile_id for r in rows(postgres_world, segment_members)) == ["ada", "bob"]
+    assert len(rows(postgres_world, segment_history)) == 2

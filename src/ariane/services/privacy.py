@@ -38,6 +38,9 @@ class PrivacyService:
         def work(conn: Connection) -> dict[str, Any]:
             live = live_profile_id(conn, profile_id)
             person = personal_data.find_person(conn, live, lock=self.db.dialect)
+            # No segment change of theirs may be applied meanwhile: it would write back
+            # the memberships and history this deletes (`storage.segments.catch_up`).
+            self.db.dialect.hold_projection(conn)
             receipt = {
                 "id": uuid.uuid4().hex,
                 "erased_at": self.clock(),

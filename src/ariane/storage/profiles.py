@@ -158,7 +158,7 @@ def record_merge(
     it had absorbed before.
     """
     # Memberships move as they stand: the changes recorded for either are applied first.
-    segment_store.catch_up(conn, dialect)
+    segment_store.catch_up(conn, dialect, {merge.absorbed, merge.survivor})
     moved = conn.execute(
         identities.update()
         .where(identities.c.profile_id == merge.absorbed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -185,25 +185,37 @@ def record_transitions(
     )
 
 
-def catch_up(conn: Connection, dialect: Dialect) -> int:
-    """Apply the recorded changes to memberships and their history; how many there were.
+def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | None = None) -> int:
+    """Apply the recorded changes (of `profile_ids` only, if given) to memberships and
+    their history; how many there were.
 
-    One at a time (`Dialect.hold_projection`), in the order they were recorded: the
-    changes of one person are recorded under the lock of their profile, so those a
-    transaction sees come in the order they were decided. For each person and segment the
-    last change decides the membership. Rows move between tables in SQL, picked by id: on
-    PostgreSQL a row with a smaller id may commit later, unseen until the next round.
+    One transaction at a time (`Dialect.hold_projection`), in the order they were
+    recorded: the changes of one person are recorded under the lock of their profile, so
+    those a transaction sees come in the order they were decided. For each person and
+    segment the last change decides the membership. A round ends at the last change
+    recorded when it began; rows move between tables in SQL, picked by id: on PostgreSQL
+    a row with a smaller id may commit later, unseen until the next round.
     """
     dialect.hold_projection(conn)
     columns = segment_changes.c
+    whose = [] if profile_ids is None else [columns.profile_id.in_(sorted(profile_ids))]
+    last = conn.execute(sa.select(sa.func.max(columns.id)).where(*whose)).scalar()
+    if last is None:
+        return 0
     query = sa.select(columns.id, columns.segment_id, columns.profile_id, columns.change)
     applied = 0
+    after = 0
     while True:
-        rows = conn.execute(query.order_by(columns.id).limit(_APPLY_CHUNK)).all()
+        rows = conn.execute(
+            query.where(columns.id > after, columns.id <= last, *whose)
+            .order_by(columns.id)
+            .limit(_APPLY_CHUNK)
+        ).all()
         if not rows:
             return applied
         _apply_changes(conn, dialect, [tuple(row) for row in rows])
         applied += len(rows)
+        after = rows[-1][0]
 
 
 def _apply_changes(
