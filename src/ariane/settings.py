@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         description="Seconds between two looks for segment timers that are due; 0 turns"
         " the timer loop off in this process.",
     )
+    segment_apply_interval: float = Field(
+        default=1.0,
+        description="Seconds between two rounds, in the timer loop, applying recorded"
+        " segment entries and exits to the members and history of each segment.",
+    )
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     @classmethod

@@ -251,3 +251,24 @@ def test_a_smaller_id_committed_during_a_round_is_applied_by_the_next(
     assert (first, postgres_world.segments.catch_up()) == (1, 1)
     assert sorted(r.profile_id for r in rows(postgres_world, segment_members)) == ["ada", "bob"]
     assert len(rows(postgres_world, segment_history)) == 2
+
+
+def test_the_timer_loop_applies_the_changes_every_apply_interval(world: World) -> None:
+    world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
+    world.send("ada", "Order")
+    rounds = 0
+    fire_due = world.segments.fire_due
+    stop = threading.Event()
+
+    def counted(limit: int = 500) -> int:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 5:
+            stop.set()
+        return fire_due(limit)
+
+    world.segments.fire_due = counted  # type: ignore[method-assign]
+    world.segments.run_timers(stop, 0.001, 3600)
+    # Five rounds within the hour: the changes wait for the next one.
+    assert rounds == 5
+    assert len(rows(world, segment_changes)) == 1

@@ -453,6 +453,9 @@ class Facts:
 
 Predicate = Callable[[Facts], bool]
 
+# A feature value not worked out yet (MISSING is a value: no events).
+_UNKNOWN = object()
+
 
 def evaluate(node: Node, facts: Facts) -> bool:
     """Whether the person meets the condition at `facts.now`."""
@@ -465,6 +468,14 @@ def compile_condition(node: Node, computed: Mapping[str, Feature]) -> Predicate:
     if isinstance(node, AllOf | AnyOf):
         parts = tuple(compile_condition(child, computed) for child in node.children)
         if isinstance(node, AllOf):
+            if len(parts) == 2:
+                first, second = parts
+
+                def both(facts: Facts) -> bool:
+                    return first(facts) and second(facts)
+
+                return both
+
             # Loops rather than all()/any() over a generator: this runs for every person
             # of every batch, and the generator costs more than the tests it runs.
             def every(facts: Facts) -> bool:
@@ -497,7 +508,15 @@ def compile_condition(node: Node, computed: Mapping[str, Feature]) -> Predicate:
         if len(node.bounds) == 1:
             op, limit = node.bounds[0]
             order = _COUNT_ORDERS[op]
-            return lambda facts: order(facts.value_of(counted_key, counted), limit)
+
+            def count_is(facts: Facts) -> bool:
+                # The value worked out already for this person and moment, most often.
+                count = facts.values.get(counted_key, _UNKNOWN)
+                if count is _UNKNOWN:
+                    count = facts.value_of(counted_key, counted)
+                return order(count, limit)
+
+            return count_is
         holds = node.holds
         return lambda facts: holds(facts.value_of(counted_key, counted))
     if isinstance(node, InSegment):

@@ -226,15 +226,15 @@ class Catalogue:
         predicates, answers = self._predicates, facts.segments
         entered_at: str | None = None
         for segment in which:
-            inside = predicates[segment.name](facts)
-            answers[segment.name] = inside
+            name, segment_id = segment.name, segment.id
+            inside = answers[name] = predicates[name](facts)
             if inside:
-                if segment.id not in members:
+                if segment_id not in members:
                     entered_at = entered_at or iso(now)
-                    members[segment.id] = entered_at
+                    members[segment_id] = entered_at
                     changes.append(Transition(segment, profile.id, True))
-            elif segment.id in members:
-                del members[segment.id]
+            elif segment_id in members:
+                del members[segment_id]
                 changes.append(Transition(segment, profile.id, False))
         due = self._clocks.next_due(facts)
         if due is None:

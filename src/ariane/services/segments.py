@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -203,14 +204,18 @@ class SegmentService:
 
         return self.db.write(work)
 
-    def run_timers(self, stop: threading.Event, interval: float) -> None:
-        """Fire due timers until `stop` is set; each round drains what is due, then
-        applies the changes recorded meanwhile to memberships and their history."""
+    def run_timers(self, stop: threading.Event, interval: float, apply_every: float = 0) -> None:
+        """Fire due timers until `stop` is set; each round drains what is due. Every
+        `apply_every` seconds, a round also applies the changes recorded meanwhile to
+        memberships and their history: the longer, the more changes each writes at once."""
+        applied = time.monotonic()
         while not stop.is_set():
             try:
                 while self.fire_due() and not stop.is_set():
                     pass
-                self.catch_up()
+                if time.monotonic() - applied >= apply_every:
+                    applied = time.monotonic()
+                    self.catch_up()
             except Exception:
                 log.exception("segment timers: a round failed; retrying")
             stop.wait(interval)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import random
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -103,13 +103,14 @@ def audience_event(
 
     Its message id starts with the time, in hexadecimal microseconds: the ids a batch
     writes fall side by side in the unique indexes of events and outbox, rather than
-    one page each at random. A random UUID follows, which keeps them unique.
+    one page each at random. 128 random bits follow, which keep them unique (unique, not
+    secret: the fast generator is enough, as for profile ids).
     """
     name = "Audience Entered" if transition.entered else "Audience Exited"
     return {
         "type": "track",
         "event": name,
-        "messageId": f"audience-{micros(now):014x}-{uuid.uuid4().hex}",
+        "messageId": f"audience-{micros(now):014x}-{random.getrandbits(128):032x}",
         "timestamp": stamp or iso(now),
         "properties": {
             "audience_id": transition.segment.id,

@@ -57,7 +57,7 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
         interval = container.settings.segment_timer_interval
         timers = threading.Thread(
             target=container.segments.run_timers,
-            args=(stop, interval),
+            args=(stop, interval, container.settings.segment_apply_interval),
             name="segment-timers",
             daemon=True,
         )
