@@ -42,7 +42,8 @@ from ariane.domain.predicates import (
     MISSING,
     InvalidDefinition,
     Test,
-    check,
+    TestFunction,
+    compile_test,
     is_number,
     lookup,
     micros,
@@ -147,6 +148,10 @@ class Feature:
     key: str = field(init=False, repr=False, compare=False)
     span: int = field(init=False, repr=False, compare=False)
     bounds: tuple[int, int] = field(init=False, repr=False, compare=False)
+    # The filter's tests compiled (`compile_test`), each with the property it reads.
+    filters: tuple[tuple[tuple[str, ...], TestFunction], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
@@ -159,6 +164,8 @@ class Feature:
         else:
             bounds = (-_FAR, _FAR)
         object.__setattr__(self, "bounds", bounds)
+        filters = tuple((path, compile_test(test)) for path, test in self.where)
+        object.__setattr__(self, "filters", filters)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.kind, "event": self.event}
@@ -174,7 +181,15 @@ class Feature:
     def matches(self, properties: Mapping[str, Any], at: datetime) -> bool:
         # Ages in a filter are measured from the event's own time, so that whether an
         # event counts never depends on when it was folded.
-        return all(check(test, lookup(properties, path), at) for path, test in self.where)
+        plain = type(properties) is dict
+        for path, test in self.filters:
+            if plain and len(path) == 1:
+                value = properties.get(path[0], MISSING)
+            else:
+                value = lookup(properties, path)
+            if not test(value, at):
+                return False
+        return True
 
     def takes(self, value: Any) -> bool:
         if self.kind in NUMERIC_KINDS:
