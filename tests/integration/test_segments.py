@@ -89,9 +89,15 @@ class World:
         return [(name, payload["properties"]["audience_name"]) for name, payload in rows]
 
     def outbox(self) -> list[dict[str, Any]]:
+        """The outbox's messages in order; an Audience message is its timeline event."""
+        named = events.c.message_id == outbox.c.message_id
+        query = (
+            sa.select(outbox.c.payload, events.c.payload)
+            .outerjoin(events, sa.and_(named, events.c.source_id == "ariane"))
+            .order_by(outbox.c.id)
+        )
         with self.container.db.read() as conn:
-            rows = conn.execute(sa.select(outbox.c.payload).order_by(outbox.c.id)).scalars()
-            return list(rows)
+            return [own if own is not None else event for own, event in conn.execute(query)]
 
     def view(self, profile_id: str) -> dict[str, Any]:
         return self.container.profiles.view(profile_id)
@@ -141,6 +147,9 @@ def test_the_trial_user_of_seed_000_enters_and_leaves_without_being_asked(world:
     ]
     sent = [(p["event"], p["properties"]["audience_name"]) for p in world.outbox()]
     assert sent == world.audience_events(ada)
+    # Each names its timeline event rather than holding a copy.
+    with world.container.db.read() as conn:
+        assert set(conn.execute(sa.select(outbox.c.payload)).scalars()) == {None}
 
 
 def test_a_window_that_empties_ends_membership_with_no_new_event(world: World) -> None:

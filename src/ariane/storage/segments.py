@@ -174,11 +174,12 @@ def record_transitions(
         conn,
         outbox,
         [
+            # The message is the timeline event just written: named, not copied.
             {
                 "topic": "audience",
                 "message_id": payload["messageId"],
                 "profile_id": t.profile_id,
-                "payload": payload,
+                "payload": None,
                 "created_at": now,
             }
             for t, payload in payloads

@@ -266,7 +266,9 @@ outbox = sa.Table(
     sa.Column("topic", sa.String(100), nullable=False),
     sa.Column("message_id", sa.String(200), nullable=False, unique=True),
     sa.Column("profile_id", sa.String(32), nullable=True, index=True),
-    sa.Column("payload", JSONDoc, nullable=False),
+    # None: the message is the timeline event of this message id (source `ariane`), not
+    # copied here.
+    sa.Column("payload", JSONDoc, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("dispatched_at", UTCDateTime, nullable=True),
 )
