@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     )
     segment_apply_interval: float = Field(
         default=1.0,
+        ge=0,
+        allow_inf_nan=False,
         description="Seconds between two rounds, in the timer loop, applying recorded"
         " segment entries and exits to the members and history of each segment.",
     )

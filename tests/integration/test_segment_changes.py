@@ -5,12 +5,15 @@ sees every change recorded before it, in the order they were decided."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pydantic import ValidationError
 
 from ariane.bootstrap import Container
+from ariane.settings import Settings
 from ariane.storage import segments as store
 from ariane.storage.tables import segment_changes, segment_history, segment_members
 from tests.conftest import FakeClock
@@ -253,9 +256,11 @@ def test_a_smaller_id_committed_during_a_round_is_applied_by_the_next(
     assert len(rows(postgres_world, segment_history)) == 2
 
 
-def test_the_timer_loop_applies_the_changes_every_apply_interval(world: World) -> None:
+def test_the_timer_loop_applies_the_changes_once_per_apply_interval(world: World) -> None:
     world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
     world.send("ada", "Order")
+    world.segments.catch_up()
+    world.send("bob", "Order")
     rounds = 0
     fire_due = world.segments.fire_due
     stop = threading.Event()
@@ -268,7 +273,42 @@ def test_the_timer_loop_applies_the_changes_every_apply_interval(world: World) -
         return fire_due(limit)
 
     world.segments.fire_due = counted  # type: ignore[method-assign]
+    applied: list[int] = []
+    catch_up = world.segments.catch_up
+
+    def counted_catch_up() -> int:
+        applied.append(catch_up())
+        return applied[-1]
+
+    world.segments.catch_up = counted_catch_up  # type: ignore[method-assign]
     world.segments.run_timers(stop, 0.001, 3600)
-    # Five rounds within the hour: the changes wait for the next one.
+    # The first round applied what was waiting; the next four, within the hour, nothing.
     assert rounds == 5
-    assert len(rows(world, segment_changes)) == 1
+    assert applied == [1]
+
+
+def test_the_timer_loop_applies_again_when_the_interval_has_passed(world: World) -> None:
+    world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
+    world.segments.catch_up()
+    stop = threading.Event()
+    loop = threading.Thread(target=world.segments.run_timers, args=(stop, 0.005, 0.05))
+    loop.start()
+    try:
+        world.send("ada", "Order")
+        deadline = time.monotonic() + 10
+        while rows(world, segment_changes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rows(world, segment_changes) == []
+    finally:
+        stop.set()
+        loop.join(10)
+    assert len(rows(world, segment_members)) == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_the_apply_interval_is_a_finite_number_of_seconds(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARIANE_SEGMENT_APPLY_INTERVAL", value)
+    with pytest.raises(ValidationError, match="segment_apply_interval"):
+        Settings()

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from sqlalchemy.engine import Connection
 
+from ariane.domain.clock import iso
 from ariane.domain.consent import ConsentDecision, consents_from_message
 from ariane.domain.errors import InvalidEvent
 from ariane.domain.identity import (
@@ -28,7 +29,7 @@ from ariane.domain.identity import (
 )
 from ariane.domain.messages import Message, check_batch, parse_message
 from ariane.domain.profiles import ProfileState, apply_message, merge_profiles
-from ariane.domain.segments import Catalogue, Touch, due_at
+from ariane.domain.segments import Catalogue, Touch
 from ariane.services.segments import SegmentService, Settlement
 from ariane.settings import Settings
 from ariane.storage import consents as consent_store
@@ -224,9 +225,11 @@ class IngestService:
             ):
                 changed.add(profile_id)
         if batch.settlement is not None:
+            # Dues are canonical text (`iso`), whose order is time order.
+            moment = iso(now)
             for owner in {batch.final(p) for p in batch.touches}:
-                due = due_at(batch.live[owner])
-                if due is not None and due <= now:
+                due = batch.live[owner].computed.get("due")
+                if isinstance(due, str) and due <= moment:
                     changed.add(owner)
         if not changed:
             return set()

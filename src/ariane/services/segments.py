@@ -12,6 +12,7 @@ history by segment in bulk, before anything reads them.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -208,7 +209,7 @@ class SegmentService:
         """Fire due timers until `stop` is set; each round drains what is due. Every
         `apply_every` seconds, a round also applies the changes recorded meanwhile to
         memberships and their history: the longer, the more changes each writes at once."""
-        applied = time.monotonic()
+        applied = -math.inf  # the first round applies what an earlier run left
         while not stop.is_set():
             try:
                 while self.fire_due() and not stop.is_set():

@@ -29,7 +29,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # The messages that name their event get its payload back.
+    # The messages that name their event get its payload back; those whose event is gone
+    # (erased) go too.
     op.execute(
         "UPDATE outbox SET payload = (SELECT events.payload FROM events"
         " WHERE events.message_id = outbox.message_id AND events.source_id = 'ariane')"
