@@ -27,6 +27,13 @@ from ariane.storage.tables import (
 from tests.conftest import FakeClock
 from tests.integration.test_segments import World
 
+PRO_BUYERS = {
+    "all": [
+        {"trait": "plan", "op": "eq", "value": "pro"},
+        {"event": "Order Completed", "count": {"gte": 1}},
+    ]
+}
+
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
@@ -94,15 +101,7 @@ def test_a_batch_is_written_as_worked_out_when_nothing_changed(
 def test_a_profile_written_meanwhile_is_not_overwritten_with_what_was_read_before(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world.segment(
-        "pro_buyers",
-        {
-            "all": [
-                {"trait": "plan", "op": "eq", "value": "pro"},
-                {"event": "Order Completed", "count": {"gte": 1}},
-            ]
-        },
-    )
+    world.segment("pro_buyers", PRO_BUYERS)
     ada = world.send("ada", traits={"plan": "free"})
     found = meanwhile(
         monkeypatch, world.container, lambda: world.send("ada", traits={"plan": "pro"})
@@ -215,15 +214,7 @@ def redone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_only_the_person_written_meanwhile_is_worked_out_again(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world.segment(
-        "pro_buyers",
-        {
-            "all": [
-                {"trait": "plan", "op": "eq", "value": "pro"},
-                {"event": "Order Completed", "count": {"gte": 1}},
-            ]
-        },
-    )
+    world.segment("pro_buyers", PRO_BUYERS)
     world.segment("regulars", {"event": "Order Completed", "count": {"gte": 2}})
     ada = world.send("ada", traits={"plan": "free"})
     bob = world.send("bob", traits={"plan": "pro"})
