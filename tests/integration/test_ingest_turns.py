@@ -151,14 +151,19 @@ def test_a_segment_defined_meanwhile_is_evaluated_for_the_batch(
     assert world.members("buyers") == {cleo}
 
 
+def ada_about_to_lose_an_order(world: World) -> str:
+    """Ada, with two orders in the segment's window, the first leaving it in one second."""
+    world.segment("regulars", {"event": "Order", "count": {"gte": 3}, "within": "P7D"})
+    ada = world.send("ada", "Order")
+    world.clock.advance(days=6, hours=23, minutes=59, seconds=59)
+    world.send("ada", "Order")
+    return ada
+
+
 def test_a_time_boundary_passed_before_the_turn_has_the_batch_worked_out_in_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world.segment("regulars", {"event": "Order", "count": {"gte": 3}, "within": "P7D"})
-    start = world.clock()
-    ada = world.send("ada", "Order", at=start)
-    world.clock.advance(days=6, hours=23, minutes=59, seconds=59)
-    world.send("ada", "Order")
+    ada = ada_about_to_lose_an_order(world)
     # Worked out one second before the first order leaves the window, written after.
     found = meanwhile(monkeypatch, world.container, lambda: world.clock.advance(seconds=2))
 
@@ -293,11 +298,7 @@ def test_events_linked_to_an_identifier_claimed_meanwhile_are_worked_out_again_t
 def test_a_person_whose_segment_time_changed_before_the_turn_is_worked_out_again_alone(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world.segment("regulars", {"event": "Order", "count": {"gte": 3}, "within": "P7D"})
-    start = world.clock()
-    ada = world.send("ada", "Order", at=start)
-    world.clock.advance(days=6, hours=23, minutes=59, seconds=59)
-    world.send("ada", "Order")
+    ada = ada_about_to_lose_an_order(world)
     bob = world.send("bob", "Order")
     world.send("bob", "Order")
     # Worked out one second before Ada's first order leaves the window, written after.
