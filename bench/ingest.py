@@ -98,6 +98,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listening(port: int) -> int:
+    """Sockets listening on `port`: one per worker that has started, where each has its
+    own (Linux)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines)
+                for line in lines:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                        count += 1
+        except FileNotFoundError:
+            continue
+    return count
+
+
 def run(*args: str, env: dict[str, str]) -> str:
     return subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
 
@@ -136,13 +153,17 @@ class Server:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
+            # Every worker up, not only the first: connections opened while one is still
+            # starting all go to the others, and stay there.
+            if listening(self.port) >= workers:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                    conn.request("GET", "/health")
+                    if conn.getresponse().status == 200:
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.1)
         raise RuntimeError("server did not start")
 
     def stop(self) -> None:

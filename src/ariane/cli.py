@@ -71,21 +71,23 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the tracking API (/v1), the admin API (/api) and /metrics."""
-    import uvicorn
+    from ariane.web.serving import CannotListen
+    from ariane.web.serving import serve as run_server
 
     settings = load_settings()
     if workers is not None:
         # The worker processes read their settings from the environment they inherit.
         os.environ["ARIANE_WORKERS"] = str(workers)
-    uvicorn.run(
-        "ariane.web.asgi:app_factory",
-        factory=True,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        workers=workers or settings.workers,
-        log_level=os.environ.get("ARIANE_LOG_LEVEL", "info"),
-        access_log=False,
-    )
+    try:
+        run_server(
+            host or settings.host,
+            settings.port if port is None else port,
+            workers or settings.workers,
+            os.environ.get("ARIANE_LOG_LEVEL", "info"),
+        )
+    except CannotListen as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(code=1) from None
 
 
 @sources_app.command("create")

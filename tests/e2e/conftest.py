@@ -50,8 +50,9 @@ def last_line(done: subprocess.CompletedProcess[str]) -> str:
 class Server:
     """`ariane serve` on a free port; `kill()` is a crash, `start()` a restart."""
 
-    def __init__(self, db_url: str, log: Path) -> None:
+    def __init__(self, db_url: str, log: Path, workers: int = 1) -> None:
         self.db_url = db_url
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -61,7 +62,10 @@ class Server:
         assert self.process is None, "the server is already running"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [ARIANE, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [
+                    *(ARIANE, "serve", "--host", "127.0.0.1", "--port", str(self.port)),
+                    *(("--workers", str(self.workers)) if self.workers > 1 else ()),
+                ],
                 env=ariane_env(self.db_url),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,116 @@
+"""`ariane serve`: uvicorn, with a listener of its own for each worker process.
+
+uvicorn's supervisor binds one socket and hands it to every worker. The workers then race
+to accept, and the one that wins takes every connection waiting at that moment. Clients
+that keep their connections open (the Segment SDKs, a proxy's pool) can all end up on one
+process, which Python holds to one core, while the others idle: with eight connections
+over two workers, eight to none was common. On Linux each worker instead binds its own
+socket to the same address with `SO_REUSEPORT`, and the kernel spreads new connections
+over the workers by a hash of their addresses.
+
+uvicorn's supervisor is kept as it is (health checks, restarts, signals): it is given a
+list of sockets that is empty in the supervisor and, when a worker unpickles it, holds
+that worker's own listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+APP = "ariane.web.asgi:app_factory"
+
+logger = logging.getLogger("uvicorn.error")
+
+
+class CannotListen(Exception):
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(
+            f"cannot listen on {host}:{port}: {error.strerror or error};"
+            " free it or choose another --port"
+        )
+
+
+def serve(host: str, port: int, workers: int, log_level: str) -> None:
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "log_level": log_level,
+        "access_log": False,
+    }
+    if workers <= 1 or not reuse_port_supported():
+        uvicorn.run(APP, **options)
+        return
+    # Bound, not listening: it holds the address for the workers (and resolves port 0),
+    # fails here rather than in each worker when the address is taken, and receives no
+    # connection.
+    try:
+        family, address = _address(host, port)
+        holder = _bind(family, address)
+    except OSError as error:
+        raise CannotListen(host, port, error) from None
+    try:
+        bound = holder.getsockname()
+        config = uvicorn.Config(APP, **{**options, "port": bound[1]})
+        shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+        logger.info(
+            "Ariane serving on http://%s:%d with %d workers, each with its own listener",
+            shown,
+            bound[1],
+            workers,
+        )
+        Multiprocess(config, sockets=OwnListener(family, bound)).run()
+    finally:
+        holder.close()
+
+
+def reuse_port_supported() -> bool:
+    """Only Linux spreads connections over the sockets that share a port; elsewhere
+    `SO_REUSEPORT` hands them all to one of them."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+class OwnListener(list[socket.socket]):
+    """Empty where it is made; in the worker process that unpickles it, that worker's own
+    listening socket."""
+
+    def __init__(self, family: int, address: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.family = family
+        self.address = address
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (listener, (self.family, self.address))
+
+
+def listener(family: int, address: tuple[Any, ...]) -> list[socket.socket]:
+    """A socket bound to `address` alongside the other workers'; uvicorn listens on it."""
+    return [_bind(family, address)]
+
+
+def _address(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return family, address
+
+
+def _bind(family: int, address: tuple[Any, ...]) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock

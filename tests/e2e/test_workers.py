@@ -1,0 +1,98 @@
+"""`ariane serve --workers N`: each worker listens on a socket of its own, so that
+connections kept open spread over the workers instead of piling on the first to accept."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ARIANE, Server, ariane, ariane_env, free_port
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only"
+)
+
+
+def sockets(port: int, state: str) -> set[int]:
+    """Inodes of the TCP sockets on local `port` in `state` (0A listening, 01 established)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                    found.add(int(fields[9]))
+    return found
+
+
+def holders(inodes: set[int]) -> dict[int, int]:
+    """For each process holding some of `inodes`, how many."""
+    held: dict[int, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue  # gone, or not ours
+        mine = sum(1 for link in links if link.startswith("socket:[") and int(link[8:-1]) in inodes)
+        if mine:
+            held[int(pid)] = mine
+    return held
+
+
+def test_connections_kept_open_spread_over_the_workers(db_url: str, tmp_path: Path) -> None:
+    ariane(db_url, "migrate")
+    server = Server(db_url, tmp_path / "server.log", workers=2)
+    server.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(sockets(server.port, "0A")) < 2:
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.05)
+        listeners = holders(sockets(server.port, "0A"))
+        # Two workers, one listener each; the supervisor listens on nothing.
+        assert sorted(listeners.values()) == [1, 1]
+        assert server.process is not None and server.process.pid not in listeners
+
+        clients = []
+        for _ in range(32):
+            client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            client.request("GET", "/health")
+            response = client.getresponse()
+            response.read()
+            assert response.status == 200
+            clients.append(client)
+        # By a hash of their addresses: with one shared socket, the worker that wins the
+        # race to accept may take all 32. Both get none with odds of 2 in 2**32.
+        accepted = holders(sockets(server.port, "01"))
+        assert set(accepted) == set(listeners)
+        assert sum(accepted.values()) == 32
+        for client in clients:
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_a_taken_address_is_refused_plainly(db_url: str) -> None:
+    ariane(db_url, "migrate")
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = subprocess.run(
+            [ARIANE, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+            env=ariane_env(db_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Address already in use" in done.stderr
