@@ -96,3 +96,24 @@ def test_a_taken_address_is_refused_plainly(db_url: str) -> None:
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Address already in use" in done.stderr
+
+
+def test_a_second_server_on_the_same_address_is_refused(db_url: str, tmp_path: Path) -> None:
+    """SO_REUSEPORT lets a second server of the same user bind beside the first, and the
+    two would share the connections: the second is refused instead."""
+    ariane(db_url, "migrate")
+    first = Server(db_url, tmp_path / "first.log", workers=2)
+    first.start()
+    try:
+        done = subprocess.run(
+            [ARIANE, "serve", "--host", "127.0.0.1", "--port", str(first.port), "--workers", "2"],
+            env=ariane_env(db_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
+        assert "another server is listening there" in done.stderr
+    finally:
+        first.stop()

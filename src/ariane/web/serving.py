@@ -56,6 +56,11 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
         holder = _bind(family, address)
     except OSError as error:
         raise CannotListen(host, port, error) from None
+    if _answers(family, holder.getsockname()):
+        # Another server of the same user listening with SO_REUSEPORT: binding beside it
+        # succeeds, and the two would share the connections.
+        holder.close()
+        raise CannotListen(host, port, OSError(0, "another server is listening there"))
     try:
         bound = holder.getsockname()
         config = uvicorn.Config(APP, **{**options, "port": bound[1]})
@@ -100,6 +105,16 @@ def _address(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     return family, address
+
+
+def _answers(family: int, address: tuple[Any, ...]) -> bool:
+    """Whether something accepts connections at `address` (a wildcard: on loopback)."""
+    host, port = address[0], address[1]
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) == 0
 
 
 def _bind(family: int, address: tuple[Any, ...]) -> socket.socket:
