@@ -47,6 +47,17 @@ def holders(inodes: set[int]) -> dict[int, int]:
     return held
 
 
+def serve_with_two_workers(db_url: str, port: int) -> subprocess.CompletedProcess[str]:
+    """`ariane serve --workers 2` on 127.0.0.1:`port`, expected to stop by itself."""
+    return subprocess.run(
+        [ARIANE, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env=ariane_env(db_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_connections_kept_open_spread_over_the_workers(db_url: str, tmp_path: Path) -> None:
     ariane(db_url, "migrate")
     server = Server(db_url, tmp_path / "server.log", workers=2)
@@ -86,13 +97,7 @@ def test_a_taken_address_is_refused_plainly(db_url: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        done = subprocess.run(
-            [ARIANE, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-            env=ariane_env(db_url),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = serve_with_two_workers(db_url, port)
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Address already in use" in done.stderr
@@ -105,13 +110,7 @@ def test_a_second_server_on_the_same_address_is_refused(db_url: str, tmp_path: P
     first = Server(db_url, tmp_path / "first.log", workers=2)
     first.start()
     try:
-        done = subprocess.run(
-            [ARIANE, "serve", "--host", "127.0.0.1", "--port", str(first.port), "--workers", "2"],
-            env=ariane_env(db_url),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = serve_with_two_workers(db_url, first.port)
         assert done.returncode == 1
         assert f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
         assert "another server is listening there" in done.stderr
