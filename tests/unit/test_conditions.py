@@ -106,6 +106,17 @@ def test_invalid_definitions_name_the_faulty_node(
     assert words in raised.value.message
 
 
+def test_conditions_nest_at_most_32_levels() -> None:
+    node: dict[str, Any] = {"trait": "plan", "op": "eq", "value": "trial"}
+    for _ in range(31):
+        node = {"not": node}
+    assert evaluate(parse_condition(node, NAMES), Facts(_profile(plan="pro"), NOW))
+    deeper = {"all": [{"segment": "subscribers"}, node]}
+    with pytest.raises(InvalidDefinition) as refused:
+        parse_condition(deeper, NAMES)
+    assert refused.value.field == "condition.all[1]" + ".not" * 31
+
+
 def test_a_cycle_between_segments_is_named() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -214,4 +225,13 @@ def test_compiled_tests_mean_what_check_means(op: str, literal: Any, value: Any)
     except InvalidDefinition:
         return
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    assert compile_test(test)(value, now) == check(test, value, now)
+    expected = check(test, value, now)
+    assert compile_test(test)(value, now) == expected
+    # The same test inside a condition, which compiles to Python source of its own: on a
+    # trait, and on a key inside one.
+    for name, profile in (
+        ("x", ProfileState("p") if value is MISSING else _profile(x=value)),
+        ("x.y", ProfileState("p") if value is MISSING else _profile(x={"y": value})),
+    ):
+        node = parse_condition({"trait": name, "op": op, "value": literal}, NAMES)
+        assert evaluate(node, Facts(profile, now)) == expected, name

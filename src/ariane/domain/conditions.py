@@ -17,7 +17,6 @@ and a property-based test holds the two to the same answers.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -75,9 +74,6 @@ class EventCount:
     feature: Feature
     bounds: tuple[tuple[str, int], ...]
 
-    def holds(self, count: int) -> bool:
-        return all(_bound(op, count, limit) for op, limit in self.bounds)
-
 
 @dataclass(frozen=True, slots=True)
 class InSegment:
@@ -117,20 +113,6 @@ class Behaviour:
 Node = AllOf | AnyOf | Not | TraitIs | ComputedIs | EventCount | InSegment | ConsentIs | Behaviour
 
 
-_COUNT_ORDERS: dict[str, Callable[[int, int], bool]] = {
-    "eq": operator.eq,
-    "ne": operator.ne,
-    "gt": operator.gt,
-    "gte": operator.ge,
-    "lt": operator.lt,
-    "lte": operator.le,
-}
-
-
-def _bound(op: str, count: int, limit: int) -> bool:
-    return _COUNT_ORDERS[op](count, limit)
-
-
 # --- parsing -----------------------------------------------------------------------------
 
 _KINDS = ("all", "any", "not", "trait", "computed", "event", "segment", "consent", "behaviour")
@@ -155,7 +137,18 @@ class Names:
     computed: Collection[str] = ()
 
 
-def parse_condition(node: Any, names: Names, path: str = "condition") -> Node:
+# Deeper than any condition a person writes, and shallow enough to compile
+# (`compile_condition`) and to render as SQL.
+MAX_DEPTH = 32
+
+
+def parse_condition(node: Any, names: Names, path: str = "condition", depth: int = 1) -> Node:
+    if depth > MAX_DEPTH:
+        raise InvalidDefinition(
+            f"conditions nest at most {MAX_DEPTH} levels deep; flatten this one, or name a"
+            " part of it as a segment of its own",
+            field=path,
+        )
     if not isinstance(node, dict):
         raise InvalidDefinition(
             'a condition is an object such as {"trait": "plan", "op": "eq", ...}',
@@ -179,11 +172,12 @@ def parse_condition(node: Any, names: Names, path: str = "condition") -> Node:
         if not isinstance(items, list) or not items:
             raise InvalidDefinition(f"{kind} needs a non-empty list", field=f"{path}.{kind}")
         children = tuple(
-            parse_condition(child, names, f"{path}.{kind}[{i}]") for i, child in enumerate(items)
+            parse_condition(child, names, f"{path}.{kind}[{i}]", depth + 1)
+            for i, child in enumerate(items)
         )
         return AllOf(children) if kind == "all" else AnyOf(children)
     if kind == "not":
-        return Not(parse_condition(node["not"], names, f"{path}.not"))
+        return Not(parse_condition(node["not"], names, f"{path}.not", depth + 1))
     if kind == "trait":
         return TraitIs(parse_path(node["trait"], f"{path}.trait"), parse_test(node, path))
     if kind == "computed":
@@ -463,68 +457,119 @@ def evaluate(node: Node, facts: Facts) -> bool:
 
 
 def compile_condition(node: Node, computed: Mapping[str, Feature]) -> Predicate:
-    """The condition as a function of the facts, with every key and test worked out once:
-    this is what runs for each person touched by each batch."""
-    if isinstance(node, AllOf | AnyOf):
-        parts = tuple(compile_condition(child, computed) for child in node.children)
-        if isinstance(node, AllOf):
-            if len(parts) == 2:
-                first, second = parts
+    """The condition as one Python function of the facts, every key and test worked out
+    once: this is what runs for each person touched by each batch.
 
-                def both(facts: Facts) -> bool:
-                    return first(facts) and second(facts)
+    The function is generated source, one expression of `and`, `or` and `not` over the
+    tests, rather than a closure per node: a call per node cost more than the tests do.
+    Only names the generator makes go into the source; every value of the definition
+    (names, keys, literals) reaches the function as a variable.
+    """
+    source = _Source(computed)
+    body = source.expression(node)
+    prologue = "".join(f"    {line}\n" for line in source.prologue())
+    text = f"def predicate(facts):\n{prologue}    return bool({body})\n"
+    namespace = dict(source.values)
+    exec(compile(text, "<segment condition>", "exec"), namespace)
+    predicate: Predicate = namespace["predicate"]
+    return predicate
 
-                return both
 
-            # Loops rather than all()/any() over a generator: this runs for every person
-            # of every batch, and the generator costs more than the tests it runs.
-            def every(facts: Facts) -> bool:
-                for part in parts:  # noqa: SIM110
-                    if not part(facts):
-                        return False
-                return True
+_SOURCE_ORDERS = {"eq": "==", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+# Tests of a value against a number literal that go into the source as comparisons: they
+# hold only for an int or a float (not a bool), as `predicates.check` says. Not `ne`,
+# which holds for every other value.
+_NUMBER_ORDERS = frozenset({"eq", "gt", "gte", "lt", "lte"})
 
-            return every
 
-        def some(facts: Facts) -> bool:
-            for part in parts:  # noqa: SIM110
-                if part(facts):
-                    return True
-            return False
+class _Source:
+    """The expression of one condition, and the values it refers to by name."""
 
-        return some
-    if isinstance(node, Not):
-        inner = compile_condition(node.child, computed)
-        return lambda facts: not inner(facts)
-    if isinstance(node, TraitIs):
-        path, trait_test = node.path, compile_test(node.test)
-        return lambda facts: trait_test(facts.trait(path), facts.now)
-    if isinstance(node, ComputedIs):
-        feature = computed[node.name]
-        key, value_test = feature.key, compile_test(node.test)
-        return lambda facts: value_test(facts.value_of(key, feature), facts.now)
-    if isinstance(node, EventCount):
-        counted, counted_key = node.feature, node.feature.key
-        if len(node.bounds) == 1:
-            op, limit = node.bounds[0]
-            order = _COUNT_ORDERS[op]
+    def __init__(self, computed: Mapping[str, Feature]) -> None:
+        self.computed = computed
+        self.values: dict[str, Any] = {"MISSING": MISSING, "UNKNOWN": _UNKNOWN}
+        self.uses: set[str] = set()
+        self._temps = 0
 
-            def count_is(facts: Facts) -> bool:
-                # The value worked out already for this person and moment, most often.
-                count = facts.values.get(counted_key, _UNKNOWN)
-                if count is _UNKNOWN:
-                    count = facts.value_of(counted_key, counted)
-                return order(count, limit)
+    def value(self, value: Any) -> str:
+        name = f"c{len(self.values)}"
+        self.values[name] = value
+        return name
 
-            return count_is
-        holds = node.holds
-        return lambda facts: holds(facts.value_of(counted_key, counted))
-    if isinstance(node, InSegment):
-        name = node.name
-        return lambda facts: facts.segments.get(name, False)
-    if isinstance(node, ConsentIs):
-        purpose, status = node.purpose, node.status
-        return lambda facts: facts.consent(purpose) == status
+    def temp(self) -> str:
+        self._temps += 1
+        return f"t{self._temps}"
+
+    def prologue(self) -> list[str]:
+        lines = []
+        if "traits" in self.uses:
+            lines.append("traits = facts.profile.traits")
+        if "values" in self.uses:
+            lines.append("values = facts.values")
+        if "now" in self.uses:
+            lines.append("now = facts.now")
+        if "segments" in self.uses:
+            lines.append("segments = facts.segments")
+        return lines
+
+    def expression(self, node: Node) -> str:
+        if isinstance(node, AllOf | AnyOf):
+            joint = " and " if isinstance(node, AllOf) else " or "
+            return "(" + joint.join(self.expression(c) for c in node.children) + ")"
+        if isinstance(node, Not):
+            return f"(not {self.expression(node.child)})"
+        if isinstance(node, TraitIs):
+            return self.test(node.test, self.trait(node.path))
+        if isinstance(node, ComputedIs):
+            return self.test(node.test, self.feature(self.computed[node.name]))
+        if isinstance(node, EventCount):
+            count = self.feature(node.feature)
+            if len(node.bounds) == 1:
+                op, limit = node.bounds[0]
+                return f"({count} {_SOURCE_ORDERS[op]} {self.value(limit)})"
+            held = self.temp()
+            tests = [f"{held} {_SOURCE_ORDERS[op]} {self.value(n)}" for op, n in node.bounds]
+            return f"(({held} := {count}) is not None and " + " and ".join(tests) + ")"
+        if isinstance(node, InSegment):
+            self.uses.add("segments")
+            return f"segments.get({self.value(node.name)}, False)"
+        if isinstance(node, ConsentIs):
+            return f"(facts.consent({self.value(node.purpose)}) == {self.value(node.status)})"
+        return f"{self.value(_behaviour(node))}(facts)"
+
+    def trait(self, path: tuple[str, ...]) -> str:
+        if len(path) > 1:
+            return f"facts.trait({self.value(path)})"
+        self.uses.add("traits")
+        cell, key = self.temp(), self.value(path[0])
+        return f'(MISSING if ({cell} := traits.get({key})) is None else {cell}["value"])'
+
+    def feature(self, feature: Feature) -> str:
+        """The feature's value, worked out once per person and moment (`Facts.value_of`)."""
+        self.uses.add("values")
+        known, key = self.temp(), self.value(feature.key)
+        return (
+            f"({known} if ({known} := values.get({key}, UNKNOWN)) is not UNKNOWN"
+            f" else facts.value_of({key}, {self.value(feature)}))"
+        )
+
+    def test(self, test: Test, value: str) -> str:
+        literal = test.value
+        if test.op in _NUMBER_ORDERS and is_number(literal):
+            held = self.temp()
+            return (
+                f"((type({held} := {value}) is int or type({held}) is float)"
+                f" and {held} {_SOURCE_ORDERS[test.op]} {self.value(literal)})"
+            )
+        if test.op == "eq" and isinstance(literal, str | bool):
+            # A str equals only a str; True and False are one object each.
+            relation = "is" if isinstance(literal, bool) else "=="
+            return f"({value} {relation} {self.value(literal)})"
+        self.uses.add("now")
+        return f"{self.value(compile_test(test))}({value}, now)"
+
+
+def _behaviour(node: Behaviour) -> Predicate:
     keyed = [(f.key, f) for f in node.features]
     nearest, group = node.nearest, node.group
     return lambda facts: nearest([float(facts.value_of(k, f)) for k, f in keyed]) == group
