@@ -191,6 +191,8 @@ class IngestService:
                 return None
             batch.settlement = self._settle(conn, batch)
             batch.consent_histories = self._consent_histories(conn, batch, batch.existing)
+        if batch.settlement is not None:
+            self.segments.prepare(batch.settlement, batch.now, "event")
         return batch
 
     def _stale(self, conn: Connection, batch: _Batch, now: datetime) -> set[int] | None:

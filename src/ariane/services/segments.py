@@ -66,6 +66,8 @@ _BACKFILL_CHUNK = 500
 class Settlement:
     transitions: list[Transition] = field(default_factory=list)
     timers: list[tuple[str, datetime | None]] = field(default_factory=list)
+    # The transitions' rows, when built before the write transaction (`prepare`).
+    rows: store.TransitionRows | None = None
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -141,8 +143,15 @@ class SegmentService:
                 settlement.timers.append((profile_id, due_at(state)))
         return settlement
 
+    def prepare(self, settlement: Settlement, now: datetime, cause: str) -> None:
+        """Build the rows `record` will write at `now`, before the write transaction."""
+        settlement.rows = store.transition_rows(self.db.dialect, settlement.transitions, now, cause)
+
     def record(self, conn: Connection, settlement: Settlement, now: datetime, cause: str) -> None:
-        store.record_transitions(conn, self.db.dialect, settlement.transitions, now, cause)
+        rows = settlement.rows
+        if rows is None or (rows.at, rows.cause) != (now, cause):
+            rows = store.transition_rows(self.db.dialect, settlement.transitions, now, cause)
+        store.record_transitions(conn, self.db.dialect, rows)
         store.set_timers(conn, self.db.dialect, settlement.timers)
 
     def reevaluate(
@@ -194,13 +203,11 @@ class SegmentService:
             transitions: list[Transition] = []
             for profile_id, (state, _) in touched.items():
                 transitions += catalogue.settle(state, timed, now, consents.get(profile_id))
-            store.record_transitions(conn, self.db.dialect, transitions, now, "time")
-            store.set_timers(
-                conn, self.db.dialect, [(p, due_at(s)) for p, (s, _) in touched.items()]
-            )
-            profile_store.update_profiles(
-                conn, self.db.dialect, [s for s, _ in touched.values()], now
-            )
+            dialect = self.db.dialect
+            rows = store.transition_rows(dialect, transitions, now, "time")
+            store.record_transitions(conn, dialect, rows)
+            store.set_timers(conn, dialect, [(p, due_at(s)) for p, (s, _) in touched.items()])
+            profile_store.update_profiles(conn, dialect, [s for s, _ in touched.values()], now)
             return len(due)
 
         return self.db.write(work)
@@ -437,7 +444,9 @@ class SegmentService:
                 transitions += new.settle(state, which, now, consents.get(pid))
                 if due_at(state) != before:
                     timers.append((pid, due_at(state)))
-            store.record_transitions(conn, self.db.dialect, transitions, now, "backfill")
+            store.record_transitions(
+                conn, dialect, store.transition_rows(dialect, transitions, now, "backfill")
+            )
             store.set_timers(conn, dialect, timers)
             profile_store.update_profiles(conn, dialect, list(states.values()), now)
 

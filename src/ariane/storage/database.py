@@ -129,7 +129,21 @@ class Dialect:
         if not rows:
             return 0
         columns = list(rows[0])
-        params = self.driver_rows(table, columns, rows)
+        return self.insert_bulk_driver_rows(
+            conn, table, columns, self.driver_rows(table, columns, rows), on_conflict
+        )
+
+    def insert_bulk_driver_rows(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        params: Sequence[tuple[Any, ...]],
+        on_conflict: str = "ON CONFLICT DO NOTHING",
+    ) -> int:
+        """`insert_bulk` for rows already in the driver's form (`driver_rows`)."""
+        if not params:
+            return 0
         return self._execute_many(conn, table, columns, params, on_conflict)
 
     def _execute_many(
@@ -182,9 +196,12 @@ class Dialect:
             params.append(tuple(values))
         return params
 
+    def json_param(self, value: Any) -> str:
+        return _json_dumps(value)
+
     def _converter(self, column_type: Any) -> Callable[[Any], Any] | None:
         if isinstance(column_type, sa.JSON):
-            return _json_dumps
+            return self.json_param
         if isinstance(column_type, sa.TypeDecorator) and isinstance(column_type.impl, sa.DateTime):
             return self.datetime_param
         return None
@@ -429,12 +446,13 @@ class PostgresDialect(Dialect):
         )
         return sa.select(*found.c).select_from(wanted).join(found, sa.true())
 
-    def _insert_bulk(
+    def insert_bulk_driver_rows(
         self,
         conn: Connection,
         table: sa.Table,
-        rows: Sequence[Mapping[str, Any]],
-        on_conflict: str,
+        columns: Sequence[str],
+        params: Sequence[tuple[Any, ...]],
+        on_conflict: str = "ON CONFLICT DO NOTHING",
     ) -> int:
         # The driver's executemany runs the statement once per row: here one statement
         # takes a chunk of rows, as an array per column. Arrays go in binary (%b): their
@@ -442,14 +460,13 @@ class PostgresDialect(Dialect):
         # are cast to the columns' types without their lengths: a cast to varchar(n)
         # would cut a longer value, which the insert itself refuses. unnest yields the
         # rows in order, and ids follow it.
-        if not rows:
+        if not params:
             return 0
-        columns = list(rows[0])
         names = ", ".join(f'"{c}"' for c in columns)
         arrays = ", ".join(f"%b::{_unsized(table.c[c].type, conn)}[]" for c in columns)
         sql = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) {on_conflict}'
         inserted = 0
-        for chunk in chunked(self.driver_rows(table, columns, rows), _BULK_CHUNK):
+        for chunk in chunked(params, _BULK_CHUNK):
             by_column = tuple(list(values) for values in zip(*chunk, strict=True))
             inserted += int(conn.exec_driver_sql(sql, by_column).rowcount)
         return inserted

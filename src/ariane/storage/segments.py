@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -96,22 +97,19 @@ def delete_computed(conn: Connection, name: str) -> int:
     return conn.execute(computed_traits.delete().where(computed_traits.c.name == name)).rowcount
 
 
-def audience_event(
-    transition: Transition, now: datetime, cause: str, stamp: str | None = None
-) -> dict[str, Any]:
+def _audience_event(transition: Transition, cause: str, stamp: str, ids: str) -> dict[str, Any]:
     """The event a transition puts on the timeline and in the outbox, in Segment's shape.
 
-    Its message id starts with the time, in hexadecimal microseconds: the ids a batch
-    writes fall side by side in the unique indexes of events and outbox, rather than
-    one page each at random. 128 random bits follow, which keep them unique (unique, not
-    secret: the fast generator is enough, as for profile ids).
+    Its message id starts with the time (`ids`, see `transition_rows`), then 128 random
+    bits, which keep it unique (unique, not secret: the fast generator is enough, as
+    for profile ids).
     """
     name = "Audience Entered" if transition.entered else "Audience Exited"
     return {
         "type": "track",
         "event": name,
-        "messageId": f"audience-{micros(now):014x}-{random.getrandbits(128):032x}",
-        "timestamp": stamp or iso(now),
+        "messageId": f"{ids}{random.getrandbits(128):032x}",
+        "timestamp": stamp,
         "properties": {
             "audience_id": transition.segment.id,
             "audience_name": transition.segment.name,
@@ -122,69 +120,72 @@ def audience_event(
     }
 
 
-def record_transitions(
-    conn: Connection,
-    dialect: Dialect,
-    transitions: Sequence[Transition],
-    now: datetime,
-    cause: str,
-) -> None:
-    """The changes (applied to memberships and their history by `catch_up`), the timeline
-    events and the outbox, in one go.
+# The columns of what a transition writes, in the order of `TransitionRows`.
+_CHANGE_COLUMNS = ("segment_id", "profile_id", "change", "cause", "at")
+_EVENT_COLUMNS = (
+    "source_id",
+    "message_id",
+    "profile_id",
+    "type",
+    "event",
+    "timestamp",
+    "received_at",
+    "payload",
+)
+_OUTBOX_COLUMNS = ("topic", "message_id", "profile_id", "payload", "created_at")
 
-    Through `Dialect.insert_bulk`: a batch of new people can enter hundreds of segments
-    at once.
-    """
-    if not transitions:
-        return
-    dialect.insert_bulk(
-        conn,
-        segment_changes,
-        [
-            {
-                "segment_id": t.segment.id,
-                "profile_id": t.profile_id,
-                "change": "entered" if t.entered else "exited",
-                "cause": cause,
-                "at": now,
-            }
-            for t in transitions
-        ],
-    )
-    stamp = iso(now)
-    payloads = [(t, audience_event(t, now, cause, stamp)) for t in transitions]
-    dialect.insert_bulk(
-        conn,
-        events,
-        [
-            {
-                "source_id": INTERNAL_SOURCE,
-                "message_id": payload["messageId"],
-                "profile_id": t.profile_id,
-                "type": "track",
-                "event": payload["event"],
-                "timestamp": now,
-                "received_at": now,
-                "payload": payload,
-            }
-            for t, payload in payloads
-        ],
-    )
-    dialect.insert_bulk(
-        conn,
-        outbox,
-        [
-            # The message is the timeline event just written: named, not copied.
-            {
-                "topic": "audience",
-                "message_id": payload["messageId"],
-                "profile_id": t.profile_id,
-                "payload": None,
-                "created_at": now,
-            }
-            for t, payload in payloads
-        ],
-    )
+
+@dataclass(frozen=True, slots=True)
+class TransitionRows:
+    """What `record_transitions` writes for transitions at `at` of one `cause`, in the
+    driver's form: the changes (applied to memberships and their history by
+    `catch_up`), the timeline events and the outbox. Built before a write transaction
+    where that is known, so that the writer holding it only writes."""
+
+    at: datetime
+    cause: str
+    changes: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    outbox: list[tuple[Any, ...]]
+
+
+def transition_rows(
+    dialect: Dialect, transitions: Sequence[Transition], now: datetime, cause: str
+) -> TransitionRows:
+    at, stamp = dialect.datetime_param(now), iso(now)
+    # Message ids start with the time, in hexadecimal microseconds: the ids a batch writes
+    # fall side by side in the unique indexes of events and outbox, rather than one page
+    # each at random.
+    ids = f"audience-{micros(now):014x}-"
+    changes, timeline, queued = [], [], []
+    for t in transitions:
+        change = "entered" if t.entered else "exited"
+        payload = _audience_event(t, cause, stamp, ids)
+        message_id = payload["messageId"]
+        changes.append((t.segment.id, t.profile_id, change, cause, at))
+        timeline.append(
+            (
+                INTERNAL_SOURCE,
+                message_id,
+                t.profile_id,
+                "track",
+                payload["event"],
+                at,
+                at,
+                dialect.json_param(payload),
+            )
+        )
+        # The message is the timeline event just written: named, not copied.
+        queued.append(("audience", message_id, t.profile_id, None, at))
+    return TransitionRows(now, cause, changes, timeline, queued)
+
+
+def record_transitions(conn: Connection, dialect: Dialect, rows: TransitionRows) -> None:
+    """Write `transition_rows`, through `Dialect.insert_bulk_driver_rows`: a batch of new
+    people can enter hundreds of segments at once."""
+    dialect.insert_bulk_driver_rows(conn, segment_changes, _CHANGE_COLUMNS, rows.changes)
+    dialect.insert_bulk_driver_rows(conn, events, _EVENT_COLUMNS, rows.events)
+    dialect.insert_bulk_driver_rows(conn, outbox, _OUTBOX_COLUMNS, rows.outbox)
 
 
 def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | None = None) -> int:
