@@ -135,8 +135,8 @@ def test_the_timer_loop_applies_the_changes(world: World) -> None:
     applied = threading.Event()
     catch_up = world.segments.catch_up
 
-    def once() -> int:
-        count = catch_up()
+    def once(*, waited: float = 0) -> int:
+        count = catch_up(waited=waited)
         applied.set()
         stop.set()
         return count
@@ -256,35 +256,60 @@ def test_a_smaller_id_committed_during_a_round_is_applied_by_the_next(
     assert len(rows(postgres_world, segment_history)) == 2
 
 
-def test_the_timer_loop_applies_the_changes_once_per_apply_interval(world: World) -> None:
+def test_the_timer_loop_applies_changes_once_the_oldest_has_waited_the_interval(
+    world: World,
+) -> None:
     world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
     world.send("ada", "Order")
-    world.segments.catch_up()
+    world.clock.advance(seconds=3599)
     world.send("bob", "Order")
-    rounds = 0
-    fire_due = world.segments.fire_due
-    stop = threading.Event()
-
-    def counted(limit: int = 500) -> int:
-        nonlocal rounds
-        rounds += 1
-        if rounds == 5:
-            stop.set()
-        return fire_due(limit)
-
-    world.segments.fire_due = counted  # type: ignore[method-assign]
     applied: list[int] = []
     catch_up = world.segments.catch_up
 
-    def counted_catch_up() -> int:
-        applied.append(catch_up())
+    def counted_catch_up(*, waited: float = 0) -> int:
+        applied.append(catch_up(waited=waited))
         return applied[-1]
 
     world.segments.catch_up = counted_catch_up  # type: ignore[method-assign]
-    world.segments.run_timers(stop, 0.001, 3600)
-    # The first round applied what was waiting; the next four, within the hour, nothing.
-    assert rounds == 5
-    assert applied == [1]
+
+    def five_rounds() -> None:
+        rounds = 0
+        fire_due = world.segments.fire_due
+        stop = threading.Event()
+
+        def counted(limit: int = 500) -> int:
+            nonlocal rounds
+            rounds += 1
+            if rounds == 5:
+                stop.set()
+            return fire_due(limit)
+
+        world.segments.fire_due = counted  # type: ignore[method-assign]
+        try:
+            world.segments.run_timers(stop, 0.001, 3600)
+        finally:
+            del world.segments.fire_due
+        assert rounds == 5
+
+    # Ada's entry has waited 3599 s of the hour: nothing is applied yet.
+    five_rounds()
+    assert applied == [0] * 5
+    assert len(rows(world, segment_changes)) == 2
+    # Then it has waited the hour: the round applies it with Bob's, younger, and the
+    # next rounds find nothing.
+    world.clock.advance(seconds=1)
+    applied.clear()
+    five_rounds()
+    assert applied == [2, 0, 0, 0, 0]
+    assert len(rows(world, segment_members)) == 2
+
+
+def test_a_read_applies_changes_however_young(world: World) -> None:
+    world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
+    world.send("ada", "Order")
+    assert world.segments.catch_up(waited=3600) == 0
+    assert world.segments.get_segment("buyers")["members"] == 1
+    assert rows(world, segment_changes) == []
 
 
 def test_the_timer_loop_applies_again_when_the_interval_has_passed(world: World) -> None:
@@ -295,6 +320,7 @@ def test_the_timer_loop_applies_again_when_the_interval_has_passed(world: World)
     loop.start()
     try:
         world.send("ada", "Order")
+        world.clock.advance(seconds=0.05)
         deadline = time.monotonic() + 10
         while rows(world, segment_changes) and time.monotonic() < deadline:
             time.sleep(0.01)

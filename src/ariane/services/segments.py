@@ -12,13 +12,11 @@ history by segment in bulk, before anything reads them.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -213,28 +211,29 @@ class SegmentService:
         return self.db.write(work)
 
     def run_timers(self, stop: threading.Event, interval: float, apply_every: float = 0) -> None:
-        """Fire due timers until `stop` is set; each round drains what is due. Every
-        `apply_every` seconds, a round also applies the changes recorded meanwhile to
-        memberships and their history: the longer, the more changes each writes at once."""
-        applied = -math.inf  # the first round applies what an earlier run left
+        """Fire due timers until `stop` is set; each round drains what is due, then applies
+        the changes recorded to memberships and their history once the oldest of them has
+        waited `apply_every` seconds: the longer, the more changes each round writes at
+        once. Where several processes run the loop, the first to find them old enough
+        applies them all, and the others find only changes recorded since."""
         while not stop.is_set():
             try:
                 while self.fire_due() and not stop.is_set():
                     pass
-                if time.monotonic() - applied >= apply_every:
-                    applied = time.monotonic()
-                    self.catch_up()
+                self.catch_up(waited=apply_every)
             except Exception:
                 log.exception("segment timers: a round failed; retrying")
             stop.wait(interval)
 
-    def catch_up(self) -> int:
+    def catch_up(self, *, waited: float = 0) -> int:
         """Apply the entries and exits recorded since the last time to memberships and
         their history (`storage.segments.catch_up`); how many there were. Everything that
-        reads those tables calls it first."""
+        reads those tables calls it first. With `waited`, only once the oldest of them was
+        recorded at least that many seconds ago."""
         with self.db.read() as conn:
-            if not store.pending_changes(conn):
-                return 0
+            oldest = store.oldest_change(conn)
+        if oldest is None or self.clock() - oldest < timedelta(seconds=waited):
+            return 0
         return self.db.write(lambda conn: store.catch_up(conn, self.db.dialect))
 
     # --- definitions ------------------------------------------------------------------------

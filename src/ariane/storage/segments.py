@@ -259,8 +259,12 @@ def _apply_changes(
     conn.execute(segment_changes.delete().where(picked))
 
 
-def pending_changes(conn: Connection) -> bool:
-    return conn.execute(sa.select(segment_changes.c.id).limit(1)).first() is not None
+def oldest_change(conn: Connection) -> datetime | None:
+    """When the first change still to apply was recorded, or None when there is none."""
+    columns = segment_changes.c
+    query = sa.select(columns.at).order_by(columns.id).limit(1)
+    found: datetime | None = conn.execute(query).scalar()
+    return found
 
 
 def inherit_memberships(conn: Connection, absorbed: str, survivor: str) -> None:
