@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact
@@ -152,6 +152,10 @@ class Feature:
     filters: tuple[tuple[tuple[str, ...], TestFunction], ...] = field(
         init=False, repr=False, compare=False
     )
+    # `value_at` for this feature (`_reader`).
+    read: Callable[[Mapping[str, Any] | None, int, int | None], Any] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
@@ -166,6 +170,7 @@ class Feature:
         object.__setattr__(self, "bounds", bounds)
         filters = tuple((path, compile_test(test)) for path, test in self.where)
         object.__setattr__(self, "filters", filters)
+        object.__setattr__(self, "read", _reader(self))
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.kind, "event": self.event}
@@ -420,6 +425,39 @@ def value_at(
     feature: Feature, state: Mapping[str, Any] | None, now_us: int, first_us: int | None
 ) -> Any:
     """`value`, with `now` and first seen in microseconds."""
+    return feature.read(state, now_us, first_us)
+
+
+def _reader(feature: Feature) -> Callable[[Mapping[str, Any] | None, int, int | None], Any]:
+    """`value_at` for one feature. Segments read counts of events in a window that moves
+    more than anything else, for every person of every batch: those are counted here
+    without going through the general case."""
+    if feature.kind == "count" and feature.window.kind == "recent":
+        span = feature.span
+
+        def recent_count(state: Mapping[str, Any] | None, now_us: int, _: int | None) -> int:
+            if not state:
+                return 0
+            low = now_us - span + 1
+            inside = 0
+            for entry in state["e"]:
+                if entry[0] >= low:
+                    inside += 1
+            return inside
+
+        return recent_count
+    if feature.kind == "count" and not feature.window.moves:
+
+        def count(state: Mapping[str, Any] | None, _: int, __: int | None) -> int:
+            return state.get("n", 0) if state else 0
+
+        return count
+    return lambda state, now_us, first_us: _value(feature, state, now_us, first_us)
+
+
+def _value(
+    feature: Feature, state: Mapping[str, Any] | None, now_us: int, first_us: int | None
+) -> Any:
     state = state or {}
     kind = feature.kind
     if feature.window.moves:

@@ -428,7 +428,7 @@ class Facts:
         values = self.values
         if key in values:
             return values[key]
-        value = comp.value_at(feature, self.states.get(key), self.now_us, self.first_us)
+        value = feature.read(self.states.get(key), self.now_us, self.first_us)
         values[key] = value
         return value
 

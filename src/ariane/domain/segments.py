@@ -216,22 +216,25 @@ class Catalogue:
         which: Iterable[SegmentDefinition],
         now: datetime,
         consents: Mapping[str, ConsentDecision] | None = None,
-    ) -> list[Transition]:
-        """Evaluate `which` for one person, update their memberships, say what changed."""
+        stamp: str | None = None,
+    ) -> tuple[list[Transition], datetime | None]:
+        """Evaluate `which` for one person, update their memberships; what changed, and
+        when time alone may next change their segments (also kept in the profile).
+        `stamp` is `iso(now)`, when the caller has it already."""
         facts = self.facts(profile, now, consents)
         members = profile.computed.setdefault("segments", {})
-        for stale in [sid for sid in members if sid not in self.by_id]:
-            del members[stale]
+        if not members.keys() <= self.by_id.keys():
+            for stale in [sid for sid in members if sid not in self.by_id]:
+                del members[stale]
         changes = []
         predicates, answers = self._predicates, facts.segments
-        entered_at: str | None = None
         for segment in which:
             name, segment_id = segment.name, segment.id
             inside = answers[name] = predicates[name](facts)
             if inside:
                 if segment_id not in members:
-                    entered_at = entered_at or iso(now)
-                    members[segment_id] = entered_at
+                    stamp = stamp or iso(now)
+                    members[segment_id] = stamp
                     changes.append(Transition(segment, profile.id, True))
             elif segment_id in members:
                 del members[segment_id]
@@ -241,7 +244,7 @@ class Catalogue:
             profile.computed.pop("due", None)
         else:
             profile.computed["due"] = iso(due)
-        return changes
+        return changes, due
 
     def next_due(self, facts: Facts) -> datetime | None:
         return self._clocks.next_due(facts)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain import computed as comp
-from ariane.domain.clock import parse_timestamp
+from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.computed import Feature, parse_feature
 from ariane.domain.conditions import (
     Names,
@@ -133,12 +133,14 @@ class SegmentService:
             for state, _ in touched.values():
                 state.computed.pop("segments", None)
             return settlement
+        stamp = iso(now)
         for profile_id, (state, touch) in touched.items():
             before = state.computed.get("due")
             which = catalogue.affected(touch)
-            settlement.transitions += catalogue.settle(state, which, now, consents.get(profile_id))
+            changes, due = catalogue.settle(state, which, now, consents.get(profile_id), stamp)
+            settlement.transitions += changes
             if state.computed.get("due") != before:
-                settlement.timers.append((profile_id, due_at(state)))
+                settlement.timers.append((profile_id, due))
         return settlement
 
     def prepare(self, settlement: Settlement, now: datetime, cause: str) -> None:
@@ -191,22 +193,25 @@ class SegmentService:
         def work(conn: Connection) -> int:
             now = self.clock()
             catalogue = self.catalogue(conn, hold=True)
-            due = store.claim_due(conn, now, limit)
-            if not due:
+            claimed = store.claim_due(conn, now, limit)
+            if not claimed:
                 return 0
-            states = profile_store.lock_profiles(conn, self.db.dialect, due)
+            states = profile_store.lock_profiles(conn, self.db.dialect, claimed)
             timed = catalogue.timed()
             touched = {pid: (states[pid], Touch()) for pid in sorted(states)}
             consents = self.consents(conn, catalogue, touched)
             transitions: list[Transition] = []
+            timers: list[tuple[str, datetime | None]] = []
             for profile_id, (state, _) in touched.items():
-                transitions += catalogue.settle(state, timed, now, consents.get(profile_id))
+                changes, due = catalogue.settle(state, timed, now, consents.get(profile_id))
+                transitions += changes
+                timers.append((profile_id, due))
             dialect = self.db.dialect
             rows = store.transition_rows(dialect, transitions, now, "time")
             store.record_transitions(conn, dialect, rows)
-            store.set_timers(conn, dialect, [(p, due_at(s)) for p, (s, _) in touched.items()])
+            store.set_timers(conn, dialect, timers)
             profile_store.update_profiles(conn, dialect, [s for s, _ in touched.values()], now)
-            return len(due)
+            return len(claimed)
 
         return self.db.write(work)
 
@@ -440,9 +445,10 @@ class SegmentService:
             timers: list[tuple[str, datetime | None]] = []
             for pid, (state, _) in touched.items():
                 before = due_at(state)
-                transitions += new.settle(state, which, now, consents.get(pid))
-                if due_at(state) != before:
-                    timers.append((pid, due_at(state)))
+                changes, due = new.settle(state, which, now, consents.get(pid))
+                transitions += changes
+                if due != before:
+                    timers.append((pid, due))
             store.record_transitions(
                 conn, dialect, store.transition_rows(dialect, transitions, now, "backfill")
             )
