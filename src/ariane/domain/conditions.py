@@ -527,9 +527,14 @@ class _Source:
             if len(node.bounds) == 1:
                 op, limit = node.bounds[0]
                 return f"({count} {_SOURCE_ORDERS[op]} {self.value(limit)})"
+            # The count worked out in the first test, and read again in the others.
             held = self.temp()
-            tests = [f"{held} {_SOURCE_ORDERS[op]} {self.value(n)}" for op, n in node.bounds]
-            return f"(({held} := {count}) is not None and " + " and ".join(tests) + ")"
+            reads = [f"({held} := {count})"] + [held] * (len(node.bounds) - 1)
+            tests = [
+                f"{read} {_SOURCE_ORDERS[op]} {self.value(n)}"
+                for read, (op, n) in zip(reads, node.bounds, strict=True)
+            ]
+            return "(" + " and ".join(tests) + ")"
         if isinstance(node, InSegment):
             self.uses.add("segments")
             return f"segments.get({self.value(node.name)}, False)"

@@ -125,7 +125,6 @@ class Dialect:
         rows: Sequence[Mapping[str, Any]],
         on_conflict: str,
     ) -> int:
-        # SQLite's executemany costs little more than a single statement.
         if not rows:
             return 0
         columns = list(rows[0])
@@ -142,6 +141,7 @@ class Dialect:
         on_conflict: str = "ON CONFLICT DO NOTHING",
     ) -> int:
         """`insert_bulk` for rows already in the driver's form (`driver_rows`)."""
+        # SQLite's executemany costs little more than a single statement.
         if not params:
             return 0
         return self._execute_many(conn, table, columns, params, on_conflict)
