@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+from datetime import datetime
 
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from ariane.storage.database import Database
-from ariane.storage.migrate import MIGRATIONS
+from ariane.storage.migrate import MIGRATIONS, alembic_config, upgrade
 from ariane.storage.tables import metadata
 
 
@@ -34,3 +37,37 @@ def test_migrations_do_not_depend_on_the_live_schema() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)
         assert not {name for name in imported if name.split(".")[0] == "ariane"}, path.name
+
+
+def test_going_back_before_0007_queues_the_messages_of_changes_not_yet_applied(
+    db_url: str,
+) -> None:
+    """Before 0007 a change's message went to the outbox when it was recorded: going
+    back puts there those of the changes still waiting, so that none is lost."""
+    db = Database(db_url)
+    at = datetime(2026, 11, 24, 9, 0)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO segment_changes (segment_id, profile_id, change, cause, at,"
+                    " message_id) VALUES ('s1', 'p1', 'entered', 'event', :at, 'audience-1'),"
+                    " ('s1', 'p2', 'entered', 'event', :at, NULL)"
+                ),
+                {"at": at},
+            )
+        config = alembic_config(db)
+        with db.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0006")
+        with db.engine.connect() as conn:
+            queued = conn.execute(
+                sa.text("SELECT topic, message_id, profile_id, payload FROM outbox")
+            ).all()
+        assert [tuple(row) for row in queued] == [("audience", "audience-1", "p1", None)]
+    finally:
+        upgrade(db)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM outbox"))
+            conn.execute(sa.text("DELETE FROM segment_changes"))
+        db.dispose()

@@ -1,6 +1,7 @@
 """Entries and exits are recorded in the transaction that decides them (`segment_changes`)
-and applied to memberships and their history in bulk (`catch_up`): whatever reads those
-sees every change recorded before it, in the order they were decided."""
+and applied to memberships and their history, and their messages put in the outbox, in
+bulk (`catch_up`): whatever reads those sees every change recorded before it, in the
+order they were decided."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from pydantic import ValidationError
 from ariane.bootstrap import Container
 from ariane.settings import Settings
 from ariane.storage import segments as store
-from ariane.storage.tables import segment_changes, segment_history, segment_members
+from ariane.storage.tables import (
+    events,
+    outbox,
+    segment_changes,
+    segment_history,
+    segment_members,
+)
 from tests.conftest import FakeClock
 from tests.integration.test_segments import World
 
@@ -54,12 +61,22 @@ def test_changes_wait_in_order_and_are_applied_once(
     ]
     assert rows(world, segment_members) == []
     assert rows(world, segment_history) == []
+    # The Audience events are on the timeline already; their messages wait with them.
+    timeline = [r.message_id for r in rows(world, events) if r.source_id == "ariane"]
+    assert [r.message_id for r in rows(world, segment_changes)] == timeline
+    assert rows(world, outbox) == []
 
     # Two changes a round: the last change of a person decides, across rounds too.
     monkeypatch.setattr(store, "_APPLY_CHUNK", 2)
     assert world.segments.catch_up() == 5
     assert world.segments.catch_up() == 0
     assert rows(world, segment_changes) == []
+    # Each message once, in the order decided, naming its event rather than copying it.
+    queued = rows(world, outbox)
+    assert [(r.topic, r.message_id, r.payload) for r in queued] == [
+        ("audience", m, None) for m in timeline
+    ]
+    assert [r.profile_id for r in queued] == [ada, ada, ada, bob, bob]
     assert [(r.profile_id, r.entered_at) for r in rows(world, segment_members)] == [
         (ada, entered_again)
     ]
@@ -70,6 +87,21 @@ def test_changes_wait_in_order_and_are_applied_once(
         (bob, "entered", "event"),
         (bob, "exited", "event"),
     ]
+
+
+def test_a_change_recorded_with_its_message_already_queued_queues_nothing(
+    world: World,
+) -> None:
+    """Changes recorded before migration 0007 put their message in the outbox themselves:
+    they have no message id, and applying them adds none."""
+    world.segment("plans", {"trait": "plan", "op": "eq", "value": "pro"})
+    ada = world.send("ada", traits={"plan": "pro"})
+    world.container.db.write(
+        lambda conn: conn.execute(segment_changes.update().values(message_id=None))
+    )
+    assert world.segments.catch_up() == 1
+    assert world.members("plans") == {ada}
+    assert rows(world, outbox) == []
 
 
 def test_reads_apply_what_was_recorded_before_them(world: World) -> None:

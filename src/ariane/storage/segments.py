@@ -121,7 +121,7 @@ def _audience_event(transition: Transition, cause: str, stamp: str, ids: str) ->
 
 
 # The columns of what a transition writes, in the order of `TransitionRows`.
-_CHANGE_COLUMNS = ("segment_id", "profile_id", "change", "cause", "at")
+_CHANGE_COLUMNS = ("segment_id", "profile_id", "change", "cause", "at", "message_id")
 _EVENT_COLUMNS = (
     "source_id",
     "message_id",
@@ -132,21 +132,19 @@ _EVENT_COLUMNS = (
     "received_at",
     "payload",
 )
-_OUTBOX_COLUMNS = ("topic", "message_id", "profile_id", "payload", "created_at")
 
 
 @dataclass(frozen=True, slots=True)
 class TransitionRows:
     """What `record_transitions` writes for transitions at `at` of one `cause`, in the
-    driver's form: the changes (applied to memberships and their history by
-    `catch_up`), the timeline events and the outbox. Built before a write transaction
-    where that is known, so that the writer holding it only writes."""
+    driver's form: the changes (applied to memberships and their history, and their
+    messages put in the outbox, by `catch_up`) and the timeline events. Built before a
+    write transaction where that is known, so that the writer holding it only writes."""
 
     at: datetime
     cause: str
     changes: list[tuple[Any, ...]]
     events: list[tuple[Any, ...]]
-    outbox: list[tuple[Any, ...]]
 
 
 def transition_rows(
@@ -157,12 +155,12 @@ def transition_rows(
     # fall side by side in the unique indexes of events and outbox, rather than one page
     # each at random.
     ids = f"audience-{micros(now):014x}-"
-    changes, timeline, queued = [], [], []
+    changes, timeline = [], []
     for t in transitions:
         change = "entered" if t.entered else "exited"
         payload = _audience_event(t, cause, stamp, ids)
         message_id = payload["messageId"]
-        changes.append((t.segment.id, t.profile_id, change, cause, at))
+        changes.append((t.segment.id, t.profile_id, change, cause, at, message_id))
         timeline.append(
             (
                 INTERNAL_SOURCE,
@@ -175,9 +173,7 @@ def transition_rows(
                 dialect.json_param(payload),
             )
         )
-        # The message is the timeline event just written: named, not copied.
-        queued.append(("audience", message_id, t.profile_id, None, at))
-    return TransitionRows(now, cause, changes, timeline, queued)
+    return TransitionRows(now, cause, changes, timeline)
 
 
 def record_transitions(conn: Connection, dialect: Dialect, rows: TransitionRows) -> None:
@@ -185,12 +181,11 @@ def record_transitions(conn: Connection, dialect: Dialect, rows: TransitionRows)
     people can enter hundreds of segments at once."""
     dialect.insert_bulk_driver_rows(conn, segment_changes, _CHANGE_COLUMNS, rows.changes)
     dialect.insert_bulk_driver_rows(conn, events, _EVENT_COLUMNS, rows.events)
-    dialect.insert_bulk_driver_rows(conn, outbox, _OUTBOX_COLUMNS, rows.outbox)
 
 
 def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | None = None) -> int:
     """Apply the recorded changes (of `profile_ids` only, if given) to memberships and
-    their history; how many there were.
+    their history, and put their messages in the outbox; how many there were.
 
     One transaction at a time (`Dialect.hold_projection`), in the order they were
     recorded: the changes of one person are recorded under the lock of their profile, so
@@ -225,7 +220,7 @@ def _apply_changes(
     conn: Connection, dialect: Dialect, rows: Sequence[tuple[int, str, str, str]]
 ) -> None:
     """`rows` of `segment_changes` (id, segment, profile, change), in id order, into the
-    history, then the memberships."""
+    history and the outbox, then the memberships."""
     columns = segment_changes.c
     ids = [row[0] for row in rows]
     picked = dialect.among(columns.id, ids)
@@ -236,6 +231,18 @@ def _apply_changes(
         segment_history.insert().from_select(
             ["segment_id", "profile_id", "change", "cause", "at"],
             history.where(picked).order_by(columns.id),
+        )
+    )
+    # The message is the change's timeline event: named, not copied. Written here, a
+    # round at a time, the outbox's indexes take a page where a batch at a time they
+    # took one for every batch.
+    queued = sa.select(
+        sa.literal("audience"), columns.message_id, columns.profile_id, sa.null(), columns.at
+    )
+    conn.execute(
+        outbox.insert().from_select(
+            ["topic", "message_id", "profile_id", "payload", "created_at"],
+            queued.where(picked, columns.message_id.is_not(None)).order_by(columns.id),
         )
     )
     # Every membership these rows change goes; those whose last change is an entry come

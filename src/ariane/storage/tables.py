@@ -248,6 +248,10 @@ segment_changes = sa.Table(
     sa.Column("change", sa.String(10), nullable=False),
     sa.Column("cause", sa.String(20), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
+    # The Audience event the change put on the timeline: applying the change puts its
+    # message in the outbox. None for changes recorded before this column, whose message
+    # was put there when they were recorded.
+    sa.Column("message_id", sa.String(200), nullable=True),
 )
 
 # When time alone may next change a profile's segments; one row per profile at most.
