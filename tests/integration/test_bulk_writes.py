@@ -1,4 +1,5 @@
-"""Writes of many rows at once (`Dialect.insert_bulk`, `upsert_bulk`) and profile timers."""
+"""Writes of many rows at once (`Dialect.insert_bulk`) and profile timers, kept in the
+profile's row."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
+from ariane.domain.profiles import ProfileState
 from ariane.storage.database import Database
-from ariane.storage.segments import set_timers
-from ariane.storage.tables import outbox, profile_timers
+from ariane.storage.profiles import claim_due, insert_profiles, update_profiles
+from ariane.storage.tables import outbox, profiles
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 # Text the driver or PostgreSQL's array syntax could misread.
@@ -46,7 +48,8 @@ def stored(db: Database) -> list[dict[str, Any]]:
 
 def timers(db: Database) -> dict[str, datetime]:
     with db.read() as conn:
-        return {str(p): due for p, due in conn.execute(sa.select(profile_timers))}
+        query = sa.select(profiles.c.id, profiles.c.due_at).where(profiles.c.due_at.is_not(None))
+        return {str(p): due for p, due in conn.execute(query)}
 
 
 def test_values_come_back_as_they_went_in_and_ids_follow_the_rows(db: Database) -> None:
@@ -100,9 +103,7 @@ def test_rows_beyond_one_statement_go_in_the_next(
 
 def test_no_rows_write_nothing(db: Database) -> None:
     assert db.write(lambda conn: db.dialect.insert_bulk(conn, outbox, [])) == 0
-    db.write(lambda conn: db.dialect.upsert_bulk(conn, profile_timers, ("profile_id",), []))
     assert stored(db) == []
-    assert timers(db) == {}
 
 
 def test_a_value_too_long_for_its_column_is_refused_not_cut(db: Database) -> None:
@@ -113,25 +114,31 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut(db: Database) -> Non
     assert stored(db) == []
 
 
-def test_an_upsert_replaces_the_other_columns_of_a_taken_key(db: Database) -> None:
-    later = NOW + timedelta(microseconds=7)
-
-    def upsert(*rows: tuple[str, datetime]) -> None:
-        values = [{"profile_id": p, "due_at": due} for p, due in rows]
-        db.write(lambda conn: db.dialect.upsert_bulk(conn, profile_timers, ("profile_id",), values))
-
-    upsert(("a", NOW), ("b", NOW))
-    upsert(("b", later), ("c", NOW))
-    assert timers(db) == {"a": NOW, "b": later, "c": NOW}
-
-
-def test_a_new_timer_replaces_the_old_and_none_removes_it(db: Database) -> None:
+def test_a_timer_is_written_with_its_profile_and_only_where_it_moved(db: Database) -> None:
     later = NOW + timedelta(days=1, microseconds=1)
-    db.write(
-        lambda conn: set_timers(conn, db.dialect, [("kept", NOW), ("moved", NOW), ("stopped", NOW)])
-    )
-    changes = [("moved", later), ("stopped", None), ("started", later), ("never", None)]
-    db.write(lambda conn: set_timers(conn, db.dialect, changes))
-    assert timers(db) == {"kept": NOW, "moved": later, "started": later}
-    db.write(lambda conn: set_timers(conn, db.dialect, []))
-    assert timers(db) == {"kept": NOW, "moved": later, "started": later}
+    latest = later + timedelta(microseconds=1)
+    names = ["kept", "moved", "stopped", "started", "never"]
+    people = {name: ProfileState(name, computed={"n": 0}) for name in names}
+    first = {"kept": NOW, "moved": NOW, "stopped": NOW}
+    db.write(lambda conn: insert_profiles(conn, db.dialect, people.values(), NOW, first))
+    assert timers(db) == first
+
+    for state in people.values():
+        state.computed["n"] = 1
+    moves = {"moved": later, "stopped": None, "started": latest}
+    db.write(lambda conn: update_profiles(conn, db.dialect, people.values(), later, moves))
+    assert timers(db) == {"kept": NOW, "moved": later, "started": latest}
+    # Every profile was written, those whose timer did not move too.
+    with db.read() as conn:
+        written = conn.execute(sa.select(profiles.c.id, profiles.c.computed)).all()
+    assert {str(p): c for p, c in written} == {name: {"n": 1} for name in names}
+
+    db.write(lambda conn: update_profiles(conn, db.dialect, people.values(), later, {}))
+    assert timers(db) == {"kept": NOW, "moved": later, "started": latest}
+
+    # Due ones are claimed earliest first; those not yet due wait.
+    assert db.write(lambda conn: claim_due(conn, latest, 10)) == ["kept", "moved", "started"]
+    assert db.write(lambda conn: claim_due(conn, later, 10)) == ["kept", "moved"]
+    assert db.write(lambda conn: claim_due(conn, later, 1)) == ["kept"]
+    assert db.write(lambda conn: claim_due(conn, NOW, 10)) == ["kept"]
+    assert db.write(lambda conn: claim_due(conn, NOW - timedelta(microseconds=1), 10)) == []

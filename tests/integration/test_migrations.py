@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -70,4 +71,49 @@ def test_going_back_before_0007_queues_the_messages_of_changes_not_yet_applied(
         with db.engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM outbox"))
             conn.execute(sa.text("DELETE FROM segment_changes"))
+        db.dispose()
+
+
+def test_timers_move_into_the_profiles_rows_at_0008_and_back(db_url: str) -> None:
+    db = Database(db_url)
+    at = datetime(2026, 11, 24, 9, 0)
+    config = alembic_config(db)
+
+    def migrate(step: Any, revision: str) -> None:
+        with db.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            step(config, revision)
+
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        with db.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql))]
+
+    try:
+        migrate(command.downgrade, "0007")
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO profiles (id, traits, computed, created_at, updated_at)"
+                    " VALUES ('p1', '{}', '{}', :at, :at), ('p2', '{}', '{}', :at, :at)"
+                ),
+                {"at": at},
+            )
+            conn.execute(
+                sa.text("INSERT INTO profile_timers (profile_id, due_at) VALUES ('p1', :at)"),
+                {"at": at},
+            )
+        migrate(command.upgrade, "0008")
+        due = rows("SELECT id, due_at FROM profiles ORDER BY id")
+        assert [(p, None if d is None else str(d)[:16]) for p, d in due] == [
+            ("p1", "2026-11-24 09:00"),
+            ("p2", None),
+        ]
+        migrate(command.downgrade, "0007")
+        assert [(p, str(d)[:16]) for p, d in rows("SELECT * FROM profile_timers")] == [
+            ("p1", "2026-11-24 09:00")
+        ]
+    finally:
+        upgrade(db)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM profiles"))
         db.dispose()

@@ -16,7 +16,7 @@ from ariane.domain.clock import iso
 from ariane.services.ingest import Envelope
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
-from ariane.storage.tables import events, outbox, profile_timers, segment_history
+from ariane.storage.tables import events, outbox, profiles, segment_history
 from tests.conftest import FakeClock
 
 TRIAL_CONDITION: dict[str, Any] = {
@@ -159,7 +159,7 @@ def test_a_window_that_empties_ends_membership_with_no_new_event(world: World) -
     ada = world.send("ada", "Page Viewed")
     assert world.members("browsing") == {ada}
     with world.container.db.read() as conn:
-        due = conn.execute(sa.select(profile_timers.c.due_at)).scalar_one()
+        due = conn.execute(sa.select(profiles.c.due_at)).scalar_one()
     assert due == seen + timedelta(seconds=3)
 
     world.clock.advance(seconds=2.999)
@@ -171,7 +171,7 @@ def test_a_window_that_empties_ends_membership_with_no_new_event(world: World) -
     assert world.changes("browsing") == [(ada, "entered", "event"), (ada, "exited", "time")]
     # Nothing left to wait for.
     with world.container.db.read() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(profile_timers)).scalar() == 0
+        assert conn.execute(sa.select(profiles.c.due_at)).scalar_one() is None
 
 
 def test_no_event_in_three_days_is_reached_by_time_alone(world: World) -> None:

@@ -429,7 +429,8 @@ class IngestService:
         """Everything the batch changes, worked out already, written."""
         dialect, now, final = self.db.dialect, batch.now, batch.final
         result.merges = len(batch.merge_log)
-        profile_store.insert_profiles(conn, dialect, batch.created.values(), now)
+        dues = batch.dues()
+        profile_store.insert_profiles(conn, dialect, batch.created.values(), now, dues)
         profile_store.insert_identities(
             conn, dialect, [(i, final(p), source_id) for i, p in batch.new_identities], now
         )
@@ -450,12 +451,13 @@ class IngestService:
         )
         # Only the profiles this batch changed: an owner found for an identifier that was
         # then dropped is left as it was.
-        changed = set(holders)
+        changed = set(holders) | dues.keys()
         profile_store.update_profiles(
             conn,
             dialect,
             [s for pid, s in batch.live.items() if pid in changed and pid not in batch.created],
             now,
+            dues,
         )
         result.accepted = len(rows)
         result.profile_ids = holders
@@ -518,6 +520,13 @@ class _Batch:
         while profile_id in self.absorbed_into:
             profile_id = self.absorbed_into[profile_id]
         return profile_id
+
+    def dues(self) -> dict[str, datetime | None]:
+        """The timers the batch moves, written with the profiles."""
+        dues = {} if self.earlier is None else self.earlier[0].dues()
+        if self.settlement is not None:
+            dues.update(self.settlement.dues())
+        return dues
 
 
 def _fingerprints(states: Mapping[str, ProfileState]) -> dict[str, bytes]:

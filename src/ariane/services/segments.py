@@ -67,6 +67,10 @@ class Settlement:
     # The transitions' rows, when built before the write transaction (`prepare`).
     rows: store.TransitionRows | None = None
 
+    def dues(self) -> dict[str, datetime | None]:
+        """The profiles whose timer moved, and to when (`profile_store.update_profiles`)."""
+        return dict(self.timers)
+
 
 def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > _NAME_LIMIT:
@@ -148,11 +152,11 @@ class SegmentService:
         settlement.rows = store.transition_rows(self.db.dialect, settlement.transitions, now, cause)
 
     def record(self, conn: Connection, settlement: Settlement, now: datetime, cause: str) -> None:
+        """Write the transitions; the timers go with the profiles (`Settlement.dues`)."""
         rows = settlement.rows
         if rows is None or (rows.at, rows.cause) != (now, cause):
             rows = store.transition_rows(self.db.dialect, settlement.transitions, now, cause)
         store.record_transitions(conn, self.db.dialect, rows)
-        store.set_timers(conn, self.db.dialect, settlement.timers)
 
     def reevaluate(
         self,
@@ -169,7 +173,9 @@ class SegmentService:
         touched = {pid: (state, touch) for pid, state in states.items()}
         settlement = self.settle(catalogue, touched, now, self.consents(conn, catalogue, touched))
         self.record(conn, settlement, now, cause)
-        profile_store.update_profiles(conn, self.db.dialect, list(states.values()), now)
+        profile_store.update_profiles(
+            conn, self.db.dialect, list(states.values()), now, settlement.dues()
+        )
         return settlement.transitions
 
     def consents(
@@ -193,7 +199,7 @@ class SegmentService:
         def work(conn: Connection) -> int:
             now = self.clock()
             catalogue = self.catalogue(conn, hold=True)
-            claimed = store.claim_due(conn, now, limit)
+            claimed = profile_store.claim_due(conn, now, limit)
             if not claimed:
                 return 0
             states = profile_store.lock_profiles(conn, self.db.dialect, claimed)
@@ -201,16 +207,16 @@ class SegmentService:
             touched = {pid: (states[pid], Touch()) for pid in sorted(states)}
             consents = self.consents(conn, catalogue, touched)
             transitions: list[Transition] = []
-            timers: list[tuple[str, datetime | None]] = []
+            dues: dict[str, datetime | None] = {}
             for profile_id, (state, _) in touched.items():
-                changes, due = catalogue.settle(state, timed, now, consents.get(profile_id))
+                changes, dues[profile_id] = catalogue.settle(
+                    state, timed, now, consents.get(profile_id)
+                )
                 transitions += changes
-                timers.append((profile_id, due))
             dialect = self.db.dialect
             rows = store.transition_rows(dialect, transitions, now, "time")
             store.record_transitions(conn, dialect, rows)
-            store.set_timers(conn, dialect, timers)
-            profile_store.update_profiles(conn, dialect, [s for s, _ in touched.values()], now)
+            profile_store.update_profiles(conn, dialect, list(states.values()), now, dues)
             return len(claimed)
 
         return self.db.write(work)
@@ -442,18 +448,17 @@ class SegmentService:
             touched = {pid: (states[pid], Touch()) for pid in sorted(states)}
             transitions: list[Transition] = []
             consents = self.consents(conn, new, touched)
-            timers: list[tuple[str, datetime | None]] = []
+            dues: dict[str, datetime | None] = {}
             for pid, (state, _) in touched.items():
                 before = due_at(state)
                 changes, due = new.settle(state, which, now, consents.get(pid))
                 transitions += changes
                 if due != before:
-                    timers.append((pid, due))
+                    dues[pid] = due
             store.record_transitions(
                 conn, dialect, store.transition_rows(dialect, transitions, now, "backfill")
             )
-            store.set_timers(conn, dialect, timers)
-            profile_store.update_profiles(conn, dialect, list(states.values()), now)
+            profile_store.update_profiles(conn, dialect, list(states.values()), now, dues)
 
     def _fold_history(
         self,

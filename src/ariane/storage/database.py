@@ -101,35 +101,11 @@ class Dialect:
     ) -> int:
         """`insert_ignoring_conflicts` for writes of many rows at once: on PostgreSQL, one
         statement per few thousand rows instead of one per row."""
-        return self._insert_bulk(conn, table, rows, "ON CONFLICT DO NOTHING")
-
-    def upsert_bulk(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        key: tuple[str, ...],
-        rows: Sequence[Mapping[str, Any]],
-    ) -> None:
-        """`insert_bulk`, but a row whose `key` columns are taken has its other columns
-        replaced."""
-        if not rows:
-            return
-        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in rows[0] if c not in key)
-        conflict = ", ".join(f'"{c}"' for c in key)
-        self._insert_bulk(conn, table, rows, f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}")
-
-    def _insert_bulk(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        rows: Sequence[Mapping[str, Any]],
-        on_conflict: str,
-    ) -> int:
         if not rows:
             return 0
         columns = list(rows[0])
         return self.insert_bulk_driver_rows(
-            conn, table, columns, self.driver_rows(table, columns, rows), on_conflict
+            conn, table, columns, self.driver_rows(table, columns, rows)
         )
 
     def insert_bulk_driver_rows(
@@ -138,13 +114,12 @@ class Dialect:
         table: sa.Table,
         columns: Sequence[str],
         params: Sequence[tuple[Any, ...]],
-        on_conflict: str = "ON CONFLICT DO NOTHING",
     ) -> int:
         """`insert_bulk` for rows already in the driver's form (`driver_rows`)."""
         # SQLite's executemany costs little more than a single statement.
         if not params:
             return 0
-        return self._execute_many(conn, table, columns, params, on_conflict)
+        return self._execute_many(conn, table, columns, params, "ON CONFLICT DO NOTHING")
 
     def _execute_many(
         self,
@@ -452,7 +427,6 @@ class PostgresDialect(Dialect):
         table: sa.Table,
         columns: Sequence[str],
         params: Sequence[tuple[Any, ...]],
-        on_conflict: str = "ON CONFLICT DO NOTHING",
     ) -> int:
         # The driver's executemany runs the statement once per row: here one statement
         # takes a chunk of rows, as an array per column. Arrays go in binary (%b): their
@@ -464,7 +438,10 @@ class PostgresDialect(Dialect):
             return 0
         names = ", ".join(f'"{c}"' for c in columns)
         arrays = ", ".join(f"%b::{_unsized(table.c[c].type, conn)}[]" for c in columns)
-        sql = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) {on_conflict}'
+        sql = (
+            f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays})'
+            " ON CONFLICT DO NOTHING"
+        )
         inserted = 0
         for chunk in chunked(params, _BULK_CHUNK):
             by_column = tuple(list(values) for values in zip(*chunk, strict=True))

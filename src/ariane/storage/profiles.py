@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -97,17 +97,54 @@ def _profile_row(state: ProfileState, now: datetime) -> dict[str, Any]:
 
 
 def insert_profiles(
-    conn: Connection, dialect: Dialect, states: Iterable[ProfileState], now: datetime
+    conn: Connection,
+    dialect: Dialect,
+    states: Iterable[ProfileState],
+    now: datetime,
+    dues: Mapping[str, datetime | None] | None = None,
 ) -> None:
-    rows = [{**_profile_row(s, now), "created_at": now} for s in states]
+    """New profiles, each with its timer from `dues` (see `update_profiles`), if any."""
+    dues = dues or {}
+    rows = [{**_profile_row(s, now), "created_at": now, "due_at": dues.get(s.id)} for s in states]
     if dialect.insert_ignoring_conflicts(conn, profiles, rows) != len(rows):
         raise RetryTransaction("a new profile id was taken meanwhile")
 
 
 def update_profiles(
-    conn: Connection, dialect: Dialect, states: Iterable[ProfileState], now: datetime
+    conn: Connection,
+    dialect: Dialect,
+    states: Iterable[ProfileState],
+    now: datetime,
+    dues: Mapping[str, datetime | None] | None = None,
 ) -> None:
-    dialect.update_many(conn, profiles, "id", [_profile_row(s, now) for s in states])
+    """Write `states`. `dues` holds the profiles whose timer moved: when time alone may
+    next change their segments, or None for never. The others keep theirs, and their
+    rows leave it out: written unchanged, SQLite would still rewrite its index entry."""
+    dues = dues or {}
+    kept, moved = [], []
+    for state in states:
+        row = _profile_row(state, now)
+        if state.id in dues:
+            row["due_at"] = dues[state.id]
+            moved.append(row)
+        else:
+            kept.append(row)
+    dialect.update_many(conn, profiles, "id", kept)
+    dialect.update_many(conn, profiles, "id", moved)
+
+
+def claim_due(conn: Connection, now: datetime, limit: int) -> list[str]:
+    """Profiles whose timer is due, locked; on PostgreSQL rows another transaction holds
+    are skipped, so that a timer is never waited for and fires once. SQLite renders no
+    FOR UPDATE: its single writer already serialises this."""
+    query = (
+        sa.select(profiles.c.id)
+        .where(profiles.c.due_at <= now)
+        .order_by(profiles.c.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(conn.execute(query).scalars())
 
 
 def insert_identities(
@@ -183,7 +220,7 @@ def record_merge(
     conn.execute(
         profiles.update()
         .where(profiles.c.id == merge.absorbed)
-        .values(merged_into=merge.survivor, traits={}, computed={}, updated_at=now)
+        .values(merged_into=merge.survivor, traits={}, computed={}, due_at=None, updated_at=now)
     )
     known = {(t, v) for t, v in moved} | {i.key for i in merge.identifiers}
     conn.execute(

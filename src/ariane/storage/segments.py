@@ -1,9 +1,9 @@
-"""Segments, computed traits, memberships, their history, timers and the outbox rows."""
+"""Segments, computed traits, memberships, their history and the outbox rows."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,21 +14,19 @@ from sqlalchemy.engine import Connection
 from ariane.domain.clock import iso
 from ariane.domain.predicates import micros
 from ariane.domain.segments import Transition
-from ariane.storage.database import Dialect, chunked
+from ariane.storage.database import Dialect
 from ariane.storage.tables import (
     INTERNAL_SOURCE,
     catalogue_version,
     computed_traits,
     events,
     outbox,
-    profile_timers,
     segment_changes,
     segment_history,
     segment_members,
     segments,
 )
 
-_CHUNK = 400
 # Recorded segment changes applied per round of `catch_up`.
 _APPLY_CHUNK = 20_000
 
@@ -303,37 +301,6 @@ def inherit_memberships(conn: Connection, absorbed: str, survivor: str) -> None:
             )
     if inherited:
         conn.execute(segment_members.insert(), inherited)
-
-
-def set_timers(
-    conn: Connection, dialect: Dialect, timers: Iterable[tuple[str, datetime | None]]
-) -> None:
-    """Each profile's next due moment, or none."""
-    changes = sorted(timers, key=lambda t: t[0])
-    gone = [p for p, due in changes if due is None]
-    for chunk in chunked(gone, _CHUNK):
-        conn.execute(profile_timers.delete().where(profile_timers.c.profile_id.in_(chunk)))
-    dialect.upsert_bulk(
-        conn,
-        profile_timers,
-        ("profile_id",),
-        [{"profile_id": p, "due_at": due} for p, due in changes if due is not None],
-    )
-
-
-def claim_due(conn: Connection, now: datetime, limit: int) -> list[str]:
-    """Profiles whose timer is due, locked; rows another process holds are skipped.
-
-    SQLite renders no FOR UPDATE: its single writer already serialises this.
-    """
-    query = (
-        sa.select(profile_timers.c.profile_id)
-        .where(profile_timers.c.due_at <= now)
-        .order_by(profile_timers.c.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(conn.execute(query).scalars())
 
 
 def members_page(

@@ -81,6 +81,16 @@ profiles = sa.Table(
     sa.Column("last_seen", UTCDateTime, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # When time alone may next change the person's segments: their durable timer, kept
+    # in the profile's row, which is written anyway, rather than in a table of its own.
+    # Indexed only where set: where no segment depends on time, no profile pays for it.
+    sa.Column("due_at", UTCDateTime, nullable=True),
+    sa.Index(
+        "ix_profiles_due_at",
+        "due_at",
+        sqlite_where=sa.text("due_at IS NOT NULL"),
+        postgresql_where=sa.text("due_at IS NOT NULL"),
+    ),
 )
 
 identities = sa.Table(
@@ -254,14 +264,6 @@ segment_changes = sa.Table(
     sa.Column("message_id", sa.String(200), nullable=True),
 )
 
-# When time alone may next change a profile's segments; one row per profile at most.
-profile_timers = sa.Table(
-    "profile_timers",
-    metadata,
-    sa.Column("profile_id", sa.String(32), primary_key=True),
-    sa.Column("due_at", UTCDateTime, nullable=False, index=True),
-)
-
 # Effects of committed changes, written in the same transaction, dispatched after it.
 outbox = sa.Table(
     "outbox",
@@ -288,9 +290,8 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     "identity_decisions": {"profile_column": "profile_id"},
     "consents": {"profile_column": "profile_id"},
     # A merge hands the absorbed profile's memberships to the survivor (see
-    # `record_merge`) and drops its timer; the survivor is evaluated afresh.
+    # `record_merge`); the survivor is evaluated afresh.
     "segment_members": {"profile_column": "profile_id", "on_merge": "drop"},
-    "profile_timers": {"profile_column": "profile_id", "on_merge": "drop"},
     "segment_history": {"profile_column": "profile_id"},
     # A merge moves the changes not yet applied into the tables above first (`catch_up`):
     # none is left for the absorbed profile.
