@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 
 from ariane.storage.database import Database
 from ariane.storage.migrate import MIGRATIONS, alembic_config, upgrade
-from ariane.storage.tables import metadata
+from ariane.storage.tables import metadata, profiles
 
 
 def test_migrations_match_the_declared_schema(db_url: str) -> None:
@@ -112,6 +112,41 @@ def test_timers_move_into_the_profiles_rows_at_0008_and_back(db_url: str) -> Non
         assert [(p, str(d)[:16]) for p, d in rows("SELECT * FROM profile_timers")] == [
             ("p1", "2026-11-24 09:00")
         ]
+    finally:
+        upgrade(db)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM profiles"))
+        db.dispose()
+
+
+def test_computed_state_survives_0009_both_ways(db_url: str) -> None:
+    """On PostgreSQL 0009 turns `profiles.computed` from jsonb into json, and back."""
+    db = Database(db_url)
+    config = alembic_config(db)
+    state = '{"features": {"f": {"e": [[1, 2.5]]}}, "segments": {"s": "x"}}'
+
+    def migrate(step: Any, revision: str) -> None:
+        with db.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            step(config, revision)
+
+    def stored() -> Any:
+        with db.engine.connect() as conn:
+            return conn.execute(sa.select(profiles.c.computed)).scalar_one()
+
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO profiles (id, traits, computed, created_at, updated_at)"
+                    " VALUES ('p1', '{}', :state, :at, :at)"
+                ),
+                {"state": state, "at": datetime(2026, 11, 24)},
+            )
+        migrate(command.downgrade, "0008")
+        assert stored() == {"features": {"f": {"e": [[1, 2.5]]}}, "segments": {"s": "x"}}
+        migrate(command.upgrade, "0009")
+        assert stored() == {"features": {"f": {"e": [[1, 2.5]]}}, "segments": {"s": "x"}}
     finally:
         upgrade(db)
         with db.engine.begin() as conn:

@@ -76,7 +76,10 @@ profiles = sa.Table(
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("merged_into", sa.String(32), nullable=True, index=True),
     sa.Column("traits", JSONDoc, nullable=False),
-    sa.Column("computed", JSONDoc, nullable=False),
+    # Ariane's own state (counters, computed traits, memberships), which no query reads
+    # in SQL: on PostgreSQL `json`, kept as written, rather than `jsonb`, parsed into a
+    # tree on every write and printed back on every read.
+    sa.Column("computed", sa.JSON(), nullable=False),
     sa.Column("first_seen", UTCDateTime, nullable=True),
     sa.Column("last_seen", UTCDateTime, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
