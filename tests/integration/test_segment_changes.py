@@ -89,6 +89,32 @@ def test_changes_wait_in_order_and_are_applied_once(
     ]
 
 
+def test_an_exit_and_a_new_entry_applied_together_leave_the_member_entered_anew(
+    world: World,
+) -> None:
+    world.segment("plans", {"trait": "plan", "op": "eq", "value": "pro"})
+    ada = world.send("ada", traits={"plan": "pro"})
+    bob = world.send("bob", traits={"plan": "pro"})
+    assert world.segments.catch_up() == 2
+    world.clock.advance(seconds=1)
+    world.send("ada", traits={"plan": "free"})
+    world.send("bob", traits={"plan": "free"})
+    world.clock.advance(seconds=1)
+    entered_again = world.clock()
+    world.send("ada", traits={"plan": "pro"})
+    # One round: ada's membership is there when her entry is applied; bob's goes.
+    assert world.segments.catch_up() == 3
+    assert [(r.profile_id, r.entered_at) for r in rows(world, segment_members)] == [
+        (ada, entered_again)
+    ]
+    assert [c[1] for c in world.changes("plans") if c[0] == ada] == [
+        "entered",
+        "exited",
+        "entered",
+    ]
+    assert bob not in world.members("plans")
+
+
 def test_a_change_recorded_with_its_message_already_queued_queues_nothing(
     world: World,
 ) -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -205,6 +205,10 @@ class Dialect:
     def is_retryable(self, error: DBAPIError) -> bool:
         return False
 
+    def insert_statement(self, table: sa.Table) -> Any:
+        """An INSERT of this database's own, which takes `on_conflict_do_update`."""
+        raise NotImplementedError
+
     def hold_projection(self, conn: Connection) -> None:
         """Apply recorded segment changes one transaction at a time, until it ends.
         SQLite's single writer already does."""
@@ -354,6 +358,9 @@ class SQLiteDialect(Dialect):
     def text_ends_with(self, text: sa.ColumnElement[str], suffix: str) -> sa.ColumnElement[bool]:
         return sa.func.substr(text, -len(suffix), type_=sa.Text) == suffix
 
+    def insert_statement(self, table: sa.Table) -> Any:
+        return sqlite.insert(table)
+
     def among(self, column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElement[bool]:
         listed = sa.func.json_each(orjson.dumps(list(values)).decode()).table_valued("value")
         return column.in_(sa.select(listed.c.value))
@@ -392,6 +399,9 @@ class PostgresDialect(Dialect):
 
     def lock_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select.with_for_update()
+
+    def insert_statement(self, table: sa.Table) -> Any:
+        return postgresql.insert(table)
 
     def among(self, column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElement[bool]:
         return column == sa.func.any(

@@ -243,22 +243,32 @@ def _apply_changes(
             queued.where(picked, columns.message_id.is_not(None)).order_by(columns.id),
         )
     )
-    # Every membership these rows change goes; those whose last change is an entry come
-    # back, entered then.
-    pairs = sa.tuple_(segment_members.c.segment_id, segment_members.c.profile_id)
-    touched = sa.select(columns.segment_id, columns.profile_id).where(picked)
-    conn.execute(segment_members.delete().where(pairs.in_(touched)))
+    # The last change of each person in each segment decides: an exit removes the
+    # membership, an entry makes it, entered then (after an exit and a new entry in one
+    # round, the row still there takes the new entry's time). Most changes are entries,
+    # and each costs one write; deleting every pair touched first cost one more.
     last: dict[tuple[str, str], tuple[int, str]] = {}
     for change_id, segment_id, profile_id, change in rows:
         last[(segment_id, profile_id)] = (change_id, change)
     entered = [change_id for change_id, change in last.values() if change == "entered"]
+    exited = [change_id for change_id, change in last.values() if change != "entered"]
+    if exited:
+        pairs = sa.tuple_(segment_members.c.segment_id, segment_members.c.profile_id)
+        gone = sa.select(columns.segment_id, columns.profile_id).where(
+            dialect.among(columns.id, exited)
+        )
+        conn.execute(segment_members.delete().where(pairs.in_(gone)))
     if entered:
+        made = dialect.insert_statement(segment_members).from_select(
+            ["segment_id", "profile_id", "entered_at"],
+            sa.select(columns.segment_id, columns.profile_id, columns.at).where(
+                dialect.among(columns.id, entered)
+            ),
+        )
         conn.execute(
-            segment_members.insert().from_select(
-                ["segment_id", "profile_id", "entered_at"],
-                sa.select(columns.segment_id, columns.profile_id, columns.at).where(
-                    dialect.among(columns.id, entered)
-                ),
+            made.on_conflict_do_update(
+                index_elements=[segment_members.c.segment_id, segment_members.c.profile_id],
+                set_={"entered_at": made.excluded.entered_at},
             )
         )
     conn.execute(segment_changes.delete().where(picked))
