@@ -209,7 +209,7 @@ def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | 
         ).all()
         if not rows:
             return applied
-        _apply_changes(conn, dialect, [tuple(row) for row in rows])
+        _apply_changes(conn, dialect, rows)
         applied += len(rows)
         after = rows[-1][0]
 
