@@ -16,6 +16,14 @@ from ariane.storage.migrate import MIGRATIONS, alembic_config, upgrade
 from ariane.storage.tables import metadata, profiles
 
 
+def migrate(db: Database, step: Any, revision: str) -> None:
+    """`command.upgrade` or `command.downgrade` to `revision`, in one transaction."""
+    config = alembic_config(db)
+    with db.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        step(config, revision)
+
+
 def test_migrations_match_the_declared_schema(db_url: str) -> None:
     db = Database(db_url)
     try:
@@ -57,10 +65,7 @@ def test_going_back_before_0007_queues_the_messages_of_changes_not_yet_applied(
                 ),
                 {"at": at},
             )
-        config = alembic_config(db)
-        with db.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0006")
+        migrate(db, command.downgrade, "0006")
         with db.engine.connect() as conn:
             queued = conn.execute(
                 sa.text("SELECT topic, message_id, profile_id, payload FROM outbox")
@@ -77,19 +82,13 @@ def test_going_back_before_0007_queues_the_messages_of_changes_not_yet_applied(
 def test_timers_move_into_the_profiles_rows_at_0008_and_back(db_url: str) -> None:
     db = Database(db_url)
     at = datetime(2026, 11, 24, 9, 0)
-    config = alembic_config(db)
-
-    def migrate(step: Any, revision: str) -> None:
-        with db.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            step(config, revision)
 
     def rows(sql: str) -> list[tuple[Any, ...]]:
         with db.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(sa.text(sql))]
 
     try:
-        migrate(command.downgrade, "0007")
+        migrate(db, command.downgrade, "0007")
         with db.engine.begin() as conn:
             conn.execute(
                 sa.text(
@@ -102,13 +101,13 @@ def test_timers_move_into_the_profiles_rows_at_0008_and_back(db_url: str) -> Non
                 sa.text("INSERT INTO profile_timers (profile_id, due_at) VALUES ('p1', :at)"),
                 {"at": at},
             )
-        migrate(command.upgrade, "0008")
+        migrate(db, command.upgrade, "0008")
         due = rows("SELECT id, due_at FROM profiles ORDER BY id")
         assert [(p, None if d is None else str(d)[:16]) for p, d in due] == [
             ("p1", "2026-11-24 09:00"),
             ("p2", None),
         ]
-        migrate(command.downgrade, "0007")
+        migrate(db, command.downgrade, "0007")
         assert [(p, str(d)[:16]) for p, d in rows("SELECT * FROM profile_timers")] == [
             ("p1", "2026-11-24 09:00")
         ]
@@ -122,13 +121,7 @@ def test_timers_move_into_the_profiles_rows_at_0008_and_back(db_url: str) -> Non
 def test_computed_state_survives_0009_both_ways(db_url: str) -> None:
     """On PostgreSQL 0009 turns `profiles.computed` from jsonb into json, and back."""
     db = Database(db_url)
-    config = alembic_config(db)
     state = '{"features": {"f": {"e": [[1, 2.5]]}}, "segments": {"s": "x"}}'
-
-    def migrate(step: Any, revision: str) -> None:
-        with db.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            step(config, revision)
 
     def stored() -> Any:
         with db.engine.connect() as conn:
@@ -143,9 +136,9 @@ def test_computed_state_survives_0009_both_ways(db_url: str) -> None:
                 ),
                 {"state": state, "at": datetime(2026, 11, 24)},
             )
-        migrate(command.downgrade, "0008")
+        migrate(db, command.downgrade, "0008")
         assert stored() == {"features": {"f": {"e": [[1, 2.5]]}}, "segments": {"s": "x"}}
-        migrate(command.upgrade, "0009")
+        migrate(db, command.upgrade, "0009")
         assert stored() == {"features": {"f": {"e": [[1, 2.5]]}}, "segments": {"s": "x"}}
     finally:
         upgrade(db)

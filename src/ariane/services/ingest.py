@@ -286,7 +286,7 @@ class IngestService:
             mended.earlier = (
                 Settlement(
                     [t for t in batch.settlement.transitions if t.profile_id in kept],
-                    [t for t in batch.settlement.timers if t[0] in kept],
+                    {p: due for p, due in batch.settlement.dues.items() if p in kept},
                 ),
                 batch.now,
             )
@@ -523,9 +523,9 @@ class _Batch:
 
     def dues(self) -> dict[str, datetime | None]:
         """The timers the batch moves, written with the profiles."""
-        dues = {} if self.earlier is None else self.earlier[0].dues()
+        dues = {} if self.earlier is None else dict(self.earlier[0].dues)
         if self.settlement is not None:
-            dues.update(self.settlement.dues())
+            dues.update(self.settlement.dues)
         return dues
 
 

@@ -63,13 +63,11 @@ _BACKFILL_CHUNK = 500
 @dataclass(slots=True)
 class Settlement:
     transitions: list[Transition] = field(default_factory=list)
-    timers: list[tuple[str, datetime | None]] = field(default_factory=list)
+    # The profiles whose timer moved, and to when: written with them
+    # (`profile_store.update_profiles`).
+    dues: dict[str, datetime | None] = field(default_factory=dict)
     # The transitions' rows, when built before the write transaction (`prepare`).
     rows: store.TransitionRows | None = None
-
-    def dues(self) -> dict[str, datetime | None]:
-        """The profiles whose timer moved, and to when (`profile_store.update_profiles`)."""
-        return dict(self.timers)
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -144,7 +142,7 @@ class SegmentService:
             changes, due = catalogue.settle(state, which, now, consents.get(profile_id), stamp)
             settlement.transitions += changes
             if state.computed.get("due") != before:
-                settlement.timers.append((profile_id, due))
+                settlement.dues[profile_id] = due
         return settlement
 
     def prepare(self, settlement: Settlement, now: datetime, cause: str) -> None:
@@ -174,7 +172,7 @@ class SegmentService:
         settlement = self.settle(catalogue, touched, now, self.consents(conn, catalogue, touched))
         self.record(conn, settlement, now, cause)
         profile_store.update_profiles(
-            conn, self.db.dialect, list(states.values()), now, settlement.dues()
+            conn, self.db.dialect, list(states.values()), now, settlement.dues
         )
         return settlement.transitions
 
