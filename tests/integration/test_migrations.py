@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +13,15 @@ from alembic.migration import MigrationContext
 
 from ariane.storage.database import Database
 from ariane.storage.migrate import MIGRATIONS, alembic_config, upgrade
-from ariane.storage.tables import metadata, profiles
+from ariane.storage.segments import audience_event
+from ariane.storage.tables import (
+    events,
+    metadata,
+    profiles,
+    segment_changes,
+    segment_history,
+    segments,
+)
 
 
 def migrate(db: Database, step: Any, revision: str) -> None:
@@ -144,4 +152,88 @@ def test_computed_state_survives_0009_both_ways(db_url: str) -> None:
         upgrade(db)
         with db.engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM profiles"))
+        db.dispose()
+
+
+def test_going_back_before_0010_writes_the_audience_events_into_events(db_url: str) -> None:
+    """From 0010 an Audience event is read from the history, or from the change not yet
+    applied; 0009 reads it from `events`, so going back writes it there, as Ariane wrote
+    it then."""
+    db = Database(db_url)
+    at = datetime(2026, 11, 24, 9, 0, 0, 123456, tzinfo=UTC)
+    history = {
+        "segment_id": "s1",
+        "profile_id": "p1",
+        "change": "entered",
+        "cause": "event",
+        "at": at,
+        "message_id": "audience-1",
+        "segment_name": "buyers",
+    }
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(
+                segments.insert().values(
+                    id="s1",
+                    name="buyers",
+                    description="",
+                    condition={},
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
+            conn.execute(segment_history.insert().values(history))
+            # One from before 0010, whose event is in `events` already.
+            conn.execute(
+                segment_history.insert().values(
+                    {**history, "message_id": None, "segment_name": None}
+                )
+            )
+            waiting = {**history, "change": "exited", "cause": "time", "message_id": "audience-2"}
+            del waiting["segment_name"]
+            conn.execute(segment_changes.insert().values(waiting))
+        migrate(db, command.downgrade, "0009")
+        with db.engine.connect() as conn:
+            written = conn.execute(
+                sa.select(
+                    events.c.source_id,
+                    events.c.message_id,
+                    events.c.profile_id,
+                    events.c.event,
+                    events.c.timestamp,
+                    events.c.payload,
+                ).order_by(events.c.id)
+            ).all()
+        expected = [
+            audience_event(
+                entered=True,
+                message_id="audience-1",
+                at=at,
+                segment_id="s1",
+                segment_name="buyers",
+                cause="event",
+                profile_id="p1",
+            ),
+            audience_event(
+                entered=False,
+                message_id="audience-2",
+                at=at,
+                segment_id="s1",
+                segment_name="buyers",
+                cause="time",
+                profile_id="p1",
+            ),
+        ]
+        assert [row.payload for row in written] == expected
+        assert [(r.source_id, r.message_id, r.profile_id, r.event) for r in written] == [
+            ("ariane", "audience-1", "p1", "Audience Entered"),
+            ("ariane", "audience-2", "p1", "Audience Exited"),
+        ]
+        assert {row.timestamp for row in written} == {at}
+        migrate(db, command.upgrade, "0010")
+    finally:
+        upgrade(db)
+        with db.engine.begin() as conn:
+            for table in (events, segment_changes, segment_history, segments):
+                conn.execute(table.delete())
         db.dispose()

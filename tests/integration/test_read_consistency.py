@@ -54,6 +54,8 @@ def cursor(text: str) -> str:
         cursor(f"2026-01-01T00:00:00.000000Z|{2**64}"),
         cursor("2026-01-01T00:00:00.000000Z|-1"),
         cursor("2026-01-01T00:00:00.000000Z"),
+        # An Audience event's message id is at most 200 characters.
+        cursor("2026-01-01T00:00:00.000000Z|audience-" + "0" * 200),
         "not base64 at all!",
     ],
 )

@@ -5,6 +5,7 @@ order they were decided."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -17,7 +18,6 @@ from ariane.bootstrap import Container
 from ariane.settings import Settings
 from ariane.storage import segments as store
 from ariane.storage.tables import (
-    events,
     outbox,
     segment_changes,
     segment_history,
@@ -61,9 +61,23 @@ def test_changes_wait_in_order_and_are_applied_once(
     ]
     assert rows(world, segment_members) == []
     assert rows(world, segment_history) == []
-    # The Audience events are on the timeline already; their messages wait with them.
-    timeline = [r.message_id for r in rows(world, events) if r.source_id == "ariane"]
+
+    # The Audience events are on the timelines already, read from the changes; their
+    # messages wait with them.
+    def audience(profile_id: str) -> list[dict[str, Any]]:
+        page = world.container.profiles.events(profile_id, limit=100)["events"]
+        return [e for e in reversed(page) if e.get("event", "").startswith("Audience ")]
+
+    waiting = audience(ada) + audience(bob)
+    timeline = [e["messageId"] for e in waiting]
     assert [r.message_id for r in rows(world, segment_changes)] == timeline
+    assert [e["event"] for e in waiting] == [
+        "Audience Entered",
+        "Audience Exited",
+        "Audience Entered",
+        "Audience Entered",
+        "Audience Exited",
+    ]
     assert rows(world, outbox) == []
 
     # Two changes a round: the last change of a person decides, across rounds too.
@@ -87,6 +101,12 @@ def test_changes_wait_in_order_and_are_applied_once(
         (bob, "entered", "event"),
         (bob, "exited", "event"),
     ]
+    # Read from the history now, the same events; and they are what the outbox sends.
+    assert audience(ada) + audience(bob) == waiting
+    with world.container.db.read() as conn:
+        assert [m for _, _, m in store.outbox_messages(conn)] == waiting
+    assert [r.message_id for r in rows(world, segment_history)] == timeline
+    assert {r.segment_name for r in rows(world, segment_history)} == {"plans"}
 
 
 def test_an_exit_and_a_new_entry_applied_together_leave_the_member_entered_anew(
@@ -396,3 +416,61 @@ def test_the_apply_interval_is_a_finite_number_of_seconds(
     monkeypatch.setenv("ARIANE_SEGMENT_APPLY_INTERVAL", value)
     with pytest.raises(ValidationError, match="segment_apply_interval"):
         Settings()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_the_timeline_pages_through_events_and_audience_events_once_each(
+    world: World, size: int
+) -> None:
+    """Audience events are read from the changes, then from the history, beside the
+    person's own events: at one time they come first, and paging from any point, with
+    the changes applied between two pages, gives each event once."""
+    world.segment("plans", {"trait": "plan", "op": "eq", "value": "pro"})
+    world.segment("pinged", {"event": "Ping", "count": {"gte": 1}})
+    world.segment("both", {"all": [{"segment": "plans"}, {"segment": "pinged"}]})
+    ada = world.send("ada", traits={"plan": "pro"})
+    for message in ("Ping", {"plan": "free"}, "Ping", {"plan": "pro"}):
+        world.clock.advance(seconds=1)
+        if isinstance(message, str):
+            world.send("ada", message)
+        else:
+            world.send("ada", traits=message)
+
+    def label(event: dict[str, Any]) -> str:
+        if event.get("event", "").startswith("Audience "):
+            return f"{event['event']} {event['properties']['audience_name']}"
+        return str(event.get("event") or event["type"])
+
+    def paged(apply_after: int | None = None) -> list[str]:
+        labels: list[str] = []
+        cursor = None
+        for number in itertools.count():
+            page = world.container.profiles.events(ada, limit=size, cursor=cursor)
+            labels += [label(e) for e in page["events"]]
+            if number == apply_after:
+                assert world.segments.catch_up() == 7
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        return labels
+
+    # Newest first; at one time the Audience events (the last decided first) before the
+    # event that caused them.
+    whole = [
+        "Audience Entered both",
+        "Audience Entered plans",
+        "identify",
+        "Ping",
+        "Audience Exited both",
+        "Audience Exited plans",
+        "identify",
+        "Audience Entered both",
+        "Audience Entered pinged",
+        "Ping",
+        "Audience Entered plans",
+        "identify",
+    ]
+    assert paged() == whole
+    assert paged(apply_after=1) == whole
+    assert rows(world, segment_changes) == []
+    assert paged() == whole

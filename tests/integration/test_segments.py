@@ -16,6 +16,7 @@ from ariane.domain.clock import iso
 from ariane.services.ingest import Envelope
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
+from ariane.storage import segments as segment_store
 from ariane.storage.tables import events, outbox, profiles, segment_history
 from tests.conftest import FakeClock
 
@@ -80,24 +81,18 @@ class World:
         return [(c["profile_id"], c["change"], c["cause"]) for c in reversed(history)]
 
     def audience_events(self, profile_id: str) -> list[tuple[str, str]]:
-        with self.container.db.read() as conn:
-            rows = conn.execute(
-                sa.select(events.c.event, events.c.payload)
-                .where(events.c.profile_id == profile_id, events.c.source_id == "ariane")
-                .order_by(events.c.id)
-            ).all()
-        return [(name, payload["properties"]["audience_name"]) for name, payload in rows]
+        """The person's Audience events on their timeline, oldest first."""
+        timeline = self.container.profiles.events(profile_id, limit=1000)["events"]
+        return [
+            (e["event"], e["properties"]["audience_name"])
+            for e in reversed(timeline)
+            if e.get("event", "").startswith("Audience ")
+        ]
 
     def outbox(self) -> list[dict[str, Any]]:
-        """The outbox's messages in order; an Audience message is its timeline event."""
-        named = events.c.message_id == outbox.c.message_id
-        query = (
-            sa.select(outbox.c.payload, events.c.payload)
-            .outerjoin(events, sa.and_(named, events.c.source_id == "ariane"))
-            .order_by(outbox.c.id)
-        )
+        """The outbox's messages in order."""
         with self.container.db.read() as conn:
-            return [own if own is not None else event for own, event in conn.execute(query)]
+            return [message for _, _, message in segment_store.outbox_messages(conn)]
 
     def view(self, profile_id: str) -> dict[str, Any]:
         return self.container.profiles.view(profile_id)
@@ -147,10 +142,13 @@ def test_the_trial_user_of_seed_000_enters_and_leaves_without_being_asked(world:
     ]
     sent = [(p["event"], p["properties"]["audience_name"]) for p in world.outbox()]
     assert sent == world.audience_events(ada)
-    # Each names its timeline event rather than holding a copy (SQL NULL, not JSON null).
+    # Each names its history row rather than holding a copy (SQL NULL, not JSON null),
+    # and no copy is written among the person's own events either.
     with world.container.db.read() as conn:
         copies = sa.select(sa.func.count()).where(outbox.c.payload.is_not(None))
         assert conn.execute(copies).scalar() == 0
+        internal = sa.select(sa.func.count()).where(events.c.source_id == "ariane")
+        assert conn.execute(internal).scalar() == 0
 
 
 def test_a_window_that_empties_ends_membership_with_no_new_event(world: World) -> None:
@@ -247,13 +245,11 @@ def test_timers_survive_a_restart_and_fire_once_across_processes(
         assert again.members("browsing") == set()
         exits = [c for c in again.changes("browsing") if c[1] == "exited"]
         assert sorted(c[0] for c in exits) == sorted(people)
-        with restarted[0].db.read() as conn:
-            exited = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(events)
-                .where(events.c.event == "Audience Exited")
-            ).scalar()
-        assert exited == len(people)
+        # Each exit once on its person's timeline.
+        assert sorted(again.audience_events(p)[-1] for p in people) == [
+            ("Audience Exited", "browsing")
+        ] * len(people)
+        assert [len(again.audience_events(p)) for p in people] == [2] * len(people)
     finally:
         for container in restarted:
             container.close()

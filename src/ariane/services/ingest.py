@@ -441,7 +441,7 @@ class IngestService:
         # the same resent events in different orders may deadlock; PostgreSQL detects it
         # and the transaction is retried.
         event_store.insert_events(conn, dialect, rows)
-        # After the events: the Audience events they caused come after them.
+        # The segment changes the events caused, each also an Audience event.
         if batch.earlier is not None:
             self.segments.record(conn, *batch.earlier, "event")
         if batch.settlement is not None:

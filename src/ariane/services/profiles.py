@@ -22,34 +22,48 @@ from ariane.settings import Settings
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
+from ariane.storage import segments as segment_store
 from ariane.storage.database import Database
 from ariane.storage.tables import identities, profiles
 
 MAX_PAGE = 1000
 # Event ids are 64-bit integers on both databases.
 _MAX_EVENT_ID = 2**63 - 1
+# Audience events are named by their message id (`storage.segments.transition_rows`).
+_AUDIENCE_PREFIX = "audience-"
+_MESSAGE_ID_WIDTH = 200
 # A grant meant never to lapse has no expiry; a later one is a mistake, and one past the
 # year 9999 cannot be stored.
 MAX_CONSENT_YEARS = 100
 
 
-def encode_cursor(timestamp: datetime, event_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{iso(timestamp)}|{event_id}".encode()).decode().rstrip("=")
+# Where a page of the timeline ended: an event's timestamp and id, or an Audience
+# event's time and message id.
+Position = tuple[datetime, int | str]
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
+def encode_cursor(timestamp: datetime, key: int | str) -> str:
+    return base64.urlsafe_b64encode(f"{iso(timestamp)}|{key}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Position:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at_text, id_text = text.split("|")
-        at, event_id = parse_timestamp(at_text), int(id_text)
-        if not 1 <= event_id <= _MAX_EVENT_ID:
-            raise ValueError(f"no event has the id {event_id}")
+        at_text, key_text = text.split("|")
+        at = parse_timestamp(at_text)
+        key: int | str
+        if key_text.startswith(_AUDIENCE_PREFIX) and len(key_text) <= _MESSAGE_ID_WIDTH:
+            key = key_text
+        else:
+            key = int(key_text)
+            if not 1 <= key <= _MAX_EVENT_ID:
+                raise ValueError(f"no event has the id {key}")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise DomainError(
             "cursor is not one this API returned; pass next_cursor from the previous page",
             field="cursor",
         ) from None
-    return at, event_id
+    return at, key
 
 
 def live_profile_id(conn: Connection, profile_id: str) -> str:
@@ -144,15 +158,30 @@ class ProfileService:
         if not 1 <= limit <= MAX_PAGE:
             raise DomainError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
         before = decode_cursor(cursor) if cursor else None
+        after_event = after_audience = None
+        if before is not None:
+            at, key = before
+            after_event = (at, key if isinstance(key, int) else None)
+            after_audience = (at, key if isinstance(key, str) else None)
+        # People's own events, and the Audience events of their segments' history: each
+        # newest first, merged. At one time, the Audience events come first.
         with self.db.read() as conn:
             live = live_profile_id(conn, profile_id)
-            rows = event_store.timeline(conn, live, limit=limit + 1, before=before)
-        page, more = rows[:limit], len(rows) > limit
+            own = event_store.timeline(conn, live, limit=limit + 1, before=after_event)
+            audience = segment_store.audience_timeline(
+                conn, live, limit=limit + 1, before=after_audience
+            )
+        entries: list[tuple[datetime, int, int | str, dict[str, Any]]] = [
+            (row["timestamp"], 0, row["id"], row["payload"]) for row in own
+        ]
+        entries += [(at, 1, message_id, event) for at, message_id, event in audience]
+        entries.sort(key=lambda entry: (entry[0], entry[1], entry[2]), reverse=True)
+        page, more = entries[:limit], len(entries) > limit
         last = page[-1] if more else None
         return {
             "profile_id": live,
-            "events": [row["payload"] for row in page],
-            "next_cursor": encode_cursor(last["timestamp"], last["id"]) if last else None,
+            "events": [entry[3] for entry in page],
+            "next_cursor": encode_cursor(last[0], last[2]) if last else None,
         }
 
     def set_consent(

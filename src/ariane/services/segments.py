@@ -2,11 +2,11 @@
 
 Ingestion calls `fold` for each event and `settle` once per batch, inside its write
 transaction; timers fire through `fire_due`, also one transaction per round. Every
-membership change is recorded (in the profile, and as a row of `segment_changes`) with
-its `Audience Entered/Exited` event in the transaction that decides it, under the lock
-of the profile, so that a change is recorded once even with several processes at work.
-`catch_up` applies the recorded changes to the memberships and history by segment, and
-puts their messages in the outbox, in bulk, before anything reads them.
+membership change is recorded (in the profile, and as a row of `segment_changes`, which
+is also its `Audience Entered/Exited` event) in the transaction that decides it, under
+the lock of the profile, so that a change is recorded once even with several processes
+at work. `catch_up` applies the recorded changes to the memberships and history by
+segment, and puts their messages in the outbox, in bulk, before anything reads them.
 """
 
 from __future__ import annotations

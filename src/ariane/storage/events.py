@@ -63,17 +63,24 @@ def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[tuple[Any, 
 
 
 def timeline(
-    conn: Connection, profile_id: str, *, limit: int, before: tuple[datetime, int] | None
+    conn: Connection, profile_id: str, *, limit: int, before: tuple[datetime, int | None] | None
 ) -> list[dict[str, Any]]:
+    """A person's events, newest first (by timestamp, then id). `before` is where the
+    previous page ended: an event's (timestamp, id), or (time, None) for an Audience
+    event (`storage.segments.audience_timeline`), which comes before all the events of
+    its time."""
     query = sa.select(events).where(events.c.profile_id == profile_id)
     if before is not None:
         at, event_id = before
-        query = query.where(
-            sa.or_(
-                events.c.timestamp < at,
-                sa.and_(events.c.timestamp == at, events.c.id < event_id),
+        if event_id is None:
+            query = query.where(events.c.timestamp <= at)
+        else:
+            query = query.where(
+                sa.or_(
+                    events.c.timestamp < at,
+                    sa.and_(events.c.timestamp == at, events.c.id < event_id),
+                )
             )
-        )
     query = query.order_by(events.c.timestamp.desc(), events.c.id.desc()).limit(limit)
     return [dict(row._mapping) for row in conn.execute(query)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -95,90 +96,82 @@ def delete_computed(conn: Connection, name: str) -> int:
     return conn.execute(computed_traits.delete().where(computed_traits.c.name == name)).rowcount
 
 
-def _audience_event(transition: Transition, cause: str, stamp: str, ids: str) -> dict[str, Any]:
-    """The event a transition puts on the timeline and in the outbox, in Segment's shape.
-
-    Its message id starts with the time (`ids`, see `transition_rows`), then 128 random
-    bits, which keep it unique (unique, not secret: the fast generator is enough, as
-    for profile ids).
-    """
-    name = "Audience Entered" if transition.entered else "Audience Exited"
+def audience_event(
+    *,
+    entered: bool,
+    message_id: str,
+    at: datetime,
+    segment_id: str,
+    segment_name: str | None,
+    cause: str,
+    profile_id: str,
+) -> dict[str, Any]:
+    """The `Audience Entered/Exited` event of a change, in Segment's shape: how the
+    timeline shows it and what the outbox sends."""
     return {
         "type": "track",
-        "event": name,
-        "messageId": f"{ids}{random.getrandbits(128):032x}",
-        "timestamp": stamp,
-        "properties": {
-            "audience_id": transition.segment.id,
-            "audience_name": transition.segment.name,
-            "cause": cause,
-        },
+        "event": "Audience Entered" if entered else "Audience Exited",
+        "messageId": message_id,
+        "timestamp": iso(at),
+        "properties": {"audience_id": segment_id, "audience_name": segment_name, "cause": cause},
         "context": {"library": {"name": "ariane"}},
-        "ariane_profile_id": transition.profile_id,
+        "ariane_profile_id": profile_id,
     }
 
 
-# The columns of what a transition writes, in the order of `TransitionRows`.
+# Counts the Audience message ids this process makes (`transition_rows`), in 12
+# hexadecimal digits.
+_MESSAGE_COUNT = itertools.count()
+_COUNT_CYCLE = 16**12
+
+# The columns of a change, in the order of `TransitionRows.changes`.
 _CHANGE_COLUMNS = ("segment_id", "profile_id", "change", "cause", "at", "message_id")
-_EVENT_COLUMNS = (
-    "source_id",
-    "message_id",
-    "profile_id",
-    "type",
-    "event",
-    "timestamp",
-    "received_at",
-    "payload",
-)
 
 
 @dataclass(frozen=True, slots=True)
 class TransitionRows:
-    """What `record_transitions` writes for transitions at `at` of one `cause`, in the
-    driver's form: the changes (applied to memberships and their history, and their
-    messages put in the outbox, by `catch_up`) and the timeline events. Built before a
-    write transaction where that is known, so that the writer holding it only writes."""
+    """The rows of `segment_changes` that `record_transitions` writes for transitions at
+    `at` of one `cause`, in the driver's form. Each is also the transition's Audience
+    event. Built before a write transaction where that is known, so that the writer
+    holding it only writes."""
 
     at: datetime
     cause: str
     changes: list[tuple[Any, ...]]
-    events: list[tuple[Any, ...]]
 
 
 def transition_rows(
     dialect: Dialect, transitions: Sequence[Transition], now: datetime, cause: str
 ) -> TransitionRows:
-    at, stamp = dialect.datetime_param(now), iso(now)
-    # Message ids start with the time, in hexadecimal microseconds: the ids a batch writes
-    # fall side by side in the unique indexes of events and outbox, rather than one page
-    # each at random.
+    """Each transition's change, with the message id of its Audience event.
+
+    A message id is the time in hexadecimal microseconds, a number this process counts
+    up for every id it makes, then 96 random bits, which keep it unique across processes
+    (unique, not secret: the fast generator is enough, as for profile ids). The time
+    first makes the ids a round writes fall side by side in the outbox's unique index,
+    rather than one page each at random; the count orders a person's Audience events of
+    one microsecond on the timeline as they were decided, also across batches.
+    """
+    at = dialect.datetime_param(now)
     ids = f"audience-{micros(now):014x}-"
-    changes, timeline = [], []
-    for t in transitions:
-        change = "entered" if t.entered else "exited"
-        payload = _audience_event(t, cause, stamp, ids)
-        message_id = payload["messageId"]
-        changes.append((t.segment.id, t.profile_id, change, cause, at, message_id))
-        timeline.append(
-            (
-                INTERNAL_SOURCE,
-                message_id,
-                t.profile_id,
-                "track",
-                payload["event"],
-                at,
-                at,
-                dialect.json_param(payload),
-            )
+    changes = [
+        (
+            t.segment.id,
+            t.profile_id,
+            "entered" if t.entered else "exited",
+            cause,
+            at,
+            f"{ids}{next(_MESSAGE_COUNT) % _COUNT_CYCLE:012x}{random.getrandbits(96):024x}",
         )
-    return TransitionRows(now, cause, changes, timeline)
+        for t in transitions
+    ]
+    return TransitionRows(now, cause, changes)
 
 
 def record_transitions(conn: Connection, dialect: Dialect, rows: TransitionRows) -> None:
     """Write `transition_rows`, through `Dialect.insert_bulk_driver_rows`: a batch of new
     people can enter hundreds of segments at once."""
     dialect.insert_bulk_driver_rows(conn, segment_changes, _CHANGE_COLUMNS, rows.changes)
-    dialect.insert_bulk_driver_rows(conn, events, _EVENT_COLUMNS, rows.events)
 
 
 def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | None = None) -> int:
@@ -222,18 +215,26 @@ def _apply_changes(
     columns = segment_changes.c
     ids = [row[0] for row in rows]
     picked = dialect.among(columns.id, ids)
+    # With the segment's name, which its Audience event keeps: a segment is not renamed,
+    # and one being deleted has its changes applied first.
     history = sa.select(
-        columns.segment_id, columns.profile_id, columns.change, columns.cause, columns.at
-    )
+        columns.segment_id,
+        columns.profile_id,
+        columns.change,
+        columns.cause,
+        columns.at,
+        columns.message_id,
+        segments.c.name,
+    ).select_from(segment_changes.outerjoin(segments, segments.c.id == columns.segment_id))
     conn.execute(
         segment_history.insert().from_select(
-            ["segment_id", "profile_id", "change", "cause", "at"],
+            ["segment_id", "profile_id", "change", "cause", "at", "message_id", "segment_name"],
             history.where(picked).order_by(columns.id),
         )
     )
-    # The message is the change's timeline event: named, not copied. Written here, a
-    # round at a time, the outbox's indexes take a page where a batch at a time they
-    # took one for every batch.
+    # The message is the change's Audience event, the history row: named, not copied.
+    # Written here, a round at a time, the outbox's indexes take a page where a batch at
+    # a time they took one for every batch.
     queued = sa.select(
         sa.literal("audience"), columns.message_id, columns.profile_id, sa.null(), columns.at
     )
@@ -338,3 +339,135 @@ def history_page(
         query = query.where(segment_history.c.id < before)
     query = query.order_by(segment_history.c.id.desc()).limit(limit)
     return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def audience_timeline(
+    conn: Connection, profile_id: str, *, limit: int, before: tuple[datetime, str | None] | None
+) -> list[tuple[datetime, str, dict[str, Any]]]:
+    """A person's Audience events, newest first (by time, then message id): up to `limit`
+    (time, message id, event), from the history and from the changes not yet applied
+    (the connection's snapshot sees each change in one place or the other).
+
+    `before` is where the previous page ended: an Audience event's (time, message id),
+    or (time, None) for another event at that time, which comes after all the Audience
+    events of its time.
+    """
+    applied = segment_history.c
+    waiting = segment_changes.c
+    # A change waiting to be applied takes its segment's name as the history will.
+    named = segment_changes.outerjoin(segments, segments.c.id == waiting.segment_id)
+    found: list[Any] = []
+    for table, name, source in (
+        (segment_history, applied.segment_name, segment_history),
+        (segment_changes, segments.c.name, named),
+    ):
+        columns = table.c
+        query = (
+            sa.select(
+                columns.at,
+                columns.message_id,
+                columns.change,
+                columns.segment_id,
+                name,
+                columns.cause,
+            )
+            .select_from(source)
+            .where(columns.profile_id == profile_id, columns.message_id.is_not(None))
+        )
+        if before is not None:
+            at, message_id = before
+            later = columns.at < at
+            if message_id is not None:
+                later = sa.or_(later, sa.and_(columns.at == at, columns.message_id < message_id))
+            query = query.where(later)
+        query = query.order_by(columns.at.desc(), columns.message_id.desc()).limit(limit)
+        found += conn.execute(query).all()
+    found.sort(key=lambda row: (row[0], row[1]), reverse=True)
+    return [
+        (
+            at,
+            message_id,
+            audience_event(
+                entered=change == "entered",
+                message_id=message_id,
+                at=at,
+                segment_id=segment_id,
+                segment_name=name,
+                cause=cause,
+                profile_id=profile_id,
+            ),
+        )
+        for at, message_id, change, segment_id, name, cause in found[:limit]
+    ]
+
+
+def outbox_messages(
+    conn: Connection, *, after: int = 0, limit: int = 1000
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """The outbox's messages after the row `after`, in order: (row id, topic, message).
+    A message not copied into its row is the Audience event it names: the history row of
+    its person and message id, or, for changes applied before migration 0010, the event
+    Ariane wrote into `events`."""
+    history = segment_history.c
+    written = events.c
+    query = (
+        sa.select(
+            outbox.c.id,
+            outbox.c.topic,
+            outbox.c.payload,
+            history.at,
+            history.message_id,
+            history.change,
+            history.segment_id,
+            history.segment_name,
+            history.cause,
+            history.profile_id,
+            written.payload,
+        )
+        .select_from(
+            outbox.outerjoin(
+                segment_history,
+                sa.and_(
+                    outbox.c.payload.is_(None),
+                    history.profile_id == outbox.c.profile_id,
+                    history.message_id == outbox.c.message_id,
+                ),
+            ).outerjoin(
+                events,
+                sa.and_(
+                    outbox.c.payload.is_(None),
+                    written.message_id == outbox.c.message_id,
+                    written.source_id == INTERNAL_SOURCE,
+                ),
+            )
+        )
+        .where(outbox.c.id > after)
+        .order_by(outbox.c.id)
+        .limit(limit)
+    )
+    messages = []
+    for (
+        row_id,
+        topic,
+        own,
+        at,
+        message_id,
+        change,
+        segment_id,
+        name,
+        cause,
+        who,
+        event,
+    ) in conn.execute(query):
+        if own is None and message_id is not None:
+            own = audience_event(
+                entered=change == "entered",
+                message_id=message_id,
+                at=at,
+                segment_id=segment_id,
+                segment_name=name,
+                cause=cause,
+                profile_id=who,
+            )
+        messages.append((row_id, topic, own if own is not None else event))
+    return messages

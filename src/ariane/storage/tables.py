@@ -236,16 +236,26 @@ segment_members = sa.Table(
     sa.Index("ix_segment_members_profile_id", "profile_id"),
 )
 
+# Each row is also the person's `Audience Entered/Exited` event: the timeline and the
+# outbox read it from here (`storage.segments.audience_events`) rather than from a copy
+# in `events`. Rows from before migration 0010 have no message id: their events are in
+# `events` (source `ariane`).
 segment_history = sa.Table(
     "segment_history",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("segment_id", sa.String(32), nullable=False),
-    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("profile_id", sa.String(32), nullable=False),
     sa.Column("change", sa.String(10), nullable=False),
     sa.Column("cause", sa.String(20), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("message_id", sa.String(200), nullable=True),
+    # The segment's name when the change was applied: its event keeps it after the
+    # segment is deleted.
+    sa.Column("segment_name", sa.String(200), nullable=True),
     sa.Index("ix_segment_history_segment_id_at", "segment_id", "at", "id"),
+    # A person's timeline reads their Audience events newest first.
+    sa.Index("ix_segment_history_profile_id_at", "profile_id", "at"),
 )
 
 # Entries and exits as they are decided, in the transaction that decides them, moved in
@@ -261,9 +271,10 @@ segment_changes = sa.Table(
     sa.Column("change", sa.String(10), nullable=False),
     sa.Column("cause", sa.String(20), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
-    # The Audience event the change put on the timeline: applying the change puts its
-    # message in the outbox. None for changes recorded before this column, whose message
-    # was put there when they were recorded.
+    # The message id of the change's Audience event, on the timeline from the moment the
+    # change is recorded (read from here until it is applied, then from the history);
+    # applying the change puts the message in the outbox. None for changes recorded
+    # before migration 0007, whose message was put there when they were recorded.
     sa.Column("message_id", sa.String(200), nullable=True),
 )
 
@@ -275,8 +286,9 @@ outbox = sa.Table(
     sa.Column("topic", sa.String(100), nullable=False),
     sa.Column("message_id", sa.String(200), nullable=False, unique=True),
     sa.Column("profile_id", sa.String(32), nullable=True, index=True),
-    # None: the message is the timeline event of this message id (source `ariane`), not
-    # copied here.
+    # None: the message is the Audience event of this message id, not copied here: the
+    # row of `segment_history` of this person and message id (or, for changes applied
+    # before migration 0010, the event of `events` from source `ariane`).
     sa.Column("payload", JSONDoc, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("dispatched_at", UTCDateTime, nullable=True),
