@@ -136,6 +136,14 @@ def _duration_text(length: timedelta | None) -> str:
     return text
 
 
+# Folds one event into a feature's state: (state, event micros, message id, properties,
+# now micros, first-seen micros) → the new state, or None when the event leaves it as it
+# was. Made once per feature by `_folder`.
+Folder = Callable[
+    [dict[str, Any] | None, int, str, Mapping[str, Any], int, int | None], dict[str, Any] | None
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Feature:
     kind: str
@@ -156,6 +164,8 @@ class Feature:
     read: Callable[[Mapping[str, Any] | None, int, int | None], Any] = field(
         init=False, repr=False, compare=False
     )
+    # How an event of its name changes its state (`_folder`).
+    fold: Folder = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
@@ -171,6 +181,7 @@ class Feature:
         filters = tuple((path, compile_test(test)) for path, test in self.where)
         object.__setattr__(self, "filters", filters)
         object.__setattr__(self, "read", _reader(self))
+        object.__setattr__(self, "fold", _folder(self))
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.kind, "event": self.event}
@@ -194,13 +205,6 @@ class Feature:
                 value = lookup(properties, path)
             if not test(value, at):
                 return False
-        return True
-
-    def takes(self, value: Any) -> bool:
-        if self.kind in NUMERIC_KINDS:
-            return is_number(value)
-        if self.kind in TEXT_KINDS:
-            return isinstance(value, str)
         return True
 
 
@@ -313,69 +317,124 @@ def _micros_or_none(moment: datetime | None) -> int | None:
     return None if moment is None else micros(moment)
 
 
-def _fold(
-    state: dict[str, Any] | None,
-    feature: Feature,
-    stamp: int,
-    message_id: str,
-    properties: Mapping[str, Any],
-    now_us: int,
-    first_us: int | None,
-) -> dict[str, Any] | None:
-    path = feature.property_path
-    if path is None:
-        value = None
-    else:
-        value = properties.get(path[0], MISSING) if len(path) == 1 else lookup(properties, path)
-        if value is MISSING or not feature.takes(value):
+def _folder(feature: Feature) -> Folder:
+    """The fold of one feature, with its kind, window and property worked out once: it
+    runs for every event of its name and every feature that name feeds."""
+    kind, path, window = feature.kind, feature.property_path, feature.window.kind
+    single = path[0] if path is not None and len(path) == 1 else None
+    numeric, text = kind in NUMERIC_KINDS, kind in TEXT_KINDS
+    aggregate = _AGGREGATES[kind]
+    span = feature.span
+    start, end = feature.bounds
+    recent = window == "recent"
+
+    def fold(
+        state: dict[str, Any] | None,
+        stamp: int,
+        message_id: str,
+        properties: Mapping[str, Any],
+        now_us: int,
+        first_us: int | None,
+    ) -> dict[str, Any] | None:
+        value: Any = None
+        if path is not None:
+            if single is not None:
+                value = properties.get(single, MISSING)
+            else:
+                value = lookup(properties, path)
+            if value is MISSING:
+                return None
+            if numeric:
+                if not is_number(value):
+                    return None
+            elif text and not isinstance(value, str):
+                return None
+        if window == "all":
+            return aggregate(dict(state) if state else {}, stamp, message_id, value)
+        if window == "range":
+            if not start <= stamp < end:
+                return None
+            return aggregate(dict(state) if state else {}, stamp, message_id, value)
+        # A moving window: the entries still inside it, and this one.
+        if recent:
+            low, high = now_us - span + 1, _FAR
+        else:
+            low, high = -_FAR, (first_us if first_us is not None else _FAR) + span
+        if not low <= stamp < high:
             return None
-    window = feature.window
-    if window.kind == "all":
-        return _aggregate(dict(state or {}), feature.kind, stamp, message_id, value)
-    if window.kind == "range":
-        start, end = feature.bounds
-        if not start <= stamp < end:
-            return None
-        return _aggregate(dict(state or {}), feature.kind, stamp, message_id, value)
-    low, high = _horizon(feature, now_us, first_us)
-    if not low <= stamp < high:
-        return None
-    entries = [e for e in state["e"] if low <= e[0] < high] if state else []
-    kind = feature.kind
-    if kind == "count":
-        entries.append([stamp])
-    elif kind == "first" or kind == "last":
-        entries.append([stamp, value, message_id])
-    else:
-        entries.append([stamp, value])
-    return {"e": entries}
+        entries = [e for e in state["e"] if low <= e[0] < high] if state else []
+        if kind == "count":
+            entries.append([stamp])
+        elif kind == "first" or kind == "last":
+            entries.append([stamp, value, message_id])
+        else:
+            entries.append([stamp, value])
+        return {"e": entries}
+
+    return fold
 
 
-def _aggregate(
-    state: dict[str, Any], kind: str, stamp: int, message_id: str, value: Any
-) -> dict[str, Any]:
-    if kind == "count":
-        state["n"] = state.get("n", 0) + 1
-    elif kind in ("sum", "average"):
-        state["s"] = str(add_exactly(Decimal(state.get("s", 0)), decimal_of(value)))
-        state["n"] = state.get("n", 0) + 1
-    elif kind == "min":
-        state["m"] = value if "m" not in state else min(state["m"], value)
-    elif kind == "max":
-        state["m"] = value if "m" not in state else max(state["m"], value)
-    elif kind == "first":
-        if "t" not in state or (stamp, message_id, value) < _order(state):
-            state.update(t=stamp, i=message_id, v=value)
-    elif kind == "last":
-        if "t" not in state or (stamp, message_id, value) > _order(state):
-            state.update(t=stamp, i=message_id, v=value)
-    elif kind == "most_frequent":
-        counts = dict(state.get("c", {}))
-        counts[value] = counts.get(value, 0) + 1
-        state["c"] = counts
-    else:
-        state["u"] = {**state.get("u", {}), value: 1}
+def _add_count(state: dict[str, Any], stamp: int, message_id: str, value: Any) -> dict[str, Any]:
+    state["n"] = state.get("n", 0) + 1
     return state
+
+
+def _add_sum(state: dict[str, Any], stamp: int, message_id: str, value: Any) -> dict[str, Any]:
+    state["s"] = str(add_exactly(Decimal(state.get("s", 0)), decimal_of(value)))
+    state["n"] = state.get("n", 0) + 1
+    return state
+
+
+def _add_min(state: dict[str, Any], stamp: int, message_id: str, value: Any) -> dict[str, Any]:
+    state["m"] = value if "m" not in state else min(state["m"], value)
+    return state
+
+
+def _add_max(state: dict[str, Any], stamp: int, message_id: str, value: Any) -> dict[str, Any]:
+    state["m"] = value if "m" not in state else max(state["m"], value)
+    return state
+
+
+def _add_first(state: dict[str, Any], stamp: int, message_id: str, value: Any) -> dict[str, Any]:
+    if "t" not in state or (stamp, message_id, value) < _order(state):
+        state.update(t=stamp, i=message_id, v=value)
+    return state
+
+
+def _add_last(state: dict[str, Any], stamp: int, message_id: str, value: Any) -> dict[str, Any]:
+    if "t" not in state or (stamp, message_id, value) > _order(state):
+        state.update(t=stamp, i=message_id, v=value)
+    return state
+
+
+def _add_most_frequent(
+    state: dict[str, Any], stamp: int, message_id: str, value: Any
+) -> dict[str, Any]:
+    counts = dict(state.get("c", {}))
+    counts[value] = counts.get(value, 0) + 1
+    state["c"] = counts
+    return state
+
+
+def _add_unique(state: dict[str, Any], stamp: int, message_id: str, value: Any) -> dict[str, Any]:
+    state["u"] = {**state.get("u", {}), value: 1}
+    return state
+
+
+# How an event adds to the aggregate of each kind (windows `all` and `range`); the
+# aggregate is a copy of the state, which the caller may still hold.
+_AGGREGATES: dict[str, Callable[[dict[str, Any], int, str, Any], dict[str, Any]]] = {
+    "count": _add_count,
+    "sum": _add_sum,
+    "average": _add_sum,
+    "min": _add_min,
+    "max": _add_max,
+    "first": _add_first,
+    "last": _add_last,
+    "most_frequent": _add_most_frequent,
+    "unique_list": _add_unique,
+    "unique_count": _add_unique,
+}
 
 
 def _order(state: Mapping[str, Any]) -> tuple[int, str, str]:
@@ -552,7 +611,7 @@ def fold_event(
     for key, feature in fed:
         if feature.where and not feature.matches(properties, at):
             continue
-        state = _fold(states.get(key), feature, stamp, message_id, properties, now_us, first_us)
+        state = feature.fold(states.get(key), stamp, message_id, properties, now_us, first_us)
         if state is not None:
             states[key] = state
             changed.append(key)
