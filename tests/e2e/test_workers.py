@@ -116,3 +116,28 @@ def test_a_second_server_on_the_same_address_is_refused(db_url: str, tmp_path: P
         assert "another server is listening there" in done.stderr
     finally:
         first.stop()
+
+
+def test_a_worker_freezes_what_start_up_built_and_collects_less_often(db_url: str) -> None:
+    """A worker's app, once started: the objects of start-up out of the collector's sight,
+    and young collections every `GC_THRESHOLDS[0]` allocations rather than 700."""
+    ariane(db_url, "migrate")
+    started = (
+        "import asyncio, gc\n"
+        "from ariane.web.asgi import app_factory\n"
+        "app = app_factory()\n"
+        "async def main():\n"
+        "    before = gc.get_threshold()\n"
+        "    async with app.router.lifespan_context(app):\n"
+        "        print(before, gc.get_threshold(), gc.get_freeze_count() > 0)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", started],
+        env=ariane_env(db_url, ARIANE_SEGMENT_TIMER_INTERVAL="0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split("\n")[-2] == "(700, 10, 10) (50000, 20, 10) True"
