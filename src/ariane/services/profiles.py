@@ -30,7 +30,6 @@ MAX_PAGE = 1000
 # Event ids are 64-bit integers on both databases.
 _MAX_EVENT_ID = 2**63 - 1
 # Audience events are named by their message id (`storage.segments.transition_rows`).
-_AUDIENCE_PREFIX = "audience-"
 _MESSAGE_ID_WIDTH = 200
 # A grant meant never to lapse has no expiry; a later one is a mistake, and one past the
 # year 9999 cannot be stored.
@@ -52,7 +51,10 @@ def decode_cursor(cursor: str) -> Position:
         at_text, key_text = text.split("|")
         at = parse_timestamp(at_text)
         key: int | str
-        if key_text.startswith(_AUDIENCE_PREFIX) and len(key_text) <= _MESSAGE_ID_WIDTH:
+        if (
+            key_text.startswith(segment_store.AUDIENCE_PREFIX)
+            and len(key_text) <= _MESSAGE_ID_WIDTH
+        ):
             key = key_text
         else:
             key = int(key_text)

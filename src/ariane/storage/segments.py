@@ -119,6 +119,9 @@ def audience_event(
     }
 
 
+# How the message id of every Audience event begins.
+AUDIENCE_PREFIX = "audience-"
+
 # Counts the Audience message ids this process makes (`transition_rows`), in 12
 # hexadecimal digits.
 _MESSAGE_COUNT = itertools.count()
@@ -153,7 +156,7 @@ def transition_rows(
     one microsecond on the timeline as they were decided, also across batches.
     """
     at = dialect.datetime_param(now)
-    ids = f"audience-{micros(now):014x}-"
+    ids = f"{AUDIENCE_PREFIX}{micros(now):014x}-"
     changes = [
         (
             t.segment.id,

@@ -76,7 +76,7 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
             # A batch keeps tens of thousands of young containers alive while it is
             # worked out (the profiles' states, the rows): at Python's default of a
             # young collection every 700 allocations, each walked them again and again,
-            # 1.6 to 2.7 s of a worker's time in a run with live segments on PostgreSQL
+            # 0.8 to 2.7 s of a worker's time in a run with live segments on PostgreSQL
             # against 0.6 to 1.2 s without them (docs/benchmarks.md). Less often, each
             # finds most of them freed already.
             gc.set_threshold(*GC_THRESHOLDS)
