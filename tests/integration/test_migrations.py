@@ -11,6 +11,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from ariane.storage import events as event_store
+from ariane.storage import segments as segment_store
 from ariane.storage.database import Database
 from ariane.storage.migrate import MIGRATIONS, alembic_config, upgrade
 from ariane.storage.segments import audience_event
@@ -155,6 +157,15 @@ def test_computed_state_survives_0009_both_ways(db_url: str) -> None:
         db.dispose()
 
 
+def timeline_message_ids(db: Database, profile_id: str) -> list[str]:
+    """The message ids of a person's timeline, newest first, as `ProfileService.events`
+    reads them: the events, then the Audience events of changes and history."""
+    with db.read() as conn:
+        own = event_store.timeline(conn, profile_id, limit=100, before=None)
+        audience = segment_store.audience_timeline(conn, profile_id, limit=100, before=None)
+    return [m for _, m, _ in audience] + [row["message_id"] for row in own]
+
+
 def test_going_back_before_0010_writes_the_audience_events_into_events(db_url: str) -> None:
     """From 0010 an Audience event is read from the history, or from the change not yet
     applied; 0009 reads it from `events`, so going back writes it there, as Ariane wrote
@@ -230,7 +241,30 @@ def test_going_back_before_0010_writes_the_audience_events_into_events(db_url: s
             ("ariane", "audience-2", "p1", "Audience Exited"),
         ]
         assert {row.timestamp for row in written} == {at}
+
+        # Back at 0010 the change still waiting is its event again: the copy in `events`
+        # goes, and the timeline shows each event once.
         migrate(db, command.upgrade, "0010")
+        assert timeline_message_ids(db, "p1") == ["audience-2", "audience-1"]
+        # An event written there again meanwhile (a process of the version before, still
+        # running) is not written twice on the way back.
+        with db.engine.begin() as conn:
+            conn.execute(
+                events.insert().values(
+                    source_id="ariane",
+                    message_id="audience-2",
+                    profile_id="p1",
+                    type="track",
+                    event="Audience Exited",
+                    timestamp=at,
+                    received_at=at,
+                    payload={},
+                )
+            )
+        migrate(db, command.downgrade, "0009")
+        with db.engine.connect() as conn:
+            ids = conn.execute(sa.select(events.c.message_id).order_by(events.c.id))
+            assert ids.scalars().all() == ["audience-1", "audience-2"]
     finally:
         upgrade(db)
         with db.engine.begin() as conn:

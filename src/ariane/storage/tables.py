@@ -237,9 +237,9 @@ segment_members = sa.Table(
 )
 
 # Each row is also the person's `Audience Entered/Exited` event: the timeline and the
-# outbox read it from here (`storage.segments.audience_events`) rather than from a copy
-# in `events`. Rows from before migration 0010 have no message id: their events are in
-# `events` (source `ariane`).
+# outbox read it from here (`storage.segments.audience_timeline` and `outbox_messages`)
+# rather than from a copy in `events`. Rows applied before migration 0010 have no
+# message id: their events are in `events` (source `ariane`).
 segment_history = sa.Table(
     "segment_history",
     metadata,

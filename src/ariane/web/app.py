@@ -25,7 +25,8 @@ from ariane.web.responses import FastJSON, error
 from ariane.web.tracking import TrackingAPI
 
 # The collector's thresholds in a worker process (`gc.set_threshold`): a young collection
-# every 50,000 allocations (Python's default is 700), a middle one every 20 of those.
+# every 50,000 allocations (Python's default is 700 up to 3.13), and, up to Python 3.13,
+# a middle one every 20 of those.
 GC_THRESHOLDS = (50_000, 20, 10)
 
 log = logging.getLogger(__name__)

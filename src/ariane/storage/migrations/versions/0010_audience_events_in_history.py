@@ -8,10 +8,12 @@ An `Audience Entered/Exited` event was written twice: as the change (then its ro
 `segment_history`) and as a row of `events`, with the unique and timeline indexes that
 table keeps for people's own events. From 0010 the history row is the event: it carries
 the message id and the segment's name, the timeline reads it there (indexed by person
-and time), and the outbox names it. The events written before stay in `events`.
+and time), and the outbox names it. The events of changes applied before stay in
+`events`; those of changes still waiting leave it, the change being the event now.
 
 Going back writes the Audience events of the history rows and of the changes not yet
-applied into `events`, where 0009 reads them, so that no timeline loses one.
+applied into `events` (those not there already), where 0009 reads them, so that no
+timeline loses one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("segment_name", sa.String(length=200), nullable=True))
         batch_op.drop_index(batch_op.f("ix_segment_history_profile_id"))
         batch_op.create_index("ix_segment_history_profile_id_at", ["profile_id", "at"])
+    # A change still waiting to be applied is its Audience event from now on, and its
+    # history row will be: the copy written into `events` when it was recorded goes, or
+    # the timeline would show it twice.
+    op.execute(
+        "DELETE FROM events WHERE source_id = 'ariane' AND message_id IN"
+        " (SELECT message_id FROM segment_changes WHERE message_id IS NOT NULL)"
+    )
 
 
 def _audience_events(rows: str, name: str) -> str:
@@ -55,7 +64,11 @@ def _audience_events(rows: str, name: str) -> str:
     return (
         "INSERT INTO events (source_id, message_id, profile_id, type, event, timestamp,"
         f" received_at, payload) SELECT 'ariane', c.message_id, c.profile_id, 'track', {event},"
-        f" c.at, c.at, {payload} FROM {rows} WHERE c.message_id IS NOT NULL ORDER BY c.id"
+        f" c.at, c.at, {payload} FROM {rows} WHERE c.message_id IS NOT NULL"
+        # One written there already (by a downgrade before, with changes still waiting).
+        " AND NOT EXISTS (SELECT 1 FROM events e"
+        " WHERE e.message_id = c.message_id AND e.source_id = 'ariane')"
+        " ORDER BY c.id"
     )
 
 
