@@ -217,7 +217,7 @@ def test_going_back_before_0010_writes_the_audience_events_into_events(db_url: s
             ).all()
         expected = [
             audience_event(
-                entered=True,
+                change="entered",
                 message_id="audience-1",
                 at=at,
                 segment_id="s1",
@@ -226,7 +226,7 @@ def test_going_back_before_0010_writes_the_audience_events_into_events(db_url: s
                 profile_id="p1",
             ),
             audience_event(
-                entered=False,
+                change="exited",
                 message_id="audience-2",
                 at=at,
                 segment_id="s1",

@@ -97,26 +97,33 @@ def delete_computed(conn: Connection, name: str) -> int:
 
 
 def audience_event(
-    *,
-    entered: bool,
-    message_id: str,
     at: datetime,
+    message_id: str,
+    change: str,
     segment_id: str,
     segment_name: str | None,
     cause: str,
     profile_id: str,
 ) -> dict[str, Any]:
     """The `Audience Entered/Exited` event of a change, in Segment's shape: how the
-    timeline shows it and what the outbox sends."""
+    timeline shows it and what the outbox sends. The arguments are `_event_columns` of a
+    row of the history (or of a change waiting, with its segment's name)."""
     return {
         "type": "track",
-        "event": "Audience Entered" if entered else "Audience Exited",
+        "event": "Audience Entered" if change == "entered" else "Audience Exited",
         "messageId": message_id,
         "timestamp": iso(at),
         "properties": {"audience_id": segment_id, "audience_name": segment_name, "cause": cause},
         "context": {"library": {"name": "ariane"}},
         "ariane_profile_id": profile_id,
     }
+
+
+def _event_columns(table: sa.Table, name: sa.ColumnElement[Any]) -> list[sa.ColumnElement[Any]]:
+    """What `audience_event` reads of a row of `table` (the history or the changes),
+    `name` being where the segment's name comes from."""
+    c = table.c
+    return [c.at, c.message_id, c.change, c.segment_id, name, c.cause, c.profile_id]
 
 
 # How the message id of every Audience event begins.
@@ -366,14 +373,7 @@ def audience_timeline(
     ):
         columns = table.c
         query = (
-            sa.select(
-                columns.at,
-                columns.message_id,
-                columns.change,
-                columns.segment_id,
-                name,
-                columns.cause,
-            )
+            sa.select(*_event_columns(table, name))
             .select_from(source)
             .where(columns.profile_id == profile_id, columns.message_id.is_not(None))
         )
@@ -386,22 +386,7 @@ def audience_timeline(
         query = query.order_by(columns.at.desc(), columns.message_id.desc()).limit(limit)
         found += conn.execute(query).all()
     found.sort(key=lambda row: (row[0], row[1]), reverse=True)
-    return [
-        (
-            at,
-            message_id,
-            audience_event(
-                entered=change == "entered",
-                message_id=message_id,
-                at=at,
-                segment_id=segment_id,
-                segment_name=name,
-                cause=cause,
-                profile_id=profile_id,
-            ),
-        )
-        for at, message_id, change, segment_id, name, cause in found[:limit]
-    ]
+    return [(row[0], row[1], audience_event(*row)) for row in found[:limit]]
 
 
 def outbox_messages(
@@ -418,14 +403,8 @@ def outbox_messages(
             outbox.c.id,
             outbox.c.topic,
             outbox.c.payload,
-            history.at,
-            history.message_id,
-            history.change,
-            history.segment_id,
-            history.segment_name,
-            history.cause,
-            history.profile_id,
             written.payload,
+            *_event_columns(segment_history, history.segment_name),
         )
         .select_from(
             outbox.outerjoin(
@@ -449,28 +428,8 @@ def outbox_messages(
         .limit(limit)
     )
     messages = []
-    for (
-        row_id,
-        topic,
-        own,
-        at,
-        message_id,
-        change,
-        segment_id,
-        name,
-        cause,
-        who,
-        event,
-    ) in conn.execute(query):
-        if own is None and message_id is not None:
-            own = audience_event(
-                entered=change == "entered",
-                message_id=message_id,
-                at=at,
-                segment_id=segment_id,
-                segment_name=name,
-                cause=cause,
-                profile_id=who,
-            )
+    for row_id, topic, own, event, *change in conn.execute(query):
+        if own is None and change[1] is not None:
+            own = audience_event(*change)
         messages.append((row_id, topic, own if own is not None else event))
     return messages
