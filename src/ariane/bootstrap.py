@@ -9,6 +9,7 @@ from datetime import datetime
 from ariane.domain.clock import utcnow
 from ariane.services.access import AccessService
 from ariane.services.ingest import IngestService
+from ariane.services.loyalty import LoyaltyService
 from ariane.services.privacy import PrivacyService
 from ariane.services.profiles import ProfileService
 from ariane.services.segments import SegmentService
@@ -26,6 +27,7 @@ class Container:
     profiles: ProfileService
     privacy: PrivacyService
     segments: SegmentService
+    loyalty: LoyaltyService
 
     def close(self) -> None:
         self.db.dispose()
@@ -43,4 +45,5 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
         profiles=ProfileService(db, settings, clock, segments),
         privacy=PrivacyService(db, clock),
         segments=segments,
+        loyalty=LoyaltyService(db, clock),
     )

@@ -116,6 +116,10 @@ def build_rich_person(client: TestClient, write_key: str, headers: dict[str, str
         headers=headers,
     )
     assert consent.status_code == 200
+    # A loyalty member: an account, the ledger, a lot and what a spend took from it.
+    loyalty = client.app.state.container.loyalty  # type: ignore[attr-defined]
+    loyalty.earn("club", profile["id"], 100, "ada-order-1")
+    loyalty.spend("club", profile["id"], 30, "ada-reward-1")
     as_sent = ["Ada.Lovelace@Example.org", "+44 20 7946 0958"]
     values = [i["value"] for i in profile["identities"]] + as_sent
     assert len(values) == 8

@@ -294,6 +294,62 @@ outbox = sa.Table(
     sa.Column("dispatched_at", UTCDateTime, nullable=True),
 )
 
+# Loyalty (see domain.loyalty). A member's account row is what a movement of their points
+# locks; the ledger (`loyalty_entries`) is append-only, one row per movement, each with
+# an idempotency key unique in its programme; a lot holds what one earn brought and what
+# remains of it, and `loyalty_movements` what each entry took from each lot, so that
+# every lot's remainder can be worked out again from the ledger.
+loyalty_accounts = sa.Table(
+    "loyalty_accounts",
+    metadata,
+    sa.Column("programme", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(32), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_loyalty_accounts_profile_id", "profile_id"),
+)
+
+loyalty_entries = sa.Table(
+    "loyalty_entries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("programme", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False),
+    # earn, spend, expire, reverse, adjust, transfer
+    sa.Column("kind", sa.String(16), nullable=False),
+    # Signed: what the entry adds to the member's points (a spend is negative).
+    sa.Column("points", sa.BigInteger, nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=False),
+    sa.Column("reference", sa.String(200), nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("idempotency_key", "programme"),
+    sa.Index("ix_loyalty_entries_profile_id", "profile_id", "programme", "id"),
+)
+
+loyalty_lots = sa.Table(
+    "loyalty_lots",
+    metadata,
+    # The id of the earn entry that brought it.
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("programme", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False),
+    sa.Column("points", sa.BigInteger, nullable=False),
+    sa.Column("remaining", sa.BigInteger, nullable=False),
+    sa.Column("earned_at", UTCDateTime, nullable=False),
+    sa.Column("available_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Index("ix_loyalty_lots_profile_id", "profile_id", "programme"),
+)
+
+loyalty_movements = sa.Table(
+    "loyalty_movements",
+    metadata,
+    sa.Column("entry_id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("lot_id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    # What the entry took from the lot (positive).
+    sa.Column("points", sa.BigInteger, nullable=False),
+)
+
 # How each table holding personal data is tied to a person: by a profile-id column, or
 # by identifier values (quarantined events never reached a profile: they are found
 # through the identifiers they name, and those rows go with them).
@@ -312,6 +368,12 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     # none is left for the absorbed profile.
     "segment_changes": {"profile_column": "profile_id", "on_merge": "drop"},
     "outbox": {"profile_column": "profile_id"},
+    # A member's account is only what their movements lock: the survivor of a merge has
+    # or makes its own.
+    "loyalty_accounts": {"profile_column": "profile_id", "on_merge": "drop"},
+    "loyalty_entries": {"profile_column": "profile_id"},
+    "loyalty_lots": {"profile_column": "profile_id"},
+    "loyalty_movements": {"profile_column": "profile_id"},
     "quarantine": {"identified_by": "quarantine_identifiers"},
     "quarantine_identifiers": {"part_of": "quarantine"},
 }

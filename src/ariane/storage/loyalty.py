@@ -1,0 +1,140 @@
+"""Members' accounts, the ledger of their points, their lots and what each entry took."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ariane.domain.loyalty import Lot
+from ariane.storage.database import Dialect
+from ariane.storage.tables import (
+    loyalty_accounts,
+    loyalty_entries,
+    loyalty_lots,
+    loyalty_movements,
+)
+
+
+def lock_account(
+    conn: Connection, dialect: Dialect, programme: str, profile_id: str, now: datetime
+) -> None:
+    """Make the member's account if need be and lock it until commit: the movements of
+    one member's points happen one at a time (on SQLite the one writer does that)."""
+    dialect.insert_ignoring_conflicts(
+        conn,
+        loyalty_accounts,
+        [{"programme": programme, "profile_id": profile_id, "created_at": now}],
+    )
+    accounts = loyalty_accounts.c
+    conn.execute(
+        dialect.lock_rows(
+            sa.select(accounts.profile_id).where(
+                accounts.programme == programme, accounts.profile_id == profile_id
+            )
+        )
+    ).one()
+
+
+def entry_by_key(conn: Connection, programme: str, key: str) -> dict[str, Any] | None:
+    entries = loyalty_entries.c
+    row = conn.execute(
+        sa.select(loyalty_entries).where(
+            entries.idempotency_key == key, entries.programme == programme
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def insert_entry(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> int | None:
+    """The new entry's id, or None when its idempotency key is taken already (by a
+    concurrent movement of another member)."""
+    statement = (
+        dialect.insert_statement(loyalty_entries)
+        .values(**row)
+        .on_conflict_do_nothing()
+        .returning(loyalty_entries.c.id)
+    )
+    found: int | None = conn.execute(statement).scalar()
+    return found
+
+
+def lots(conn: Connection, programme: str, profile_id: str) -> list[Lot]:
+    """The member's lots with points left in them."""
+    c = loyalty_lots.c
+    query = sa.select(c.id, c.points, c.remaining, c.earned_at, c.available_at, c.expires_at).where(
+        c.programme == programme, c.profile_id == profile_id, c.remaining > 0
+    )
+    return [Lot(*row) for row in conn.execute(query)]
+
+
+def insert_lot(conn: Connection, programme: str, profile_id: str, lot: Lot) -> None:
+    conn.execute(
+        loyalty_lots.insert().values(
+            id=lot.id,
+            programme=programme,
+            profile_id=profile_id,
+            points=lot.points,
+            remaining=lot.remaining,
+            earned_at=lot.earned_at,
+            available_at=lot.available_at,
+            expires_at=lot.expires_at,
+        )
+    )
+
+
+def take_from_lots(
+    conn: Connection, entry_id: int, profile_id: str, taken: Sequence[tuple[int, int]]
+) -> None:
+    """Record what the entry takes from each lot, and take it."""
+    if not taken:
+        return
+    conn.execute(
+        loyalty_movements.insert(),
+        [
+            {"entry_id": entry_id, "lot_id": lot_id, "profile_id": profile_id, "points": points}
+            for lot_id, points in taken
+        ],
+    )
+    c = loyalty_lots.c
+    for lot_id, points in taken:
+        conn.execute(
+            loyalty_lots.update().where(c.id == lot_id).values(remaining=c.remaining - points)
+        )
+
+
+def discrepancies(conn: Connection, programme: str, profile_id: str) -> list[str]:
+    """Where the member's lots disagree with the ledger: each lot's remainder must be its
+    points less what entries took from it, and the ledger's sum the lots' remainders."""
+    c = loyalty_lots.c
+    moved = (
+        sa.select(sa.func.coalesce(sa.func.sum(loyalty_movements.c.points), 0))
+        .where(loyalty_movements.c.lot_id == c.id)
+        .scalar_subquery()
+    )
+    found = [
+        f"lot {lot_id}: {remaining} left, but {points} earned less {taken} taken"
+        for lot_id, points, remaining, taken in conn.execute(
+            sa.select(c.id, c.points, c.remaining, moved).where(
+                c.programme == programme, c.profile_id == profile_id
+            )
+        )
+        if remaining != points - taken
+    ]
+    e = loyalty_entries.c
+    ledger = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(e.points), 0)).where(
+            e.programme == programme, e.profile_id == profile_id
+        )
+    ).scalar_one()
+    left = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(c.remaining), 0)).where(
+            c.programme == programme, c.profile_id == profile_id
+        )
+    ).scalar_one()
+    if int(ledger) != int(left):
+        found.append(f"the ledger sums to {ledger} points, the lots hold {left}")
+    return found
