@@ -32,6 +32,8 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(profile_app, name="profile")
 app.add_typer(import_app, name="import")
 app.add_typer(segments_app, name="segments")
+loyalty_app = typer.Typer(help="Loyalty programmes and their ledger.", no_args_is_help=True)
+app.add_typer(loyalty_app, name="loyalty")
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -376,3 +378,20 @@ def segments_discover(
                         print(f"{change}\t{name}")
         except DomainError as error:
             raise _fail(error) from None
+
+
+@loyalty_app.command("check")
+def loyalty_check(
+    programme: Annotated[str | None, typer.Option(help="Only this programme's members.")] = None,
+) -> None:
+    """Prove that every member's points agree with the ledger: each lot holds what it
+    earned less what entries took, and each member's ledger sums to what their lots
+    hold. Prints each disagreement and exits with 1 if there is any."""
+    with _container() as container:
+        found = container.loyalty.discrepancies(programme)
+    for prog, member, what in found:
+        print(f"{prog}\t{member}\t{what}")
+    if found:
+        err.print(f"[red]{len(found)} disagreement(s) between lots and ledger[/red]")
+        raise typer.Exit(code=1)
+    print("lots and ledger agree")

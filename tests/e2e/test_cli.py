@@ -16,7 +16,8 @@ from typer.testing import CliRunner, Result
 
 from ariane.bootstrap import Container
 from ariane.cli import app
-from ariane.storage.tables import quarantine
+from ariane.services.ingest import Envelope
+from ariane.storage.tables import loyalty_lots, quarantine
 
 
 @pytest.fixture
@@ -322,3 +323,33 @@ def test_import_of_an_unreadable_file_says_so(cli: Any, tmp_path: Path) -> None:
     result = cli("import", "events", str(latin1), "--source", "web", ok=False)
     assert result.exit_code == 1
     assert "cannot read latin1.csv as csv" in result.stderr
+
+
+def test_loyalty_check_proves_the_lots_agree_with_the_ledger_or_names_where_not(
+    cli: Any, container: Container
+) -> None:
+    assert cli("loyalty", "check").stdout.strip() == "lots and ledger agree"
+    container.ingest.ingest(
+        container.access.create_source("shop")[0].id,
+        [{"type": "identify", "userId": "ada", "messageId": "m-1"}],
+        Envelope(received_at=container.clock()),
+    )
+    ada = container.profiles.lookup("user_id", "ada")
+    container.loyalty.earn("club", ada, 100, "order-1")
+    container.loyalty.spend("club", ada, 30, "reward-1")
+    assert cli("loyalty", "check").stdout.strip() == "lots and ledger agree"
+
+    # A lot changed behind the ledger's back.
+    container.db.write(
+        lambda conn: conn.execute(
+            loyalty_lots.update().values(remaining=loyalty_lots.c.remaining + 5)
+        )
+    )
+    found = cli("loyalty", "check", ok=False)
+    assert found.exit_code == 1
+    assert found.stdout.splitlines() == [
+        f"club\t{ada}\tlot 1: 75 left, but 100 earned less 30 taken",
+        f"club\t{ada}\tthe ledger sums to 70 points, the lots hold 75",
+    ]
+    assert "2 disagreement(s)" in found.stderr
+    assert cli("loyalty", "check", "--programme", "staff").stdout.strip() == "lots and ledger agree"

@@ -110,10 +110,14 @@ class LoyaltyService:
             "expiring": current.expiring,
         }
 
-    def discrepancies(self, programme: str, profile_id: str) -> list[str]:
-        """Where the member's lots disagree with the ledger (none, if all is well)."""
+    def discrepancies(
+        self, programme: str | None = None, profile_id: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """Where lots disagree with the ledger (none, if all is well): (programme,
+        member, what), for every member, or those of `programme` and `profile_id`."""
         with self.db.read() as conn:
-            return store.discrepancies(conn, programme, self._member(conn, profile_id))
+            member = None if profile_id is None else self._member(conn, profile_id)
+            return store.discrepancies(conn, programme, member)
 
     # --- inside a movement's transaction ---------------------------------------------------
 

@@ -106,35 +106,67 @@ def take_from_lots(
         )
 
 
-def discrepancies(conn: Connection, programme: str, profile_id: str) -> list[str]:
-    """Where the member's lots disagree with the ledger: each lot's remainder must be its
-    points less what entries took from it, and the ledger's sum the lots' remainders."""
-    c = loyalty_lots.c
-    moved = (
-        sa.select(sa.func.coalesce(sa.func.sum(loyalty_movements.c.points), 0))
-        .where(loyalty_movements.c.lot_id == c.id)
-        .scalar_subquery()
+def discrepancies(
+    conn: Connection, programme: str | None = None, profile_id: str | None = None
+) -> list[tuple[str, str, str]]:
+    """Where lots disagree with the ledger, as (programme, member, what): each lot's
+    remainder must be its points less what entries took from it, and each member's
+    ledger must sum to what their lots hold. Every member, or those of `programme` and
+    `profile_id` when given."""
+    lot, entry = loyalty_lots.c, loyalty_entries.c
+
+    def scope(columns: Any) -> list[sa.ColumnElement[bool]]:
+        found = []
+        if programme is not None:
+            found.append(columns.programme == programme)
+        if profile_id is not None:
+            found.append(columns.profile_id == profile_id)
+        return found
+
+    taken = (
+        sa.select(
+            loyalty_movements.c.lot_id, sa.func.sum(loyalty_movements.c.points).label("points")
+        )
+        .group_by(loyalty_movements.c.lot_id)
+        .subquery()
     )
+    moved = sa.func.coalesce(taken.c.points, 0)
     found = [
-        f"lot {lot_id}: {remaining} left, but {points} earned less {taken} taken"
-        for lot_id, points, remaining, taken in conn.execute(
-            sa.select(c.id, c.points, c.remaining, moved).where(
-                c.programme == programme, c.profile_id == profile_id
-            )
+        (
+            str(prog),
+            str(member),
+            f"lot {lot_id}: {left} left, but {points} earned less {took} taken",
         )
-        if remaining != points - taken
+        for prog, member, lot_id, points, left, took in conn.execute(
+            sa.select(lot.programme, lot.profile_id, lot.id, lot.points, lot.remaining, moved)
+            .select_from(loyalty_lots.outerjoin(taken, taken.c.lot_id == lot.id))
+            .where(lot.remaining != lot.points - moved, *scope(lot))
+            .order_by(lot.programme, lot.profile_id, lot.id)
+        )
     ]
-    e = loyalty_entries.c
-    ledger = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(e.points), 0)).where(
-            e.programme == programme, e.profile_id == profile_id
+    ledger = {
+        (str(prog), str(member)): int(points)
+        for prog, member, points in conn.execute(
+            sa.select(entry.programme, entry.profile_id, sa.func.sum(entry.points))
+            .where(*scope(entry))
+            .group_by(entry.programme, entry.profile_id)
         )
-    ).scalar_one()
-    left = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(c.remaining), 0)).where(
-            c.programme == programme, c.profile_id == profile_id
+    }
+    held = {
+        (str(prog), str(member)): int(points)
+        for prog, member, points in conn.execute(
+            sa.select(lot.programme, lot.profile_id, sa.func.sum(lot.remaining))
+            .where(*scope(lot))
+            .group_by(lot.programme, lot.profile_id)
         )
-    ).scalar_one()
-    if int(ledger) != int(left):
-        found.append(f"the ledger sums to {ledger} points, the lots hold {left}")
+    }
+    for key in sorted(ledger.keys() | held.keys()):
+        if ledger.get(key, 0) != held.get(key, 0):
+            found.append(
+                (
+                    *key,
+                    f"the ledger sums to {ledger.get(key, 0)} points, the lots hold"
+                    f" {held.get(key, 0)}",
+                )
+            )
     return found
