@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from ariane.bootstrap import Container
-from ariane.domain.errors import Conflict, NotFound
+from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.loyalty import NotEnoughPoints
 from ariane.services.ingest import Envelope
 from ariane.storage.tables import loyalty_entries, loyalty_lots, loyalty_movements
@@ -159,3 +159,21 @@ def test_a_lot_past_its_expiry_cannot_be_spent(container: Container, clock: Fake
     assert loyalty.balance(PROGRAMME, ada)["available"] == 0
     with pytest.raises(NotEnoughPoints):
         loyalty.spend(PROGRAMME, ada, 1, "reward-1")
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"pending_days": -1}, "pending_days"),
+        ({"expires_days": 0}, "expires_days"),
+        ({"expires_days": 10**9}, "expires_days"),
+    ],
+)
+def test_a_window_or_validity_out_of_range_is_refused_naming_it(
+    container: Container, options: dict[str, Any], field: str
+) -> None:
+    ada = member(container, "ada")
+    with pytest.raises(DomainError) as refused:
+        container.loyalty.earn(PROGRAMME, ada, 10, "order-1", **options)
+    assert refused.value.field == field
+    assert container.loyalty.balance(PROGRAMME, ada)["available"] == 0

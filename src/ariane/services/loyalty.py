@@ -18,6 +18,9 @@ from ariane.storage.database import Database
 
 _KEY_WIDTH = 200
 _NAME_WIDTH = 64
+# A return window or a validity beyond a hundred years is a mistake (and past the year
+# 9999, not a time at all).
+_MAX_DAYS = 36_500
 
 
 def _check(programme: str, key: str, points: int) -> None:
@@ -33,6 +36,13 @@ def _check(programme: str, key: str, points: int) -> None:
         )
     if isinstance(points, bool) or not isinstance(points, int) or points <= 0:
         raise DomainError("points must be a whole number above 0", field="points")
+
+
+def _check_days(days: int, field: str, *, least: int) -> None:
+    if isinstance(days, bool) or not isinstance(days, int) or not least <= days <= _MAX_DAYS:
+        raise DomainError(
+            f"{field} must be a whole number of days from {least} to {_MAX_DAYS}", field=field
+        )
 
 
 class LoyaltyService:
@@ -54,6 +64,9 @@ class LoyaltyService:
         """Add a lot of `points`, pending for `pending_days`, expiring `expires_days`
         after it was earned. Replayed with the same key, the first answer."""
         _check(programme, key, points)
+        _check_days(pending_days, "pending_days", least=0)
+        if expires_days is not None:
+            _check_days(expires_days, "expires_days", least=1)
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
