@@ -8,10 +8,12 @@ from datetime import datetime
 
 from ariane.domain.clock import utcnow
 from ariane.services.access import AccessService
+from ariane.services.coupons import CouponService
 from ariane.services.ingest import IngestService
 from ariane.services.loyalty import LoyaltyService
 from ariane.services.privacy import PrivacyService
 from ariane.services.profiles import ProfileService
+from ariane.services.programmes import ProgrammeService
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
 from ariane.storage.database import Database
@@ -27,7 +29,9 @@ class Container:
     profiles: ProfileService
     privacy: PrivacyService
     segments: SegmentService
+    programmes: ProgrammeService
     loyalty: LoyaltyService
+    coupons: CouponService
 
     def close(self) -> None:
         self.db.dispose()
@@ -36,6 +40,7 @@ class Container:
 def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Container:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     segments = SegmentService(db, clock)
+    programmes = ProgrammeService(db, clock)
     return Container(
         settings=settings,
         db=db,
@@ -45,5 +50,7 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
         profiles=ProfileService(db, settings, clock, segments),
         privacy=PrivacyService(db, clock),
         segments=segments,
-        loyalty=LoyaltyService(db, clock),
+        programmes=programmes,
+        loyalty=LoyaltyService(db, clock, programmes),
+        coupons=CouponService(db, clock),
     )

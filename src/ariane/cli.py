@@ -380,6 +380,30 @@ def segments_discover(
             raise _fail(error) from None
 
 
+@loyalty_app.command("apply")
+def loyalty_apply(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="A YAML or JSON programme."),
+    ],
+) -> None:
+    """Create or update the programmes a file declares (one, or a list under
+    `programmes`) and bring generated coupon pools up to their size.
+
+    Applying a file twice changes nothing the second time; programmes the file does not
+    mention are kept.
+    """
+    with _container() as container:
+        try:
+            outcome = container.programmes.apply(_definitions(file))
+        except DomainError as error:
+            raise _fail(error) from None
+    for programme in outcome:
+        generated = sum(programme["codes_generated"].values())
+        codes = f", {generated} code(s) generated" if generated else ""
+        print(f"{programme['change']}\t{programme['id']}\tversion {programme['version']}{codes}")
+
+
 @loyalty_app.command("check")
 def loyalty_check(
     programme: Annotated[str | None, typer.Option(help="Only this programme's members.")] = None,

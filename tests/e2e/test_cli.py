@@ -335,6 +335,7 @@ def test_loyalty_check_proves_the_lots_agree_with_the_ledger_or_names_where_not(
         Envelope(received_at=container.clock()),
     )
     ada = container.profiles.lookup("user_id", "ada")
+    container.programmes.apply({"programmes": [{"id": "club"}, {"id": "staff"}]})
     container.loyalty.earn("club", ada, 100, "order-1")
     container.loyalty.spend("club", ada, 30, "reward-1")
     assert cli("loyalty", "check").stdout.strip() == "lots and ledger agree"
@@ -353,3 +354,32 @@ def test_loyalty_check_proves_the_lots_agree_with_the_ledger_or_names_where_not(
     ]
     assert "2 disagreement(s)" in found.stderr
     assert cli("loyalty", "check", "--programme", "staff").stdout.strip() == "lots and ledger agree"
+
+
+def test_loyalty_apply_declares_programmes_idempotently_and_names_a_fault(
+    cli: Any, container: Container, tmp_path: Path
+) -> None:
+    file = tmp_path / "club.yaml"
+    file.write_text(
+        "id: club\n"
+        "name: Club Bijoux\n"
+        "expiry: {return_window: P30D, validity: P365D}\n"
+        "rewards:\n"
+        "  - {id: voucher-10, cost: 500, per_member: 1, pool: vouchers}\n"
+        "coupon_pools:\n"
+        "  - {id: vouchers, generate: {count: 20, prefix: BJX-}}\n"
+    )
+    assert cli("loyalty", "apply", str(file)).stdout.splitlines() == [
+        "created\tclub\tversion 1, 20 code(s) generated"
+    ]
+    assert cli("loyalty", "apply", str(file)).stdout.splitlines() == ["unchanged\tclub\tversion 1"]
+    assert container.programmes.get("club")["coupon_pools"]["vouchers"]["free"] == 20
+
+    file.write_text(file.read_text().replace("cost: 500", "cost: 400"))
+    assert cli("loyalty", "apply", str(file)).stdout.splitlines() == ["updated\tclub\tversion 2"]
+
+    file.write_text(file.read_text().replace("cost: 400", "cost: lots"))
+    failed = cli("loyalty", "apply", str(file), ok=False)
+    assert failed.exit_code == 1
+    assert "programme.rewards[0].cost" in failed.stderr
+    assert container.programmes.get("club")["definition"]["rewards"][0]["cost"] == 400

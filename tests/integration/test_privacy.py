@@ -116,10 +116,30 @@ def build_rich_person(client: TestClient, write_key: str, headers: dict[str, str
         headers=headers,
     )
     assert consent.status_code == 200
-    # A loyalty member: an account, the ledger, a lot and what a spend took from it.
-    loyalty = client.app.state.container.loyalty  # type: ignore[attr-defined]
-    loyalty.earn("club", profile["id"], 100, "ada-order-1")
-    loyalty.spend("club", profile["id"], 30, "ada-reward-1")
+    # A loyalty member: an account, the ledger, a lot and what a spend took from it, a
+    # reward bought and its coupon burned.
+    club = {
+        "rewards": [{"id": "gift", "cost": 10, "pool": "gifts"}],
+        "coupon_pools": [{"id": "gifts", "generate": {"count": 2}}],
+    }
+    assert client.put("/api/loyalty/programmes/club", json=club, headers=headers).status_code == 200
+    member = f"/api/loyalty/programmes/club/members/{profile['id']}"
+    for action, body, key in [
+        ("earn", {"points": 100}, "ada-order-1"),
+        ("spend", {"points": 30}, "ada-spend-1"),
+        ("redeem", {"reward": "gift"}, "ada-reward-1"),
+    ]:
+        done = client.post(
+            f"{member}/{action}", json=body, headers={**headers, "Idempotency-Key": key}
+        )
+        assert done.status_code == 200, done.text
+    code = done.json()["coupon"]["code"]
+    burned = client.post(
+        f"/api/loyalty/coupons/{code}/burn",
+        json={"channel": "till"},
+        headers={**headers, "Idempotency-Key": "till-1"},
+    )
+    assert burned.status_code == 200, burned.text
     as_sent = ["Ada.Lovelace@Example.org", "+44 20 7946 0958"]
     values = [i["value"] for i in profile["identities"]] + as_sent
     assert len(values) == 8

@@ -63,3 +63,23 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} is not an ISO-8601 duration such as P30D or PT6H")
     parts = {k: float(v) for k, v in match.groupdict().items() if v is not None}
     return timedelta(**parts)
+
+
+def format_duration(length: timedelta) -> str:
+    """The ISO-8601 text of a duration, such as P30D or P1DT6H: `parse_duration` reads
+    it back to the same length."""
+    days = length.days
+    seconds = length.seconds
+    micro = length.microseconds
+    hours, rest = divmod(seconds, 3600)
+    minutes, whole = divmod(rest, 60)
+    clock = ""
+    if hours:
+        clock += f"{hours}H"
+    if minutes:
+        clock += f"{minutes}M"
+    if whole or micro:
+        clock += f"{whole}.{micro:06d}".rstrip("0").rstrip(".") + "S"
+    if not clock:
+        return f"P{days}D"
+    return (f"P{days}D" if days else "P") + "T" + clock

@@ -5,22 +5,29 @@ the lock of their account, so that nothing is given or taken twice."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ariane.domain.clock import iso
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.loyalty import Lot, balance, take
+from ariane.services.programmes import ProgrammeService
 from ariane.storage import loyalty as store
 from ariane.storage import profiles as profile_store
+from ariane.storage import rewards as reward_store
 from ariane.storage.database import Database
 
 _KEY_WIDTH = 200
 _NAME_WIDTH = 64
-# A return window or a validity beyond a hundred years is a mistake (and past the year
-# 9999, not a time at all).
-_MAX_DAYS = 36_500
+
+
+class RewardUnavailable(Conflict):
+    """A reward that cannot be bought now: off offer, out of stock, out of codes, or
+    bought as often as one member may."""
+
+    code = "reward_unavailable"
 
 
 def _check(programme: str, key: str, points: int) -> None:
@@ -38,17 +45,13 @@ def _check(programme: str, key: str, points: int) -> None:
         raise DomainError("points must be a whole number above 0", field="points")
 
 
-def _check_days(days: int, field: str, *, least: int) -> None:
-    if isinstance(days, bool) or not isinstance(days, int) or not least <= days <= _MAX_DAYS:
-        raise DomainError(
-            f"{field} must be a whole number of days from {least} to {_MAX_DAYS}", field=field
-        )
-
-
 class LoyaltyService:
-    def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, db: Database, clock: Callable[[], datetime], programmes: ProgrammeService
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.programmes = programmes
 
     def earn(
         self,
@@ -58,24 +61,20 @@ class LoyaltyService:
         key: str,
         *,
         reference: str | None = None,
-        pending_days: int = 0,
-        expires_days: int | None = None,
     ) -> dict[str, Any]:
-        """Add a lot of `points`, pending for `pending_days`, expiring `expires_days`
-        after it was earned. Replayed with the same key, the first answer."""
+        """Add a lot of `points`, pending through the programme's return window and
+        expiring after its validity. Replayed with the same key, the first answer."""
         _check(programme, key, points)
-        _check_days(pending_days, "pending_days", least=0)
-        if expires_days is not None:
-            _check_days(expires_days, "expires_days", least=1)
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
+            expiry = self.programmes.load(conn, programme).expiry
             member, replayed = self._begin(conn, programme, profile_id, key, "earn", points)
             if replayed is not None:
                 return replayed
             entry = self._record(conn, programme, member, "earn", points, key, reference, now)
-            available = now + timedelta(days=pending_days)
-            expires = None if expires_days is None else now + timedelta(days=expires_days)
+            available = now + expiry.return_window
+            expires = None if expiry.validity is None else now + expiry.validity
             store.insert_lot(
                 conn, programme, member, Lot(entry["id"], points, points, now, available, expires)
             )
@@ -98,20 +97,79 @@ class LoyaltyService:
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
+            self.programmes.load(conn, programme)
             member, replayed = self._begin(conn, programme, profile_id, key, "spend", -points)
             if replayed is not None:
                 return replayed
-            taken = take(store.lots(conn, programme, member), points, now)
-            entry = self._record(conn, programme, member, "spend", -points, key, reference, now)
-            store.take_from_lots(conn, entry["id"], member, taken)
-            return entry
+            return self._spend(conn, programme, member, points, key, reference, now)
+
+        return self.db.write(work)
+
+    def redeem(self, programme: str, profile_id: str, reward_id: str, key: str) -> dict[str, Any]:
+        """Buy a reward with points: the spend, one of its stock, and a code from its pool,
+        all or nothing. Replayed with the same key, the first answer."""
+        _check(programme, key, 1)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            now = self.clock()
+            reward = self.programmes.load(conn, programme).reward(reward_id)
+            member, replayed = self._begin(conn, programme, profile_id, key, "spend", -reward.cost)
+            if replayed is not None:
+                found = reward_store.redemption_by_entry(conn, replayed["id"])
+                if found is None or found["reward"] != reward.id:
+                    raise Conflict(
+                        f"idempotency key {key!r} was used at {iso(replayed['at'])} for another"
+                        " movement; use a new key for a new purchase",
+                        field="idempotency_key",
+                    )
+                return self._redemption(conn, found)
+            self._check_offer(conn, programme, reward.id, member, now)
+            entry = self._spend(
+                conn, programme, member, reward.cost, key, f"reward:{reward.id}", now
+            )
+            if reward.stock is not None and not reward_store.take_stock(
+                conn, self.db.dialect, programme, reward.id, reward.stock
+            ):
+                raise RewardUnavailable(f"reward {reward.id!r} is out of stock", field="reward")
+            coupon = None
+            if reward.pool is not None:
+                coupon = reward_store.issue_code(
+                    conn,
+                    self.db.dialect,
+                    programme,
+                    reward.pool,
+                    profile_id=member,
+                    reward=reward.id,
+                    now=now,
+                    expires_at=None
+                    if reward.coupon_validity is None
+                    else now + reward.coupon_validity,
+                )
+                if coupon is None:
+                    raise RewardUnavailable(
+                        f"reward {reward.id!r} has no codes left in pool {reward.pool!r};"
+                        " generate or import more",
+                        field="reward",
+                    )
+            redemption = {
+                "programme": programme,
+                "reward": reward.id,
+                "profile_id": member,
+                "entry_id": entry["id"],
+                "coupon_id": None if coupon is None else coupon["id"],
+                "at": now,
+            }
+            redemption_id = reward_store.insert_redemption(conn, redemption)
+            return self._redemption(conn, {"id": redemption_id, **redemption})
 
         return self.db.write(work)
 
     def balance(self, programme: str, profile_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
+            self.programmes.load(conn, programme)
             member = self._member(conn, profile_id)
             held = store.lots(conn, programme, member)
+            coupons = reward_store.member_coupons(conn, programme, member)
         now = self.clock()
         current = balance(held, now)
         return {
@@ -121,6 +179,31 @@ class LoyaltyService:
             "pending": current.pending,
             "next_expiry": current.next_expiry,
             "expiring": current.expiring,
+            "coupons": [
+                {
+                    "code": coupon["code"],
+                    "reward": coupon["reward"],
+                    "status": "burned" if coupon["burn_id"] is not None else "issued",
+                    "issued_at": coupon["issued_at"],
+                    "expires_at": coupon["expires_at"],
+                }
+                for coupon in coupons
+            ],
+        }
+
+    def history(
+        self, programme: str, profile_id: str, *, limit: int = 50, before: int | None = None
+    ) -> dict[str, Any]:
+        """The member's ledger, newest first, a page at a time."""
+        with self.db.read() as conn:
+            self.programmes.load(conn, programme)
+            member = self._member(conn, profile_id)
+            found = store.entries(conn, programme, member, limit=limit, before=before)
+        return {
+            "profile_id": member,
+            "programme": programme,
+            "entries": found,
+            "next_before": found[-1]["id"] if len(found) == limit else None,
         }
 
     def discrepancies(
@@ -133,6 +216,59 @@ class LoyaltyService:
             return store.discrepancies(conn, programme, member)
 
     # --- inside a movement's transaction ---------------------------------------------------
+
+    def _spend(
+        self,
+        conn: Connection,
+        programme: str,
+        member: str,
+        points: int,
+        key: str,
+        reference: str | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        taken = take(store.lots(conn, programme, member), points, now) if points else []
+        entry = self._record(conn, programme, member, "spend", -points, key, reference, now)
+        store.take_from_lots(conn, entry["id"], member, taken)
+        return entry
+
+    def _check_offer(
+        self, conn: Connection, programme: str, reward_id: str, member: str, now: datetime
+    ) -> None:
+        reward = self.programmes.load(conn, programme).reward(reward_id)
+        if not reward.on_offer(now):
+            raise RewardUnavailable(
+                f"reward {reward.id!r} is on offer from"
+                f" {iso(reward.valid_from) if reward.valid_from else 'the start'} until"
+                f" {iso(reward.valid_until) if reward.valid_until else 'further notice'},"
+                " not now",
+                field="reward",
+            )
+        if reward.per_member is not None:
+            bought = reward_store.redemptions_of(conn, programme, reward.id, member)
+            if bought >= reward.per_member:
+                raise RewardUnavailable(
+                    f"the member has bought reward {reward.id!r} {bought} time(s), as often"
+                    " as one member may",
+                    field="reward",
+                )
+
+    def _redemption(self, conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
+        coupon = None
+        if row["coupon_id"] is not None:
+            found = reward_store.coupon_by_id(conn, row["coupon_id"])
+            coupon = {"code": found["code"], "expires_at": found["expires_at"]}
+        entry = store.entry(conn, row["entry_id"])
+        return {
+            "id": row["id"],
+            "programme": row["programme"],
+            "reward": row["reward"],
+            "profile_id": row["profile_id"],
+            "points": -entry["points"],
+            "entry_id": row["entry_id"],
+            "coupon": coupon,
+            "at": row["at"],
+        }
 
     def _member(self, conn: Connection, profile_id: str) -> str:
         live = profile_store.resolve_profile_id(conn, profile_id)
@@ -155,7 +291,7 @@ class LoyaltyService:
     def _replay(found: dict[str, Any], member: str, kind: str, points: int) -> dict[str, Any]:
         if (found["profile_id"], found["kind"], found["points"]) != (member, kind, points):
             raise Conflict(
-                f"idempotency key {found['idempotency_key']!r} was used at {found['at']} for"
+                f"idempotency key {found['idempotency_key']!r} was used at {iso(found['at'])} for"
                 f" another movement ({found['kind']} of {abs(found['points'])} points);"
                 " use a new key for a new movement",
                 field="idempotency_key",

@@ -188,6 +188,11 @@ class Dialect:
     def lock_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select
 
+    def claim_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
+        """Rows locked until commit, skipping those another transaction holds: for
+        handing out one of many interchangeable rows (a free coupon code)."""
+        return select
+
     def among(self, column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElement[bool]:
         """`column IN values` with the values as one parameter, however many there are."""
         raise NotImplementedError
@@ -399,6 +404,9 @@ class PostgresDialect(Dialect):
 
     def lock_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select.with_for_update()
+
+    def claim_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
+        return select.with_for_update(skip_locked=True)
 
     def insert_statement(self, table: sa.Table) -> Any:
         return postgresql.insert(table)

@@ -49,6 +49,27 @@ def entry_by_key(conn: Connection, programme: str, key: str) -> dict[str, Any] |
     return None if row is None else dict(row._mapping)
 
 
+def entry(conn: Connection, entry_id: int) -> dict[str, Any]:
+    row = conn.execute(sa.select(loyalty_entries).where(loyalty_entries.c.id == entry_id)).one()
+    return dict(row._mapping)
+
+
+def entries(
+    conn: Connection, programme: str, profile_id: str, *, limit: int, before: int | None
+) -> list[dict[str, Any]]:
+    """The member's ledger, newest first, from before the entry `before` if given."""
+    c = loyalty_entries.c
+    query = (
+        sa.select(c.id, c.kind, c.points, c.idempotency_key, c.reference, c.at)
+        .where(c.programme == programme, c.profile_id == profile_id)
+        .order_by(c.id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        query = query.where(c.id < before)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
 def insert_entry(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> int | None:
     """The new entry's id, or None when its idempotency key is taken already (by a
     concurrent movement of another member)."""

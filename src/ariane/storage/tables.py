@@ -350,6 +350,87 @@ loyalty_movements = sa.Table(
     sa.Column("points", sa.BigInteger, nullable=False),
 )
 
+# Programmes as declared (domain.programmes), in their canonical JSON; `version` counts
+# the changes, for caches.
+loyalty_programmes = sa.Table(
+    "loyalty_programmes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("definition", JSONDoc, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# How many of a reward with a stock have been bought: raised only where it stays within
+# the stock, in the statement that checks it, so that two buyers never take the last one.
+loyalty_reward_stock = sa.Table(
+    "loyalty_reward_stock",
+    metadata,
+    sa.Column("programme", sa.String(64), primary_key=True),
+    sa.Column("reward", sa.String(64), primary_key=True),
+    sa.Column("issued", sa.BigInteger, nullable=False),
+)
+
+# Each purchase of a reward: the spend entry that paid for it and the coupon it handed out.
+loyalty_redemptions = sa.Table(
+    "loyalty_redemptions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("programme", sa.String(64), nullable=False),
+    sa.Column("reward", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False),
+    sa.Column("entry_id", BigId, nullable=False, unique=True),
+    sa.Column("coupon_id", BigId, nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_loyalty_redemptions_profile_id", "profile_id", "programme", "reward"),
+)
+
+# Coupon codes, unique across programmes (a till burns a code, whatever its programme).
+# A code is free until issued to a member; `burn_id` is the use in force, if any.
+loyalty_coupons = sa.Table(
+    "loyalty_coupons",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("code", sa.String(64), nullable=False, unique=True),
+    sa.Column("programme", sa.String(64), nullable=False),
+    sa.Column("pool", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=True, index=True),
+    sa.Column("reward", sa.String(64), nullable=True),
+    sa.Column("issued_at", UTCDateTime, nullable=True),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("burn_id", BigId, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    # The free codes of a pool, in the order they are handed out.
+    sa.Index(
+        "ix_loyalty_coupons_free",
+        "programme",
+        "pool",
+        "id",
+        sqlite_where=sa.text("issued_at IS NULL"),
+        postgresql_where=sa.text("issued_at IS NULL"),
+    ),
+)
+
+# Every burn of a coupon and every rollback of one, each under its idempotency key: a
+# replay answers what the first request was answered.
+loyalty_coupon_uses = sa.Table(
+    "loyalty_coupon_uses",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("coupon_id", BigId, nullable=False, index=True),
+    sa.Column("profile_id", sa.String(32), nullable=True, index=True),
+    # burn, rollback
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+    # For a rollback, the burn it undid.
+    sa.Column("burn_id", BigId, nullable=True),
+    sa.Column("channel", sa.String(32), nullable=True),
+    sa.Column("location", sa.String(200), nullable=True),
+    sa.Column("reference", sa.String(200), nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
 # How each table holding personal data is tied to a person: by a profile-id column, or
 # by identifier values (quarantined events never reached a profile: they are found
 # through the identifiers they name, and those rows go with them).
@@ -374,6 +455,9 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     "loyalty_entries": {"profile_column": "profile_id"},
     "loyalty_lots": {"profile_column": "profile_id"},
     "loyalty_movements": {"profile_column": "profile_id"},
+    "loyalty_redemptions": {"profile_column": "profile_id"},
+    "loyalty_coupons": {"profile_column": "profile_id"},
+    "loyalty_coupon_uses": {"profile_column": "profile_id"},
     "quarantine": {"identified_by": "quarantine_identifiers"},
     "quarantine_identifiers": {"part_of": "quarantine"},
 }

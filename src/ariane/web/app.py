@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from ariane.bootstrap import Container
 from ariane.domain.errors import Conflict, DomainError, NotFound
-from ariane.web.api import operations, profiles, segments
+from ariane.web.api import loyalty, operations, profiles, segments
 from ariane.web.metrics import Metrics, RequestTimer
 from ariane.web.responses import FastJSON, error
 from ariane.web.tracking import TrackingAPI
@@ -108,12 +108,14 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     app.state.tracking = TrackingAPI(container, metrics)
     app.router.routes.extend(app.state.tracking.routes())
     app.include_router(profiles.router)
+    app.include_router(loyalty.router)
     app.include_router(operations.router)
     app.include_router(segments.router)
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> Response:
-        return error(_STATUS.get(type(exc), 422), exc.code, exc.message, field=exc.field)
+        status = next((_STATUS[kind] for kind in type(exc).__mro__ if kind in _STATUS), 422)
+        return error(status, exc.code, exc.message, field=exc.field)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:

@@ -1,0 +1,355 @@
+"""A loyalty programme as declared: its points, how long they wait and last, the rewards
+members can buy with them and the pools of coupon codes those rewards hand out.
+
+    id: club                       # 1 to 64 of a-z, 0-9, - and _
+    name: Club Bijoux
+    currency: points               # what the points are called
+    expiry:
+      return_window: P30D          # earned points are pending this long (default: none)
+      validity: P365D              # and expire this long after they were earned (default: never)
+    rewards:
+      - id: voucher-10
+        name: 10 € off
+        cost: 500                  # in points
+        stock: 1000                # how many can ever be bought (default: no limit)
+        per_member: 1              # how many one member can buy (default: no limit)
+        valid_from: 2026-01-01T00:00:00Z
+        valid_until: 2026-12-31T23:59:59Z
+        pool: voucher-10           # the coupon pool its code comes from (default: no code)
+        coupon_validity: P90D      # a code bought can be burned this long (default: always)
+    coupon_pools:
+      - id: voucher-10
+        generate: {count: 1000, prefix: BJX-, length: 8}   # or import codes by the API
+
+Parsed strictly: an error names the path of the faulty key (`rewards[0].cost`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ariane.domain.clock import format_duration, iso, parse_duration, parse_timestamp
+from ariane.domain.errors import NotFound
+from ariane.domain.predicates import InvalidDefinition
+
+# Letters and digits that cannot be mistaken for one another when read out at a till.
+CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+MAX_CODE = 64
+# A generated code must be hard to guess: at least 8 characters of a 32-letter alphabet
+# (2**40 codes), whatever the size of the pool.
+MIN_GENERATED_LENGTH = 8
+MAX_POOL = 1_000_000
+# Beyond a hundred years, a duration is a mistake.
+MAX_DURATION = timedelta(days=36_500)
+MAX_POINTS = 10**12
+
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_KEYS = ("id", "name", "currency", "expiry", "rewards", "coupon_pools")
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    return_window: timedelta = timedelta(0)
+    validity: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Generate:
+    count: int
+    prefix: str
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class CouponPool:
+    id: str
+    name: str
+    generate: Generate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reward:
+    id: str
+    name: str
+    cost: int
+    stock: int | None = None
+    per_member: int | None = None
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    pool: str | None = None
+    coupon_validity: timedelta | None = None
+
+    def on_offer(self, now: datetime) -> bool:
+        return (self.valid_from is None or self.valid_from <= now) and (
+            self.valid_until is None or now < self.valid_until
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Programme:
+    id: str
+    name: str
+    currency: str = "points"
+    expiry: Expiry = Expiry()
+    rewards: tuple[Reward, ...] = ()
+    coupon_pools: tuple[CouponPool, ...] = ()
+
+    def reward(self, reward_id: str) -> Reward:
+        for reward in self.rewards:
+            if reward.id == reward_id:
+                return reward
+        raise NotFound(f"programme {self.id!r} has no reward {reward_id!r}", field="reward")
+
+    def pool(self, pool_id: str) -> CouponPool:
+        for pool in self.coupon_pools:
+            if pool.id == pool_id:
+                return pool
+        raise NotFound(f"programme {self.id!r} has no coupon pool {pool_id!r}", field="pool")
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical form: parsing it gives the same programme."""
+        expiry: dict[str, Any] = {"return_window": format_duration(self.expiry.return_window)}
+        if self.expiry.validity is not None:
+            expiry["validity"] = format_duration(self.expiry.validity)
+        return {
+            "id": self.id,
+            "name": self.name,
+            "currency": self.currency,
+            "expiry": expiry,
+            "rewards": [_reward_json(reward) for reward in self.rewards],
+            "coupon_pools": [_pool_json(pool) for pool in self.coupon_pools],
+        }
+
+
+def _reward_json(reward: Reward) -> dict[str, Any]:
+    found: dict[str, Any] = {"id": reward.id, "name": reward.name, "cost": reward.cost}
+    for key in ("stock", "per_member", "pool"):
+        if getattr(reward, key) is not None:
+            found[key] = getattr(reward, key)
+    for key in ("valid_from", "valid_until"):
+        moment = getattr(reward, key)
+        if moment is not None:
+            found[key] = iso(moment)
+    if reward.coupon_validity is not None:
+        found["coupon_validity"] = format_duration(reward.coupon_validity)
+    return found
+
+
+def _pool_json(pool: CouponPool) -> dict[str, Any]:
+    found: dict[str, Any] = {"id": pool.id, "name": pool.name}
+    if pool.generate is not None:
+        found["generate"] = {
+            "count": pool.generate.count,
+            "prefix": pool.generate.prefix,
+            "length": pool.generate.length,
+        }
+    return found
+
+
+def check_id(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidDefinition(
+            "needs an id of 1 to 64 characters: lower-case letters, digits, - and _,"
+            " starting with a letter or digit",
+            field=path,
+        )
+    return value
+
+
+def check_code(value: Any, path: str) -> str:
+    """A coupon code as typed at a till: letters, digits, - and _, compared exactly."""
+    if not isinstance(value, str) or not _CODE.fullmatch(value):
+        raise InvalidDefinition(
+            f"a coupon code is 1 to {MAX_CODE} letters, digits, - or _, starting with a"
+            " letter or digit",
+            field=path,
+        )
+    return value
+
+
+def parse_programme(document: Any, path: str = "programme") -> Programme:
+    node = _mapping(document, path, _KEYS)
+    programme_id = check_id(node.get("id"), f"{path}.id")
+    pools = tuple(
+        _parse_pool(item, f"{path}.coupon_pools[{index}]")
+        for index, item in enumerate(_list(node, "coupon_pools", path))
+    )
+    _unique([pool.id for pool in pools], f"{path}.coupon_pools")
+    known = {pool.id for pool in pools}
+    rewards = tuple(
+        _parse_reward(item, f"{path}.rewards[{index}]", known)
+        for index, item in enumerate(_list(node, "rewards", path))
+    )
+    _unique([reward.id for reward in rewards], f"{path}.rewards")
+    return Programme(
+        id=programme_id,
+        name=_text(node.get("name", programme_id), f"{path}.name"),
+        currency=_text(node.get("currency", "points"), f"{path}.currency"),
+        expiry=_parse_expiry(node.get("expiry", {}), f"{path}.expiry"),
+        rewards=rewards,
+        coupon_pools=pools,
+    )
+
+
+def _parse_expiry(value: Any, path: str) -> Expiry:
+    node = _mapping(value, path, ("return_window", "validity"))
+    window = node.get("return_window")
+    validity = node.get("validity")
+    return Expiry(
+        return_window=timedelta(0)
+        if window is None
+        else _duration(window, f"{path}.return_window", zero=True),
+        validity=None if validity is None else _duration(validity, f"{path}.validity"),
+    )
+
+
+def _parse_pool(value: Any, path: str) -> CouponPool:
+    node = _mapping(value, path, ("id", "name", "generate"))
+    pool_id = check_id(node.get("id"), f"{path}.id")
+    generate = node.get("generate")
+    return CouponPool(
+        id=pool_id,
+        name=_text(node.get("name", pool_id), f"{path}.name"),
+        generate=None if generate is None else _parse_generate(generate, f"{path}.generate"),
+    )
+
+
+def _parse_generate(value: Any, path: str) -> Generate:
+    node = _mapping(value, path, ("count", "prefix", "length"))
+    count = _whole(node.get("count"), f"{path}.count", least=1, most=MAX_POOL)
+    prefix = node.get("prefix", "")
+    if prefix != "":
+        check_code(prefix, f"{path}.prefix")
+    length = _whole(node.get("length", 10), f"{path}.length", least=MIN_GENERATED_LENGTH, most=32)
+    if len(prefix) + length > MAX_CODE:
+        raise InvalidDefinition(
+            f"prefix and length together make codes longer than {MAX_CODE}", field=path
+        )
+    return Generate(count=count, prefix=prefix, length=length)
+
+
+def _parse_reward(value: Any, path: str, pools: set[str]) -> Reward:
+    node = _mapping(
+        value,
+        path,
+        (
+            "id",
+            "name",
+            "cost",
+            "stock",
+            "per_member",
+            "valid_from",
+            "valid_until",
+            "pool",
+            "coupon_validity",
+        ),
+    )
+    reward_id = check_id(node.get("id"), f"{path}.id")
+    pool = node.get("pool")
+    if pool is not None and pool not in pools:
+        raise InvalidDefinition(
+            f"no coupon pool {pool!r}; declare it under coupon_pools", field=f"{path}.pool"
+        )
+    valid_from = _moment(node.get("valid_from"), f"{path}.valid_from")
+    valid_until = _moment(node.get("valid_until"), f"{path}.valid_until")
+    if valid_from is not None and valid_until is not None and not valid_from < valid_until:
+        raise InvalidDefinition(
+            "valid_until must come after valid_from", field=f"{path}.valid_until"
+        )
+    validity = node.get("coupon_validity")
+    if validity is not None and pool is None:
+        raise InvalidDefinition(
+            "coupon_validity needs a pool the codes come from", field=f"{path}.coupon_validity"
+        )
+    return Reward(
+        id=reward_id,
+        name=_text(node.get("name", reward_id), f"{path}.name"),
+        cost=_whole(node.get("cost"), f"{path}.cost", least=0, most=MAX_POINTS),
+        stock=_optional_whole(node.get("stock"), f"{path}.stock", least=0),
+        per_member=_optional_whole(node.get("per_member"), f"{path}.per_member", least=1),
+        valid_from=valid_from,
+        valid_until=valid_until,
+        pool=pool,
+        coupon_validity=None
+        if validity is None
+        else _duration(validity, f"{path}.coupon_validity"),
+    )
+
+
+# --- the pieces -------------------------------------------------------------------------
+
+
+def _mapping(value: Any, path: str, keys: Sequence[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidDefinition(f"needs an object with {', '.join(keys)}", field=path)
+    unknown = sorted(str(key) for key in value if key not in keys)
+    if unknown:
+        raise InvalidDefinition(
+            f"unknown key {unknown[0]!r}; the keys here are {', '.join(keys)}",
+            field=f"{path}.{unknown[0]}",
+        )
+    return value
+
+
+def _list(node: Mapping[str, Any], key: str, path: str) -> list[Any]:
+    value = node.get(key, [])
+    if not isinstance(value, list):
+        raise InvalidDefinition("needs a list", field=f"{path}.{key}")
+    return value
+
+
+def _unique(ids: list[str], path: str) -> None:
+    seen: set[str] = set()
+    for index, item in enumerate(ids):
+        if item in seen:
+            raise InvalidDefinition(f"{item!r} is declared twice", field=f"{path}[{index}].id")
+        seen.add(item)
+
+
+def _text(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InvalidDefinition("needs a text of 1 to 200 characters", field=path)
+    return value.strip()
+
+
+def _whole(value: Any, path: str, *, least: int, most: int = MAX_POINTS) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise InvalidDefinition(f"needs a whole number from {least} to {most}", field=path)
+    return value
+
+
+def _optional_whole(value: Any, path: str, *, least: int) -> int | None:
+    return None if value is None else _whole(value, path, least=least)
+
+
+def _duration(value: Any, path: str, *, zero: bool = False) -> timedelta:
+    try:
+        length = parse_duration(value) if isinstance(value, str) else None
+    except ValueError:
+        length = None
+    if length is None or length > MAX_DURATION or length < timedelta(0):
+        raise InvalidDefinition(
+            "needs an ISO-8601 duration of at most 36,500 days, such as P30D", field=path
+        )
+    if not zero and length == timedelta(0):
+        raise InvalidDefinition("needs a duration above zero, such as P30D", field=path)
+    return length
+
+
+def _moment(value: Any, path: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        # YAML reads an unquoted timestamp as one; without an offset it is UTC.
+        return parse_timestamp(value.isoformat())
+    try:
+        return parse_timestamp(str(value))
+    except ValueError:
+        raise InvalidDefinition(
+            "needs an ISO-8601 time such as 2026-12-31T23:59:59Z", field=path
+        ) from None

@@ -1,0 +1,168 @@
+"""Loyalty programmes as code: declared in YAML or JSON, applied idempotently, read and
+replaced through the API; and the coupon codes of their pools, generated or imported."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from ariane.domain.errors import Conflict, DomainError, NotFound
+from ariane.domain.predicates import InvalidDefinition
+from ariane.domain.programmes import Programme, check_code, check_id, parse_programme
+from ariane.storage import rewards as store
+from ariane.storage.database import Database
+
+MAX_IMPORT = 100_000
+
+
+class ProgrammeService:
+    def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
+        self.db = db
+        self.clock = clock
+        self._cache: dict[str, tuple[int, Programme]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, conn: Connection, programme_id: str) -> Programme:
+        """The programme in force, parsed once per version."""
+        row = store.programme_row(conn, programme_id)
+        if row is None:
+            raise NotFound(
+                f"no loyalty programme {programme_id!r}; declare it with `ariane loyalty apply`"
+                " or PUT /api/loyalty/programmes/{id}",
+                field="programme",
+            )
+        with self._lock:
+            cached = self._cache.get(programme_id)
+        if cached is not None and cached[0] == row["version"]:
+            return cached[1]
+        programme = parse_programme(row["definition"])
+        with self._lock:
+            self._cache[programme_id] = (row["version"], programme)
+        return programme
+
+    def all(self) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            return [_public(row) for row in store.programme_rows(conn)]
+
+    def get(self, programme_id: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            self.load(conn, programme_id)
+            row = store.programme_row(conn, programme_id)
+            assert row is not None
+            found = _public(row)
+            found["stock_issued"] = store.stock_issued(conn, programme_id)
+            found["coupon_pools"] = {
+                pool["id"]: store.pool_counts(conn, programme_id, pool["id"])
+                for pool in row["definition"]["coupon_pools"]
+            }
+        return found
+
+    def save(self, programme_id: str, document: Any) -> dict[str, Any]:
+        """Create or replace a programme (the body of PUT): what changed, as `apply`."""
+        if isinstance(document, dict) and document.get("id", programme_id) != programme_id:
+            raise InvalidDefinition(
+                f"the id in the body, {document.get('id')!r}, is not the one in the path",
+                field="id",
+            )
+        check_id(programme_id, "id")
+        if isinstance(document, dict):
+            document = {**document, "id": programme_id}
+        try:
+            programme = parse_programme(document, "body")
+        except InvalidDefinition as error:
+            # Named as in the body: `rewards[0].cost`.
+            field = (error.field or "").removeprefix("body").removeprefix(".") or "body"
+            raise InvalidDefinition(error.message, field=field) from None
+        return self._save(programme)
+
+    def apply(self, document: Any) -> list[dict[str, Any]]:
+        """Bring the programmes a document declares (one, or a list under `programmes`)
+        to what it says, and their generated pools to their size. Applying it twice
+        changes nothing the second time; programmes it does not mention are kept."""
+        if isinstance(document, dict) and set(document) == {"programmes"}:
+            items = document["programmes"]
+            if not isinstance(items, list):
+                raise InvalidDefinition("needs a list of programmes", field="programmes")
+            paths = [f"programmes[{index}]" for index in range(len(items))]
+        else:
+            items, paths = [document], ["programme"]
+        # All checked before any is saved, so that a fault names its place in the file.
+        parsed = [parse_programme(item, path) for item, path in zip(items, paths, strict=True)]
+        ids = [programme.id for programme in parsed]
+        if len(set(ids)) != len(ids):
+            raise InvalidDefinition("a programme is declared twice", field="programmes")
+        return [self._save(programme) for programme in parsed]
+
+    def _save(self, programme: Programme) -> dict[str, Any]:
+        definition = programme.to_json()
+
+        def work(conn: Connection) -> dict[str, Any]:
+            now = self.clock()
+            row = store.programme_row(conn, programme.id)
+            if row is None:
+                change = "created"
+            elif row["definition"] == definition:
+                change = "unchanged"
+            else:
+                change = "updated"
+            version = (
+                row["version"]
+                if row is not None and change == "unchanged"
+                else store.save_programme(conn, self.db.dialect, programme.id, definition, now)
+            )
+            generated = {
+                pool.id: store.generate_codes(
+                    conn, self.db.dialect, programme.id, pool.id, pool.generate, now
+                )
+                for pool in programme.coupon_pools
+                if pool.generate is not None
+            }
+            return {
+                "id": programme.id,
+                "change": change,
+                "version": version,
+                "codes_generated": generated,
+            }
+
+        return self.db.write(work)
+
+    def import_codes(self, programme_id: str, pool_id: str, codes: Sequence[Any]) -> dict[str, Any]:
+        """Add codes to a pool; a code another pool holds is refused, naming it, and
+        nothing is added."""
+        if not isinstance(codes, list | tuple) or not 1 <= len(codes) <= MAX_IMPORT:
+            raise DomainError(f"needs a list of 1 to {MAX_IMPORT:,} codes", field="codes")
+        checked = [check_code(code, f"codes[{index}]") for index, code in enumerate(codes)]
+
+        def work(conn: Connection) -> dict[str, Any]:
+            self.load(conn, programme_id).pool(pool_id)
+            added, elsewhere = store.add_codes(
+                conn, self.db.dialect, programme_id, pool_id, checked, self.clock()
+            )
+            if elsewhere:
+                shown = ", ".join(repr(code) for code in elsewhere[:5])
+                raise Conflict(
+                    f"{len(elsewhere)} code(s) belong to another pool already ({shown}); codes"
+                    " are unique across programmes, so remove them and send the rest again",
+                    field="codes",
+                )
+            return {
+                "added": added,
+                "already_there": len(set(checked)) - added,
+                **store.pool_counts(conn, programme_id, pool_id),
+            }
+
+        return self.db.write(work)
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "version": row["version"],
+        "definition": row["definition"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }

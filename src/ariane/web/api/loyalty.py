@@ -1,0 +1,250 @@
+"""/api/loyalty: programmes as code, members' points, rewards and coupons, for the admin
+and, in real time, for tills and the web.
+
+Every request that moves points or a coupon carries an `Idempotency-Key` header: sent
+again with the same key, it moves nothing more and answers what it answered first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Header, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from ariane.bootstrap import Container
+from ariane.domain.errors import DomainError
+from ariane.storage.access import Token
+from ariane.web.api.auth import container, read_access, write_access
+
+router = APIRouter(prefix="/api/loyalty", tags=["loyalty"])
+
+_PROGRAMME_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such programme, reward or pool."},
+    422: {"description": "The definition is invalid; `field` is the path of the faulty key."},
+}
+_MOVEMENT_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such programme, profile or reward."},
+    409: {
+        "description": "Not enough points (`not_enough_points`), the reward cannot be bought"
+        " now (`reward_unavailable`), or the Idempotency-Key was used for another request."
+    },
+    422: {"description": "A value is invalid; `field` names it."},
+}
+_COUPON_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such coupon."},
+    409: {
+        "description": "The coupon is burned already (the message says when and where), not"
+        " issued, expired, not burned (for a rollback), or the Idempotency-Key was used for"
+        " another request."
+    },
+    422: {"description": "A value is invalid, or the Idempotency-Key header is missing."},
+}
+_KEY = Header(
+    None,
+    alias="Idempotency-Key",
+    description="1 to 200 characters, the same for every retry of one request.",
+)
+_EXAMPLE_PROGRAMME = {
+    "name": "Club Bijoux",
+    "currency": "points",
+    "expiry": {"return_window": "P30D", "validity": "P365D"},
+    "rewards": [{"id": "voucher-10", "cost": 500, "per_member": 1, "pool": "voucher-10"}],
+    "coupon_pools": [{"id": "voucher-10", "generate": {"count": 1000, "prefix": "BJX-"}}],
+}
+
+
+class CodesBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    codes: list[str] = Field(description="1 to 100,000 codes.", examples=[["SUMMER-0001"]])
+
+
+class PointsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    points: int = Field(description="A whole number above 0.", examples=[120])
+    reference: str | None = Field(
+        None, max_length=200, description="What the movement is for: a receipt, an order id."
+    )
+
+
+class RedeemBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reward: str = Field(description="The reward's id in the programme.", examples=["voucher-10"])
+
+
+class BurnBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str = Field(
+        description="Where it is burned: till, web, app, ... (1 to 32 characters).",
+        examples=["till"],
+    )
+    location: str | None = Field(None, description="The shop or site.", examples=["paris-04"])
+    reference: str | None = Field(None, description="The receipt or order.", examples=["R-1187"])
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reference: str | None = Field(None, description="Why: the cancelled receipt or order.")
+
+
+# --- programmes ---------------------------------------------------------------------------
+
+
+@router.get("/programmes")
+def list_programmes(app: Container = Depends(container), _: Token = Depends(read_access)) -> Any:
+    """Every programme, with its definition and version."""
+    return app.programmes.all()
+
+
+@router.get("/programmes/{programme}", responses=_PROGRAMME_ERRORS)
+def get_programme(
+    programme: str, app: Container = Depends(container), _: Token = Depends(read_access)
+) -> Any:
+    """The programme's definition, how many of each reward with a stock were bought, and
+    how many codes each pool holds free, issued and burned."""
+    return app.programmes.get(programme)
+
+
+@router.put("/programmes/{programme}", responses=_PROGRAMME_ERRORS)
+def put_programme(
+    programme: str,
+    definition: dict[str, Any] = Body(examples=[_EXAMPLE_PROGRAMME]),
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Create or replace the programme, as `ariane loyalty apply` does; generated pools
+    are brought up to their size."""
+    return app.programmes.save(programme, definition)
+
+
+@router.post("/programmes/{programme}/pools/{pool}/codes", responses=_PROGRAMME_ERRORS)
+def import_codes(
+    programme: str,
+    pool: str,
+    body: CodesBody,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Add codes to a pool. Codes it holds already are left alone; a code another pool
+    holds refuses the whole request (409), naming it."""
+    return app.programmes.import_codes(programme, pool, body.codes)
+
+
+# --- members ------------------------------------------------------------------------------
+
+
+@router.get("/programmes/{programme}/members/{profile_id}", responses=_MOVEMENT_ERRORS)
+def balance(
+    programme: str,
+    profile_id: str,
+    app: Container = Depends(container),
+    _: Token = Depends(read_access),
+) -> Any:
+    """The member's points: available, pending, the next expiry; and their coupons."""
+    return app.loyalty.balance(programme, profile_id)
+
+
+@router.get("/programmes/{programme}/members/{profile_id}/history", responses=_MOVEMENT_ERRORS)
+def history(
+    programme: str,
+    profile_id: str,
+    limit: int = Query(50, ge=1, le=500),
+    before: int | None = Query(None, description="next_before from the previous page"),
+    app: Container = Depends(container),
+    _: Token = Depends(read_access),
+) -> Any:
+    """The member's ledger entries, newest first."""
+    return app.loyalty.history(programme, profile_id, limit=limit, before=before)
+
+
+@router.post("/programmes/{programme}/members/{profile_id}/earn", responses=_MOVEMENT_ERRORS)
+def earn(
+    programme: str,
+    profile_id: str,
+    body: PointsBody,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Give the member points, as one lot under the programme's expiry policy."""
+    return app.loyalty.earn(
+        programme, profile_id, body.points, _ledger_key(key), reference=body.reference
+    )
+
+
+@router.post("/programmes/{programme}/members/{profile_id}/spend", responses=_MOVEMENT_ERRORS)
+def spend(
+    programme: str,
+    profile_id: str,
+    body: PointsBody,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Take points from the member's oldest spendable lots, or nothing (409)."""
+    return app.loyalty.spend(
+        programme, profile_id, body.points, _ledger_key(key), reference=body.reference
+    )
+
+
+@router.post("/programmes/{programme}/members/{profile_id}/redeem", responses=_MOVEMENT_ERRORS)
+def redeem(
+    programme: str,
+    profile_id: str,
+    body: RedeemBody,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Buy a reward with points; its coupon code, when it has a pool."""
+    return app.loyalty.redeem(programme, profile_id, body.reward, _ledger_key(key))
+
+
+# --- coupons ------------------------------------------------------------------------------
+
+
+@router.get("/coupons/{code}", responses=_COUPON_ERRORS)
+def coupon(code: str, app: Container = Depends(container), _: Token = Depends(read_access)) -> Any:
+    """Who holds the coupon, until when, and the burn in force if any."""
+    return app.coupons.show(code)
+
+
+@router.post("/coupons/{code}/burn", responses=_COUPON_ERRORS)
+def burn(
+    code: str,
+    body: BurnBody,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Burn the coupon once; a second burn is a 409 naming when and where the first was."""
+    return app.coupons.burn(
+        code, key, channel=body.channel, location=body.location, reference=body.reference
+    )
+
+
+@router.post("/coupons/{code}/rollback", responses=_COUPON_ERRORS)
+def rollback(
+    code: str,
+    body: RollbackBody | None = None,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Undo the burn in force (a cancelled sale): the coupon can be burned again."""
+    return app.coupons.rollback(code, key, reference=None if body is None else body.reference)
+
+
+def _ledger_key(key: str | None) -> str:
+    """The Idempotency-Key header, which the ledger keeps as the entry's key."""
+    if not key:
+        raise DomainError(
+            "send an Idempotency-Key header, the same for every retry of one movement",
+            field="Idempotency-Key",
+        )
+    return key
