@@ -369,3 +369,25 @@ def test_the_api_moves_points_with_an_idempotency_key(
     assert [e["kind"] for e in history["entries"]] == ["spend"]
     rest = client.get(f"{url}/history?before={history['next_before']}", headers=admin_token).json()
     assert [(e["kind"], e["points"]) for e in rest["entries"]] == [("earn", 120)]
+
+
+def test_a_till_finds_the_member_by_card_email_or_phone(
+    client: TestClient, container: Container, write_key: str, admin_token: dict[str, str]
+) -> None:
+    client.put("/api/loyalty/programmes/club", json=CLUB, headers=admin_token)
+    traits = {"email": "Ada@Example.org", "phone": "+33 6 12 34 56 78", "loyalty_card": "LC-42"}
+    sent = client.post(
+        "/v1/identify", json={"userId": "ada", "traits": traits}, auth=(write_key, "")
+    )
+    assert sent.status_code == 200
+    ada = container.profiles.lookup("user_id", "ada")
+    container.loyalty.earn("club", ada, 70, "ada-welcome")
+    url = "/api/loyalty/programmes/club/members"
+    for query in ("card=LC-42", "email=ada@example.org", "phone=%2B33612345678"):
+        found = client.get(f"{url}?{query}", headers=admin_token)
+        assert found.status_code == 200, found.text
+        assert (found.json()["profile_id"], found.json()["available"]) == (ada, 70)
+    unknown = client.get(f"{url}?card=LC-43", headers=admin_token)
+    assert unknown.status_code == 404
+    both = client.get(f"{url}?card=LC-42&email=ada@example.org", headers=admin_token)
+    assert (both.status_code, both.json()["field"]) == (422, "card")

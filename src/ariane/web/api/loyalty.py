@@ -138,6 +138,26 @@ def import_codes(
 # --- members ------------------------------------------------------------------------------
 
 
+@router.get("/programmes/{programme}/members", responses=_MOVEMENT_ERRORS)
+def find_member(
+    programme: str,
+    card: str | None = Query(None, description="A loyalty card number (`loyalty_card`)."),
+    email: str | None = Query(None, description="An email address, in any case."),
+    phone: str | None = Query(None, description="A phone number, in any usual form."),
+    app: Container = Depends(container),
+    _: Token = Depends(read_access),
+) -> Any:
+    """The balance of the member a till or the web knows by card, email or phone (one of
+    them), as for the member's own route."""
+    # A card is an identifier of the type `loyalty_card` (see docs/identity.md).
+    asked = {"loyalty_card": card, "email": email, "phone": phone}
+    given = [(kind, value) for kind, value in asked.items() if value is not None]
+    if len(given) != 1:
+        raise DomainError("give exactly one of card, email or phone", field="card")
+    kind, value = given[0]
+    return app.loyalty.balance(programme, app.profiles.lookup(kind, value))
+
+
 @router.get("/programmes/{programme}/members/{profile_id}", responses=_MOVEMENT_ERRORS)
 def balance(
     programme: str,
