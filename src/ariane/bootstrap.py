@@ -11,6 +11,7 @@ from ariane.services.access import AccessService
 from ariane.services.coupons import CouponService
 from ariane.services.ingest import IngestService
 from ariane.services.loyalty import LoyaltyService
+from ariane.services.loyalty_events import LoyaltyEvents
 from ariane.services.privacy import PrivacyService
 from ariane.services.profiles import ProfileService
 from ariane.services.programmes import ProgrammeService
@@ -32,6 +33,7 @@ class Container:
     programmes: ProgrammeService
     loyalty: LoyaltyService
     coupons: CouponService
+    loyalty_events: LoyaltyEvents
 
     def close(self) -> None:
         self.db.dispose()
@@ -41,16 +43,18 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     segments = SegmentService(db, clock)
     programmes = ProgrammeService(db, clock)
+    ingest = IngestService(db, settings, clock, segments)
     return Container(
         settings=settings,
         db=db,
         clock=clock,
         access=AccessService(db, clock),
-        ingest=IngestService(db, settings, clock, segments),
+        ingest=ingest,
         profiles=ProfileService(db, settings, clock, segments),
         privacy=PrivacyService(db, clock),
         segments=segments,
         programmes=programmes,
         loyalty=LoyaltyService(db, clock, programmes),
         coupons=CouponService(db, clock),
+        loyalty_events=LoyaltyEvents(db, clock, ingest),
     )

@@ -84,6 +84,14 @@ class Settings(BaseSettings):
         description="Seconds between two rounds, in the timer loop, applying recorded"
         " segment entries and exits to the members and history of each segment.",
     )
+    loyalty_event_interval: float = Field(
+        default=0.25,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds between two looks for loyalty movements whose timeline"
+        " events are still to be sent through ingestion; 0 turns the loop off in this"
+        " process.",
+    )
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     @classmethod

@@ -125,7 +125,7 @@ def test_a_movement_replayed_gives_the_first_answer_and_moves_nothing_more(
     # The same key for another movement is a mistake of the caller's, named.
     with pytest.raises(Conflict) as clash:
         loyalty.spend(PROGRAMME, ada, 10, "order-1")
-    assert clash.value.field == "idempotency_key"
+    assert clash.value.field == "Idempotency-Key"
     assert "another movement (earn of 100 points)" in clash.value.message
     bob = member(container, "bob")
     with pytest.raises(Conflict):

@@ -4,6 +4,7 @@ two members; one coupon is burned once however many tills try at once."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -391,3 +392,85 @@ def test_a_till_finds_the_member_by_card_email_or_phone(
     assert unknown.status_code == 404
     both = client.get(f"{url}?card=LC-42&email=ada@example.org", headers=admin_token)
     assert (both.status_code, both.json()["field"]) == (422, "card")
+
+
+def test_a_purchase_replayed_after_the_programme_changed_gives_the_first_answer(
+    container: Container, club: dict[str, Any]
+) -> None:
+    ada = rich(container, "ada")
+    bought = container.loyalty.redeem("club", ada, "voucher", "k1")
+    dearer = {**CLUB, "rewards": [{**CLUB["rewards"][0], "cost": 120}]}
+    container.programmes.apply(dearer)
+    assert container.loyalty.redeem("club", ada, "voucher", "k1") == bought
+    container.programmes.apply({**CLUB, "rewards": []})
+    assert container.loyalty.redeem("club", ada, "voucher", "k1") == bought
+    # A plain spend is not the purchase, even of as many points.
+    with pytest.raises(Conflict) as reused:
+        container.loyalty.spend("club", ada, 100, "k1")
+    assert reused.value.field == "Idempotency-Key"
+    assert "the purchase of reward 'voucher'" in reused.value.message
+    with pytest.raises(Conflict):
+        container.loyalty.redeem("club", ada, "ring", "k1")
+    assert container.loyalty.balance("club", ada)["available"] == 900
+
+
+def test_codes_are_found_in_any_case_and_a_malformed_one_is_no_coupon(
+    container: Container, club: dict[str, Any], clock: FakeClock
+) -> None:
+    container.programmes.import_codes("club", "rings", ["Ring-Gold-1"])
+    assert container.programmes.import_codes("club", "rings", ["RING-GOLD-1"])["added"] == 0
+    ada = rich(container, "ada")
+    code = container.loyalty.redeem("club", ada, "ring", "r1")["coupon"]["code"]
+    assert code == "RING-GOLD-1"
+    assert container.coupons.show("ring-gold-1")["status"] == "issued"
+    with pytest.raises(NotFound):
+        container.coupons.burn("ring gold", "k", channel="till")
+    clock.advance(days=30)
+    assert container.coupons.show(code)["status"] == "expired"
+    assert container.loyalty.balance("club", ada)["coupons"][0]["status"] == "expired"
+
+
+def test_the_last_page_of_history_says_so(container: Container, club: dict[str, Any]) -> None:
+    ada = rich(container, "ada")
+    container.loyalty.spend("club", ada, 1, "s1")
+    page = container.loyalty.history("club", ada, limit=2)
+    assert len(page["entries"]) == 2
+    assert page["next_before"] is None
+
+
+def test_the_same_programme_applied_at_once_makes_one_version(container: Container) -> None:
+    outcomes = at_once(8, lambda _: container.programmes.apply(CLUB))
+    assert outcomes == Counter({"ok": 8})
+    shown = container.programmes.get("club")
+    assert shown["version"] == 1
+    assert shown["coupon_pools"]["vouchers"]["free"] == 10
+
+
+def test_a_buyer_waits_for_a_code_another_holds_rather_than_be_told_none_is_left(
+    container: Container, club: dict[str, Any], db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's single writer holds no row another could wait for")
+    ada = rich(container, "ada")
+    container.programmes.import_codes("club", "rings", ["RING-1"])
+    holder = sa.create_engine(db_url)
+    released = threading.Event()
+
+    def hold() -> None:
+        with holder.begin() as conn:
+            conn.execute(sa.text("SELECT id FROM loyalty_coupons WHERE code = 'RING-1' FOR UPDATE"))
+            held.set()
+            released.wait(10)
+
+    held = threading.Event()
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    threading.Timer(0.3, released.set).start()
+    try:
+        bought = container.loyalty.redeem("club", ada, "ring", "r1")
+    finally:
+        released.set()
+        thread.join()
+        holder.dispose()
+    assert bought["coupon"]["code"] == "RING-1"

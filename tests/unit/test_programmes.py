@@ -12,7 +12,7 @@ import pytest
 from ariane.domain.clock import format_duration, parse_duration
 from ariane.domain.errors import NotFound
 from ariane.domain.predicates import InvalidDefinition
-from ariane.domain.programmes import Expiry, Reward, parse_programme
+from ariane.domain.programmes import Expiry, Reward, check_code, parse_programme
 
 FULL: dict[str, Any] = {
     "id": "club",
@@ -106,6 +106,11 @@ def changed(path: list[Any], value: Any) -> dict[str, Any]:
         ),
         (["coupon_pools", 1, "id"], "vouchers", "programme.coupon_pools[1].id"),
         (["rewards"], {"id": "x"}, "programme.rewards"),
+        (["rewards", 0, "pool"], ["vouchers"], "programme.rewards[0].pool"),
+        (["expiry", "validity"], "P1000000000D", "programme.expiry.validity"),
+        (["expiry", "validity"], "PT99999999999999999999S", "programme.expiry.validity"),
+        (["expiry", "validity"], "P30D", "programme.expiry.validity"),
+        (["expiry", "validity"], "PT1S", "programme.expiry.validity"),
     ],
 )
 def test_each_fault_is_named_by_its_path(path: list[Any], value: Any, field: str) -> None:
@@ -135,3 +140,12 @@ def test_a_missing_reward_or_pool_is_named() -> None:
 )
 def test_a_duration_written_out_reads_back_the_same(length: timedelta) -> None:
     assert parse_duration(format_duration(length)) == length
+
+
+def test_codes_and_prefixes_are_kept_in_capitals() -> None:
+    programme = parse_programme(
+        {"id": "club", "coupon_pools": [{"id": "p", "generate": {"count": 1, "prefix": "bjx-"}}]}
+    )
+    generate = programme.pool("p").generate
+    assert generate is not None and generate.prefix == "BJX-"
+    assert check_code("summer-2026", "code") == "SUMMER-2026"

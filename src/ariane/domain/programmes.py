@@ -161,15 +161,20 @@ def check_id(value: Any, path: str) -> str:
     return value
 
 
+def is_code(value: Any) -> bool:
+    return isinstance(value, str) and _CODE.fullmatch(value) is not None
+
+
 def check_code(value: Any, path: str) -> str:
-    """A coupon code as typed at a till: letters, digits, - and _, compared exactly."""
-    if not isinstance(value, str) or not _CODE.fullmatch(value):
+    """A coupon code as typed at a till: letters, digits, - and _; in capitals, since
+    codes are compared without regard to case."""
+    if not is_code(value):
         raise InvalidDefinition(
             f"a coupon code is 1 to {MAX_CODE} letters, digits, - or _, starting with a"
             " letter or digit",
             field=path,
         )
-    return value
+    return str(value).upper()
 
 
 def parse_programme(document: Any, path: str = "programme") -> Programme:
@@ -200,12 +205,20 @@ def _parse_expiry(value: Any, path: str) -> Expiry:
     node = _mapping(value, path, ("return_window", "validity"))
     window = node.get("return_window")
     validity = node.get("validity")
-    return Expiry(
+    expiry = Expiry(
         return_window=timedelta(0)
         if window is None
         else _duration(window, f"{path}.return_window", zero=True),
         validity=None if validity is None else _duration(validity, f"{path}.validity"),
     )
+    # Points must be spendable for a day at least between the two.
+    if expiry.validity is not None and expiry.validity < expiry.return_window + timedelta(days=1):
+        raise InvalidDefinition(
+            "validity must be at least a day longer than the return window, or points"
+            " would expire before they could be spent",
+            field=f"{path}.validity",
+        )
+    return expiry
 
 
 def _parse_pool(value: Any, path: str) -> CouponPool:
@@ -224,7 +237,7 @@ def _parse_generate(value: Any, path: str) -> Generate:
     count = _whole(node.get("count"), f"{path}.count", least=1, most=MAX_POOL)
     prefix = node.get("prefix", "")
     if prefix != "":
-        check_code(prefix, f"{path}.prefix")
+        prefix = check_code(prefix, f"{path}.prefix")
     length = _whole(node.get("length", 10), f"{path}.length", least=MIN_GENERATED_LENGTH, most=32)
     if len(prefix) + length > MAX_CODE:
         raise InvalidDefinition(
@@ -251,7 +264,7 @@ def _parse_reward(value: Any, path: str, pools: set[str]) -> Reward:
     )
     reward_id = check_id(node.get("id"), f"{path}.id")
     pool = node.get("pool")
-    if pool is not None and pool not in pools:
+    if pool is not None and check_id(pool, f"{path}.pool") not in pools:
         raise InvalidDefinition(
             f"no coupon pool {pool!r}; declare it under coupon_pools", field=f"{path}.pool"
         )
@@ -330,7 +343,7 @@ def _optional_whole(value: Any, path: str, *, least: int) -> int | None:
 def _duration(value: Any, path: str, *, zero: bool = False) -> timedelta:
     try:
         length = parse_duration(value) if isinstance(value, str) else None
-    except ValueError:
+    except (ValueError, OverflowError):
         length = None
     if length is None or length > MAX_DURATION or length < timedelta(0):
         raise InvalidDefinition(

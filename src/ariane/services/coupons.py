@@ -12,7 +12,9 @@ from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso
 from ariane.domain.errors import Conflict, DomainError, NotFound
-from ariane.domain.programmes import check_code
+from ariane.domain.loyalty import track
+from ariane.domain.programmes import is_code
+from ariane.storage import loyalty as loyalty_store
 from ariane.storage import rewards as store
 from ariane.storage.database import Database
 
@@ -43,17 +45,24 @@ def _check_text(value: str | None, field: str, width: int) -> str | None:
     return value
 
 
+def _code(code: str) -> str:
+    """The code as stored; one that could never be a code is no coupon either."""
+    if not is_code(code):
+        raise NotFound(f"no coupon {code!r}", field="code")
+    return code.upper()
+
+
 class CouponService:
     def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
         self.db = db
         self.clock = clock
 
     def show(self, code: str) -> dict[str, Any]:
-        check_code(code, "code")
+        code = _code(code)
         with self.db.read() as conn:
             found = self._coupon(conn, code, lock=False)
             burn = None if found["burn_id"] is None else store.use(conn, found["burn_id"])
-        return _public(found, burn)
+        return _public(found, burn, self.clock())
 
     def burn(
         self,
@@ -65,7 +74,7 @@ class CouponService:
         reference: str | None = None,
     ) -> dict[str, Any]:
         """Burn the coupon, or refuse naming when and where it was burned."""
-        check_code(code, "code")
+        code = _code(code)
         key = _check_key(key)
         _check_text(channel, "channel", _CHANNEL_WIDTH)
         _check_text(location, "location", _TEXT_WIDTH)
@@ -99,7 +108,8 @@ class CouponService:
             use_id = self._record(conn, use, coupon)
             if not store.set_burn(conn, coupon["id"], None, use_id):
                 raise AssertionError("a locked coupon changed under its lock")
-            return _public({**coupon, "burn_id": use_id}, {"id": use_id, **use})
+            self._tell(conn, use_id, "Coupon Burned", coupon, use)
+            return _public({**coupon, "burn_id": use_id}, {"id": use_id, **use}, now)
 
         return self.db.write(work)
 
@@ -107,7 +117,7 @@ class CouponService:
         self, code: str, key: str | None, *, reference: str | None = None
     ) -> dict[str, Any]:
         """Undo the burn in force: the coupon can be burned again."""
-        check_code(code, "code")
+        code = _code(code)
         key = _check_key(key)
         _check_text(reference, "reference", _TEXT_WIDTH)
 
@@ -131,10 +141,11 @@ class CouponService:
                 "reference": reference,
                 "at": now,
             }
-            self._record(conn, use, coupon)
+            use_id = self._record(conn, use, coupon)
             if not store.set_burn(conn, coupon["id"], coupon["burn_id"], None):
                 raise AssertionError("a locked coupon changed under its lock")
-            return {**_public({**coupon, "burn_id": None}, None), "rolled_back_at": now}
+            self._tell(conn, use_id, "Coupon Burn Rolled Back", coupon, use)
+            return {**_public({**coupon, "burn_id": None}, None, now), "rolled_back_at": now}
 
         return self.db.write(work)
 
@@ -161,8 +172,26 @@ class CouponService:
                 field="Idempotency-Key",
             )
         if kind == "burn":
-            return _public({**coupon, "burn_id": found["id"]}, found)
-        return {**_public({**coupon, "burn_id": None}, None), "rolled_back_at": found["at"]}
+            return _public({**coupon, "burn_id": found["id"]}, found, found["at"])
+        answer = _public({**coupon, "burn_id": None}, None, found["at"])
+        return {**answer, "rolled_back_at": found["at"]}
+
+    @staticmethod
+    def _tell(
+        conn: Connection, use_id: int, name: str, coupon: dict[str, Any], use: dict[str, Any]
+    ) -> None:
+        """Put the burn or rollback on the holder's timeline, once it commits."""
+        message_id = f"loyalty-coupon-use-{use_id}"
+        properties = {
+            "programme": coupon["programme"],
+            "reward": coupon["reward"],
+            "coupon_code": coupon["code"],
+            "channel": use.get("channel"),
+            "location": use.get("location"),
+            "reference": use["reference"],
+        }
+        message = track(name, message_id, use["at"], properties)
+        loyalty_store.add_event(conn, message_id, coupon["profile_id"], message, use["at"])
 
     def _record(self, conn: Connection, use: dict[str, Any], coupon: dict[str, Any]) -> int:
         use_id = store.insert_use(conn, self.db.dialect, use)
@@ -185,20 +214,26 @@ def _where(burn: dict[str, Any]) -> str:
     return f"burned at {iso(burn['at'])} on {burn['channel']}{place}{reference}"
 
 
-def _public(coupon: dict[str, Any], burn: dict[str, Any] | None) -> dict[str, Any]:
+def status(coupon: dict[str, Any], now: datetime) -> str:
+    """free (not issued), burned, expired (issued, not burned, past `expires_at`) or
+    issued."""
     if coupon["issued_at"] is None:
-        status = "free"
-    elif burn is not None:
-        status = "burned"
-    else:
-        status = "issued"
+        return "free"
+    if coupon["burn_id"] is not None:
+        return "burned"
+    if coupon["expires_at"] is not None and coupon["expires_at"] <= now:
+        return "expired"
+    return "issued"
+
+
+def _public(coupon: dict[str, Any], burn: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
     return {
         "code": coupon["code"],
         "programme": coupon["programme"],
         "pool": coupon["pool"],
         "reward": coupon["reward"],
         "profile_id": coupon["profile_id"],
-        "status": status,
+        "status": status(coupon, now),
         "issued_at": coupon["issued_at"],
         "expires_at": coupon["expires_at"],
         "burn": None

@@ -12,7 +12,8 @@ from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso
 from ariane.domain.errors import Conflict, DomainError, NotFound
-from ariane.domain.loyalty import Lot, balance, take
+from ariane.domain.loyalty import Lot, balance, take, track
+from ariane.services.coupons import status as coupon_status
 from ariane.services.programmes import ProgrammeService
 from ariane.storage import loyalty as store
 from ariane.storage import profiles as profile_store
@@ -21,6 +22,8 @@ from ariane.storage.database import Database
 
 _KEY_WIDTH = 200
 _NAME_WIDTH = 64
+# How errors name the idempotency key: as the header of the API that carries it.
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 class RewardUnavailable(Conflict):
@@ -37,9 +40,9 @@ def _check(programme: str, key: str, points: int) -> None:
         )
     if not key or len(key) > _KEY_WIDTH:
         raise DomainError(
-            f"an idempotency key of 1 to {_KEY_WIDTH} characters is needed, the same for"
+            f"an Idempotency-Key of 1 to {_KEY_WIDTH} characters is needed, the same for"
             " every retry of one movement",
-            field="idempotency_key",
+            field=IDEMPOTENCY_KEY,
         )
     if isinstance(points, bool) or not isinstance(points, int) or points <= 0:
         raise DomainError("points must be a whole number above 0", field="points")
@@ -69,14 +72,21 @@ class LoyaltyService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             expiry = self.programmes.load(conn, programme).expiry
-            member, replayed = self._begin(conn, programme, profile_id, key, "earn", points)
-            if replayed is not None:
-                return replayed
+            member, found = self._begin(conn, programme, profile_id, key)
+            if found is not None:
+                return self._replay(conn, found, member, "earn", points)
             entry = self._record(conn, programme, member, "earn", points, key, reference, now)
             available = now + expiry.return_window
             expires = None if expiry.validity is None else now + expiry.validity
             store.insert_lot(
                 conn, programme, member, Lot(entry["id"], points, points, now, available, expires)
+            )
+            self._tell(
+                conn,
+                entry,
+                "Points Earned",
+                available_at=iso(available),
+                expires_at=None if expires is None else iso(expires),
             )
             return entry
 
@@ -98,9 +108,9 @@ class LoyaltyService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             self.programmes.load(conn, programme)
-            member, replayed = self._begin(conn, programme, profile_id, key, "spend", -points)
-            if replayed is not None:
-                return replayed
+            member, found = self._begin(conn, programme, profile_id, key)
+            if found is not None:
+                return self._replay(conn, found, member, "spend", -points)
             return self._spend(conn, programme, member, points, key, reference, now)
 
         return self.db.write(work)
@@ -112,17 +122,11 @@ class LoyaltyService:
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
+            member, found = self._begin(conn, programme, profile_id, key)
+            if found is not None:
+                # Answered from what was recorded, whatever the programme says now.
+                return self._replay_redemption(conn, found, member, reward_id)
             reward = self.programmes.load(conn, programme).reward(reward_id)
-            member, replayed = self._begin(conn, programme, profile_id, key, "spend", -reward.cost)
-            if replayed is not None:
-                found = reward_store.redemption_by_entry(conn, replayed["id"])
-                if found is None or found["reward"] != reward.id:
-                    raise Conflict(
-                        f"idempotency key {key!r} was used at {iso(replayed['at'])} for another"
-                        " movement; use a new key for a new purchase",
-                        field="idempotency_key",
-                    )
-                return self._redemption(conn, found)
             self._check_offer(conn, programme, reward.id, member, now)
             entry = self._spend(
                 conn, programme, member, reward.cost, key, f"reward:{reward.id}", now
@@ -160,6 +164,20 @@ class LoyaltyService:
                 "at": now,
             }
             redemption_id = reward_store.insert_redemption(conn, redemption)
+            message_id = f"loyalty-redemption-{redemption_id}"
+            properties = {
+                "programme": programme,
+                "reward": reward.id,
+                "points": reward.cost,
+                "coupon_code": None if coupon is None else coupon["code"],
+            }
+            store.add_event(
+                conn,
+                message_id,
+                member,
+                track("Reward Redeemed", message_id, now, properties),
+                now,
+            )
             return self._redemption(conn, {"id": redemption_id, **redemption})
 
         return self.db.write(work)
@@ -183,7 +201,7 @@ class LoyaltyService:
                 {
                     "code": coupon["code"],
                     "reward": coupon["reward"],
-                    "status": "burned" if coupon["burn_id"] is not None else "issued",
+                    "status": coupon_status(coupon, now),
                     "issued_at": coupon["issued_at"],
                     "expires_at": coupon["expires_at"],
                 }
@@ -198,12 +216,13 @@ class LoyaltyService:
         with self.db.read() as conn:
             self.programmes.load(conn, programme)
             member = self._member(conn, profile_id)
-            found = store.entries(conn, programme, member, limit=limit, before=before)
+            found = store.entries(conn, programme, member, limit=limit + 1, before=before)
+        page = found[:limit]
         return {
             "profile_id": member,
             "programme": programme,
-            "entries": found,
-            "next_before": found[-1]["id"] if len(found) == limit else None,
+            "entries": page,
+            "next_before": page[-1]["id"] if len(found) > limit else None,
         }
 
     def discrepancies(
@@ -230,7 +249,21 @@ class LoyaltyService:
         taken = take(store.lots(conn, programme, member), points, now) if points else []
         entry = self._record(conn, programme, member, "spend", -points, key, reference, now)
         store.take_from_lots(conn, entry["id"], member, taken)
+        self._tell(conn, entry, "Points Spent")
         return entry
+
+    @staticmethod
+    def _tell(conn: Connection, entry: dict[str, Any], name: str, **more: Any) -> None:
+        """Put the entry on the member's timeline, once it commits."""
+        message_id = f"loyalty-entry-{entry['id']}"
+        properties = {
+            "programme": entry["programme"],
+            "points": abs(entry["points"]),
+            "reference": entry["reference"],
+            **more,
+        }
+        message = track(name, message_id, entry["at"], properties)
+        store.add_event(conn, message_id, entry["profile_id"], message, entry["at"])
 
     def _check_offer(
         self, conn: Connection, programme: str, reward_id: str, member: str, now: datetime
@@ -277,26 +310,50 @@ class LoyaltyService:
         return live
 
     def _begin(
-        self, conn: Connection, programme: str, profile_id: str, key: str, kind: str, points: int
+        self, conn: Connection, programme: str, profile_id: str, key: str
     ) -> tuple[str, dict[str, Any] | None]:
         """The member, locked; and the entry already recorded under `key`, if any."""
         member = self._member(conn, profile_id)
         store.lock_account(conn, self.db.dialect, programme, member, self.clock())
-        found = store.entry_by_key(conn, programme, key)
-        if found is None:
-            return member, None
-        return member, self._replay(found, member, kind, points)
+        return member, store.entry_by_key(conn, programme, key)
 
     @staticmethod
-    def _replay(found: dict[str, Any], member: str, kind: str, points: int) -> dict[str, Any]:
+    def _reused(found: dict[str, Any], what: str) -> Conflict:
+        return Conflict(
+            f"Idempotency-Key {found['idempotency_key']!r} was used at {iso(found['at'])} for"
+            f" another movement ({what}); use a new key for a new movement",
+            field=IDEMPOTENCY_KEY,
+        )
+
+    def _replay(
+        self, conn: Connection, found: dict[str, Any], member: str, kind: str, points: int
+    ) -> dict[str, Any]:
+        """The first answer to a movement under the key of `found`: the entry, if it was
+        this same movement (a reward bought is not a plain spend)."""
+        bought = (
+            reward_store.redemption_by_entry(conn, found["id"])
+            if found["kind"] == "spend"
+            else None
+        )
+        if bought is not None:
+            raise self._reused(found, f"the purchase of reward {bought['reward']!r}")
         if (found["profile_id"], found["kind"], found["points"]) != (member, kind, points):
-            raise Conflict(
-                f"idempotency key {found['idempotency_key']!r} was used at {iso(found['at'])} for"
-                f" another movement ({found['kind']} of {abs(found['points'])} points);"
-                " use a new key for a new movement",
-                field="idempotency_key",
-            )
+            raise self._reused(found, f"{found['kind']} of {abs(found['points'])} points")
         return found
+
+    def _replay_redemption(
+        self, conn: Connection, found: dict[str, Any], member: str, reward_id: str
+    ) -> dict[str, Any]:
+        bought = (
+            reward_store.redemption_by_entry(conn, found["id"])
+            if found["kind"] == "spend"
+            else None
+        )
+        if bought is None:
+            raise self._reused(found, f"{found['kind']} of {abs(found['points'])} points")
+        if (bought["profile_id"], bought["reward"]) != (member, reward_id):
+            raise self._reused(found, f"the purchase of reward {bought['reward']!r}")
+        return self._redemption(conn, bought)
 
     def _record(
         self,
@@ -324,5 +381,5 @@ class LoyaltyService:
             # have waited for the lock and been found above).
             found = store.entry_by_key(conn, programme, key)
             assert found is not None
-            return self._replay(found, member, kind, points)
+            raise self._reused(found, f"{found['kind']} of {abs(found['points'])} points")
         return {"id": entry_id, **row}

@@ -102,17 +102,8 @@ class ProgrammeService:
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
-            row = store.programme_row(conn, programme.id)
-            if row is None:
-                change = "created"
-            elif row["definition"] == definition:
-                change = "unchanged"
-            else:
-                change = "updated"
-            version = (
-                row["version"]
-                if row is not None and change == "unchanged"
-                else store.save_programme(conn, self.db.dialect, programme.id, definition, now)
+            change, version = store.save_programme(
+                conn, self.db.dialect, programme.id, definition, now
             )
             generated = {
                 pool.id: store.generate_codes(

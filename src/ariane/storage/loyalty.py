@@ -12,11 +12,16 @@ from sqlalchemy.engine import Connection
 from ariane.domain.loyalty import Lot
 from ariane.storage.database import Dialect
 from ariane.storage.tables import (
+    identities,
     loyalty_accounts,
     loyalty_entries,
     loyalty_lots,
     loyalty_movements,
+    outbox,
 )
+
+# The outbox topic of the events loyalty movements put on members' timelines.
+EVENT_TOPIC = "loyalty"
 
 
 def lock_account(
@@ -190,4 +195,56 @@ def discrepancies(
                     f" {held.get(key, 0)}",
                 )
             )
+    return found
+
+
+# --- events for the timeline, through the outbox -------------------------------------------
+
+
+def add_event(
+    conn: Connection, message_id: str, profile_id: str, message: dict[str, Any], now: datetime
+) -> None:
+    """Queue a track message about the member, in the movement's transaction, for
+    `publish` to send through ingestion once it commits."""
+    conn.execute(
+        outbox.insert().values(
+            topic=EVENT_TOPIC,
+            message_id=message_id,
+            profile_id=profile_id,
+            payload=message,
+            created_at=now,
+        )
+    )
+
+
+def pending_events(conn: Connection, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+    """Loyalty messages not yet sent, oldest first: (row id, profile id, message)."""
+    c = outbox.c
+    query = (
+        sa.select(c.id, c.profile_id, c.payload)
+        .where(c.topic == EVENT_TOPIC, c.dispatched_at.is_(None))
+        .order_by(c.id)
+        .limit(limit)
+    )
+    return [(int(row_id), str(pid), dict(payload)) for row_id, pid, payload in conn.execute(query)]
+
+
+def mark_sent(conn: Connection, row_ids: Sequence[int], now: datetime) -> None:
+    c = outbox.c
+    conn.execute(outbox.update().where(c.id.in_(list(row_ids))).values(dispatched_at=now))
+
+
+def identifiers_of(
+    conn: Connection, profile_ids: Sequence[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """Each profile's identifiers, (type, value), in a stable order."""
+    c = identities.c
+    found: dict[str, list[tuple[str, str]]] = {}
+    query = (
+        sa.select(c.profile_id, c.type, c.value)
+        .where(c.profile_id.in_(list(profile_ids)))
+        .order_by(c.profile_id, c.created_at, c.type, c.value)
+    )
+    for profile_id, id_type, value in conn.execute(query):
+        found.setdefault(str(profile_id), []).append((str(id_type), str(value)))
     return found

@@ -54,20 +54,27 @@ def programme_version(conn: Connection, programme: str) -> int | None:
 
 def save_programme(
     conn: Connection, dialect: Dialect, programme: str, definition: dict[str, Any], now: datetime
-) -> int:
-    """Insert or replace the programme's definition; its new version."""
+) -> tuple[str, int]:
+    """Insert the programme, or replace its definition if it differs: `created`,
+    `updated` or `unchanged`, and its version. One statement decides, so that two
+    applying the same definition at once make one version, not two."""
     c = loyalty_programmes.c
-    statement = (
-        dialect.insert_statement(loyalty_programmes)
-        .values(id=programme, definition=definition, version=1, created_at=now, updated_at=now)
-        .on_conflict_do_update(
-            index_elements=[c.id],
-            set_={"definition": definition, "version": c.version + 1, "updated_at": now},
-        )
-        .returning(c.version)
+    insert = dialect.insert_statement(loyalty_programmes).values(
+        id=programme, definition=definition, version=1, created_at=now, updated_at=now
     )
-    version: int = conn.execute(statement).scalar_one()
-    return version
+    statement = insert.on_conflict_do_update(
+        index_elements=[c.id],
+        set_={"definition": definition, "version": c.version + 1, "updated_at": now},
+        # jsonb values on PostgreSQL; on SQLite, texts of one serialiser from the
+        # canonical form (`Programme.to_json`), whose keys always come in one order.
+        where=c.definition != insert.excluded.definition,
+    ).returning(c.version)
+    version: int | None = conn.execute(statement).scalar()
+    if version is None:
+        held = programme_version(conn, programme)
+        assert held is not None
+        return "unchanged", held
+    return ("created" if version == 1 else "updated"), version
 
 
 # --- coupon codes -------------------------------------------------------------------------
@@ -161,22 +168,27 @@ def issue_code(
     """Hand the pool's oldest free code to the member; None when none is left.
 
     Concurrent buyers each claim a different free row (on PostgreSQL, skipping those
-    another holds), and the update takes a code only while it is still free.
+    another holds), and the update takes a code only while it is still free. When every
+    free row is held (by other buyers, or by a till trying a code not issued yet), the
+    second look waits for them rather than answer that none is left.
     """
     c = loyalty_coupons.c
-    free = dialect.claim_rows(
-        sa.select(c.id)
-        .where(c.programme == programme, c.pool == pool, c.issued_at.is_(None))
-        .order_by(c.id)
-        .limit(1)
-    ).scalar_subquery()
-    row = conn.execute(
-        loyalty_coupons.update()
-        .where(c.id == free, c.issued_at.is_(None))
-        .values(profile_id=profile_id, reward=reward, issued_at=now, expires_at=expires_at)
-        .returning(c.id, c.code, c.expires_at)
-    ).first()
-    return None if row is None else dict(row._mapping)
+    for claim in (dialect.claim_rows, dialect.lock_rows):
+        free = claim(
+            sa.select(c.id)
+            .where(c.programme == programme, c.pool == pool, c.issued_at.is_(None))
+            .order_by(c.id)
+            .limit(1)
+        ).scalar_subquery()
+        row = conn.execute(
+            loyalty_coupons.update()
+            .where(c.id == free, c.issued_at.is_(None))
+            .values(profile_id=profile_id, reward=reward, issued_at=now, expires_at=expires_at)
+            .returning(c.id, c.code, c.expires_at)
+        ).first()
+        if row is not None:
+            return dict(row._mapping)
+    return None
 
 
 def coupon(conn: Connection, dialect: Dialect, code: str, *, lock: bool) -> dict[str, Any] | None:

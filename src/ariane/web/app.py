@@ -68,6 +68,14 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
         )
         if interval > 0:
             timers.start()
+        loyalty_events = threading.Thread(
+            target=container.loyalty_events.run,
+            args=(stop, container.settings.loyalty_event_interval),
+            name="loyalty-events",
+            daemon=True,
+        )
+        if container.settings.loyalty_event_interval > 0:
+            loyalty_events.start()
         if owns_container:
             # A worker process's own app: what start-up built lives as long as the
             # process. Frozen out of the collector's sight, each full collection walks
@@ -83,8 +91,9 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
             gc.set_threshold(*GC_THRESHOLDS)
         yield
         stop.set()
-        if timers.is_alive():
-            timers.join(timeout=10)
+        for thread in (timers, loyalty_events):
+            if thread.is_alive():
+                thread.join(timeout=10)
         if owns_container:
             container.close()
 
