@@ -5,6 +5,8 @@ shows it and segments count it, even when it is sent again or the member was mer
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,8 +15,10 @@ from ariane.bootstrap import Container
 from ariane.domain.clock import iso
 from ariane.services.ingest import Envelope
 from ariane.services.loyalty_events import LOYALTY_SOURCE
+from ariane.storage.loyalty import claim_events
 from ariane.storage.tables import events, outbox
 from tests.conftest import FakeClock
+from tests.integration.test_loyalty_ledger import at_once
 
 CLUB: dict[str, Any] = {
     "id": "club",
@@ -148,3 +152,41 @@ def test_a_member_known_only_by_an_anonymous_id_gets_the_event_under_it(
     [event] = [e for e in timeline(container, visitor) if e.get("event") == "Points Earned"]
     assert event["anonymousId"] == "anon-9"
     assert "userId" not in event
+
+
+def test_processes_send_each_event_once_and_take_over_those_of_one_that_died(
+    container: Container, clock: FakeClock
+) -> None:
+    container.programmes.apply(CLUB)
+    [ada] = send(container, {"type": "identify", "userId": "ada"})
+    for i in range(30):
+        container.loyalty.earn("club", ada, 1, f"order-{i}")
+
+    # A process claims ten of them, then dies before sending them.
+    now = clock()
+    dead = container.db.write(
+        lambda conn: claim_events(conn, container.db.dialect, 10, now, now + timedelta(seconds=60))
+    )
+    assert len(dead) == 10
+    claimed: list[int] = []
+
+    def drain(_: int) -> None:
+        while count := container.loyalty_events.publish(limit=3):
+            claimed.append(count)
+
+    assert at_once(4, drain) == Counter({"ok": 4})
+    # Each of the other twenty claimed by one process only.
+    assert sum(claimed) == 20
+    assert len(loyalty_events(container)) == 20
+    clock.advance(seconds=61)
+    assert container.loyalty_events.publish() == 10
+    assert len(loyalty_events(container)) == 30
+
+
+def loyalty_events(container: Container) -> list[str]:
+    with container.db.read() as conn:
+        return list(
+            conn.execute(
+                sa.select(events.c.message_id).where(events.c.source_id == LOYALTY_SOURCE)
+            ).scalars()
+        )

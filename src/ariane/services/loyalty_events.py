@@ -4,7 +4,8 @@ in its own transaction (`Points Earned`, `Points Spent`, `Reward Redeemed`,
 through ingestion like any other, so that segments and computed traits see them.
 
 An event is sent at least once and stored once: its message id is fixed by the movement,
-and ingestion keeps one event per message id and source.
+and ingestion keeps one event per message id and source. Processes claim what they send,
+so that each event is sent by one of them, unless it dies before marking it sent.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ariane.domain.loyalty import addressed
 from ariane.services.ingest import Envelope, IngestService
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # The source of loyalty events: unlike Ariane's Audience events, segments may count them.
 LOYALTY_SOURCE = "loyalty"
+# How long a process has to send the events it claimed before another may take them.
+CLAIM = timedelta(seconds=60)
 
 
 class LoyaltyEvents:
@@ -34,10 +37,13 @@ class LoyaltyEvents:
 
     def publish(self, limit: int = 500) -> int:
         """Send the oldest events not yet sent, up to `limit`; how many there were."""
+        now = self.clock()
+        pending = self.db.write(
+            lambda conn: store.claim_events(conn, self.db.dialect, limit, now, now + CLAIM)
+        )
+        if not pending:
+            return 0
         with self.db.read() as conn:
-            pending = store.pending_events(conn, limit)
-            if not pending:
-                return 0
             members = {
                 queued: profile_store.resolve_profile_id(conn, queued)
                 for queued in {profile_id for _, profile_id, _ in pending}

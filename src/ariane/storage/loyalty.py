@@ -217,21 +217,36 @@ def add_event(
     )
 
 
-def pending_events(conn: Connection, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
-    """Loyalty messages not yet sent, oldest first: (row id, profile id, message)."""
+def claim_events(
+    conn: Connection, dialect: Dialect, limit: int, now: datetime, until: datetime
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """Claim until `until` the oldest loyalty messages not yet sent and not claimed by
+    another process (or whose claim ran out): (row id, profile id, message), in order."""
     c = outbox.c
-    query = (
-        sa.select(c.id, c.profile_id, c.payload)
-        .where(c.topic == EVENT_TOPIC, c.dispatched_at.is_(None))
+    free = dialect.claim_rows(
+        sa.select(c.id)
+        .where(
+            c.topic == EVENT_TOPIC,
+            c.dispatched_at.is_(None),
+            sa.or_(c.claimed_until.is_(None), c.claimed_until <= now),
+        )
         .order_by(c.id)
         .limit(limit)
     )
-    return [(int(row_id), str(pid), dict(payload)) for row_id, pid, payload in conn.execute(query)]
+    claimed = conn.execute(
+        outbox.update()
+        .where(c.id.in_(free.scalar_subquery()))
+        .values(claimed_until=until)
+        .returning(c.id, c.profile_id, c.payload)
+    ).all()
+    return sorted((int(row_id), str(pid), dict(payload)) for row_id, pid, payload in claimed)
 
 
 def mark_sent(conn: Connection, row_ids: Sequence[int], now: datetime) -> None:
     c = outbox.c
-    conn.execute(outbox.update().where(c.id.in_(list(row_ids))).values(dispatched_at=now))
+    conn.execute(
+        outbox.update().where(c.id.in_(list(row_ids))).values(dispatched_at=now, claimed_until=None)
+    )
 
 
 def identifiers_of(

@@ -292,6 +292,17 @@ outbox = sa.Table(
     sa.Column("payload", JSONDoc, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("dispatched_at", UTCDateTime, nullable=True),
+    # While a process sends the message: others leave it alone until then, and take it
+    # over after, should that process have died.
+    sa.Column("claimed_until", UTCDateTime, nullable=True),
+    # The loyalty events still to send (`storage.loyalty.claim_events`), found without
+    # reading the Audience messages, which no one marks sent yet.
+    sa.Index(
+        "ix_outbox_loyalty_pending",
+        "id",
+        sqlite_where=sa.text("topic = 'loyalty' AND dispatched_at IS NULL"),
+        postgresql_where=sa.text("topic = 'loyalty' AND dispatched_at IS NULL"),
+    ),
 )
 
 # Loyalty (see domain.loyalty). A member's account row is what a movement of their points
