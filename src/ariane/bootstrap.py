@@ -9,6 +9,7 @@ from datetime import datetime
 from ariane.domain.clock import utcnow
 from ariane.services.access import AccessService
 from ariane.services.coupons import CouponService
+from ariane.services.earning import EarnService
 from ariane.services.ingest import IngestService
 from ariane.services.loyalty import LoyaltyService
 from ariane.services.loyalty_events import LoyaltyEvents
@@ -34,6 +35,7 @@ class Container:
     loyalty: LoyaltyService
     coupons: CouponService
     loyalty_events: LoyaltyEvents
+    earning: EarnService
 
     def close(self) -> None:
         self.db.dispose()
@@ -43,18 +45,21 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     segments = SegmentService(db, clock)
     programmes = ProgrammeService(db, clock)
-    ingest = IngestService(db, settings, clock, segments)
+    ingest = IngestService(db, settings, clock, segments, listened=programmes.listened)
+    profiles = ProfileService(db, settings, clock, segments)
+    loyalty = LoyaltyService(db, clock, programmes)
     return Container(
         settings=settings,
         db=db,
         clock=clock,
         access=AccessService(db, clock),
         ingest=ingest,
-        profiles=ProfileService(db, settings, clock, segments),
+        profiles=profiles,
         privacy=PrivacyService(db, clock),
         segments=segments,
         programmes=programmes,
-        loyalty=LoyaltyService(db, clock, programmes),
+        loyalty=loyalty,
         coupons=CouponService(db, clock),
         loyalty_events=LoyaltyEvents(db, clock, ingest),
+        earning=EarnService(db, clock, programmes, loyalty, segments, profiles),
     )

@@ -88,9 +88,9 @@ class Settings(BaseSettings):
         default=0.25,
         ge=0,
         allow_inf_nan=False,
-        description="Seconds between two looks for loyalty movements whose timeline"
-        " events are still to be sent through ingestion; 0 turns the loop off in this"
-        " process.",
+        description="Seconds between two looks for events the loyalty earn rules are"
+        " still to read, and for loyalty movements whose timeline events are still to be"
+        " sent through ingestion; 0 turns both loops off in this process.",
     )
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
 

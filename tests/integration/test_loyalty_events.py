@@ -14,9 +14,8 @@ import sqlalchemy as sa
 from ariane.bootstrap import Container
 from ariane.domain.clock import iso
 from ariane.services.ingest import Envelope
-from ariane.services.loyalty_events import LOYALTY_SOURCE
 from ariane.storage.loyalty import claim_events
-from ariane.storage.tables import events, outbox
+from ariane.storage.tables import LOYALTY_SOURCE, events, outbox
 from tests.conftest import FakeClock
 from tests.integration.test_loyalty_ledger import at_once
 

@@ -27,12 +27,14 @@ Parsed strictly: an error names the path of the faulty key (`rewards[0].cost`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from ariane.domain.clock import format_duration, iso, parse_duration, parse_timestamp
+from ariane.domain.conditions import Names
+from ariane.domain.earn_rules import EarnRule, parse_rule
 from ariane.domain.errors import NotFound
 from ariane.domain.predicates import InvalidDefinition
 
@@ -49,7 +51,7 @@ MAX_POINTS = 10**12
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_KEYS = ("id", "name", "currency", "expiry", "rewards", "coupon_pools")
+_KEYS = ("id", "name", "currency", "expiry", "earn_rules", "rewards", "coupon_pools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class Programme:
     name: str
     currency: str = "points"
     expiry: Expiry = Expiry()
+    earn_rules: tuple[EarnRule, ...] = ()
     rewards: tuple[Reward, ...] = ()
     coupon_pools: tuple[CouponPool, ...] = ()
 
@@ -121,6 +124,7 @@ class Programme:
             "name": self.name,
             "currency": self.currency,
             "expiry": expiry,
+            "earn_rules": [rule.to_json() for rule in self.earn_rules],
             "rewards": [_reward_json(reward) for reward in self.rewards],
             "coupon_pools": [_pool_json(pool) for pool in self.coupon_pools],
         }
@@ -177,7 +181,27 @@ def check_code(value: Any, path: str) -> str:
     return str(value).upper()
 
 
-def parse_programme(document: Any, path: str = "programme") -> Programme:
+class _Anything:
+    """Every name: a programme stored already is read without checking the segments its
+    rules name, which may have gone since (a rule naming a segment that is gone finds
+    no one in it)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def parse_programme(
+    document: Any, path: str = "programme", names: Names | None = None
+) -> Programme:
+    """The programme a document declares; `names` are the segments and computed traits
+    its rules may name (any, when not given)."""
+    names = names if names is not None else Names(_Anything(), _Anything())
     node = _mapping(document, path, _KEYS)
     programme_id = check_id(node.get("id"), f"{path}.id")
     pools = tuple(
@@ -191,11 +215,17 @@ def parse_programme(document: Any, path: str = "programme") -> Programme:
         for index, item in enumerate(_list(node, "rewards", path))
     )
     _unique([reward.id for reward in rewards], f"{path}.rewards")
+    rules = tuple(
+        parse_rule(item, f"{path}.earn_rules[{index}]", names, {r.id for r in rewards})
+        for index, item in enumerate(_list(node, "earn_rules", path))
+    )
+    _unique([rule.id for rule in rules], f"{path}.earn_rules")
     return Programme(
         id=programme_id,
         name=_text(node.get("name", programme_id), f"{path}.name"),
         currency=_text(node.get("currency", "points"), f"{path}.currency"),
         expiry=_parse_expiry(node.get("expiry", {}), f"{path}.expiry"),
+        earn_rules=rules,
         rewards=rewards,
         coupon_pools=pools,
     )

@@ -34,8 +34,10 @@ from ariane.services.segments import SegmentService, Settlement
 from ariane.settings import Settings
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
+from ariane.storage import loyalty as loyalty_store
 from ariane.storage import profiles as profile_store
 from ariane.storage.database import Database, RetryTransaction
+from ariane.storage.tables import LOYALTY_SOURCE
 
 
 @dataclass(slots=True)
@@ -80,11 +82,14 @@ class IngestService:
         settings: Settings,
         clock: Callable[[], datetime],
         segments: SegmentService,
+        listened: Callable[[Connection, int], frozenset[str]] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
         self.segments = segments
+        # The track events earn rules read, by catalogue version (`ProgrammeService`).
+        self.listened = listened
         self.limited_types = frozenset(settings.identity.limits)
 
     def ingest(self, source_id: str, raw_events: Sequence[Any], envelope: Envelope) -> IngestResult:
@@ -441,6 +446,7 @@ class IngestService:
         # the same resent events in different orders may deadlock; PostgreSQL detects it
         # and the transaction is retried.
         event_store.insert_events(conn, dialect, rows)
+        self._queue_for_rules(conn, source_id, batch, holders)
         # The segment changes the events caused, each also an Audience event.
         if batch.earlier is not None:
             self.segments.record(conn, *batch.earlier, "event")
@@ -461,6 +467,25 @@ class IngestService:
         )
         result.accepted = len(rows)
         result.profile_ids = holders
+
+    def _queue_for_rules(
+        self, conn: Connection, source_id: str, batch: _Batch, holders: list[str]
+    ) -> None:
+        """Queue for the earn rules the events they read, in the batch's transaction: an
+        event stored is read by them once it commits, however the process ends."""
+        listened = (
+            self.listened(conn, batch.catalogue.version) if self.listened is not None else None
+        )
+        # What loyalty itself records (its movements, the sales tills send it, which
+        # the rules read when they arrive) is never read again by the rules.
+        if not listened or source_id == LOYALTY_SOURCE:
+            return
+        queued = [
+            (owner, source_id, item.message.message_id)
+            for item, owner in zip(batch.planned, holders, strict=True)
+            if item.message.type == "track" and item.message.event in listened
+        ]
+        loyalty_store.queue_for_rules(conn, self.db.dialect, queued, batch.now)
 
     def _settle(self, conn: Connection, batch: _Batch) -> Settlement | None:
         """Segments: each person the batch touched, once, under the id they end with."""

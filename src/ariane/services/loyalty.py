@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ariane.domain.clock import iso
+from ariane.domain.clock import format_duration, iso
+from ariane.domain.earn_rules import Limit
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.loyalty import Lot, balance, take, track
 from ariane.services.coupons import status as coupon_status
@@ -24,6 +25,12 @@ _KEY_WIDTH = 200
 _NAME_WIDTH = 64
 # How errors name the idempotency key: as the header of the API that carries it.
 IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+class LimitReached(Conflict):
+    """An earn rule that gave a member as often as its limit allows."""
+
+    code = "limit_reached"
 
 
 class RewardUnavailable(Conflict):
@@ -64,9 +71,15 @@ class LoyaltyService:
         key: str,
         *,
         reference: str | None = None,
+        rule: str | None = None,
+        limit: Limit | None = None,
     ) -> dict[str, Any]:
         """Add a lot of `points`, pending through the programme's return window and
-        expiring after its validity. Replayed with the same key, the first answer."""
+        expiring after its validity. Replayed with the same key, the first answer.
+
+        Given by the earn rule `rule`, whose `limit` (so many entries per member, ever
+        or per period) is checked under the member's lock: `LimitReached` beyond it.
+        """
         _check(programme, key, points)
 
         def work(conn: Connection) -> dict[str, Any]:
@@ -75,7 +88,11 @@ class LoyaltyService:
             member, found = self._begin(conn, programme, profile_id, key)
             if found is not None:
                 return self._replay(conn, found, member, "earn", points)
-            entry = self._record(conn, programme, member, "earn", points, key, reference, now)
+            if rule is not None and limit is not None:
+                self._check_limit(conn, programme, member, rule, limit, now)
+            entry = self._record(
+                conn, programme, member, "earn", points, key, reference, now, rule=rule
+            )
             available = now + expiry.return_window
             expires = None if expiry.validity is None else now + expiry.validity
             store.insert_lot(
@@ -115,9 +132,22 @@ class LoyaltyService:
 
         return self.db.write(work)
 
-    def redeem(self, programme: str, profile_id: str, reward_id: str, key: str) -> dict[str, Any]:
+    def redeem(
+        self,
+        programme: str,
+        profile_id: str,
+        reward_id: str,
+        key: str,
+        *,
+        rule: str | None = None,
+        limit: Limit | None = None,
+    ) -> dict[str, Any]:
         """Buy a reward with points: the spend, one of its stock, and a code from its pool,
-        all or nothing. Replayed with the same key, the first answer."""
+        all or nothing. Replayed with the same key, the first answer.
+
+        Given by the earn rule `rule` (an instant reward), it costs nothing, and the
+        rule's `limit` holds as for `earn`.
+        """
         _check(programme, key, 1)
 
         def work(conn: Connection) -> dict[str, Any]:
@@ -128,8 +158,11 @@ class LoyaltyService:
                 return self._replay_redemption(conn, found, member, reward_id)
             reward = self.programmes.load(conn, programme).reward(reward_id)
             self._check_offer(conn, programme, reward.id, member, now)
+            if rule is not None and limit is not None:
+                self._check_limit(conn, programme, member, rule, limit, now)
+            cost = 0 if rule is not None else reward.cost
             entry = self._spend(
-                conn, programme, member, reward.cost, key, f"reward:{reward.id}", now
+                conn, programme, member, cost, key, f"reward:{reward.id}", now, rule=rule
             )
             if reward.stock is not None and not reward_store.take_stock(
                 conn, self.db.dialect, programme, reward.id, reward.stock
@@ -168,7 +201,7 @@ class LoyaltyService:
             properties = {
                 "programme": programme,
                 "reward": reward.id,
-                "points": reward.cost,
+                "points": cost,
                 "coupon_code": None if coupon is None else coupon["code"],
             }
             store.add_event(
@@ -245,9 +278,13 @@ class LoyaltyService:
         key: str,
         reference: str | None,
         now: datetime,
+        *,
+        rule: str | None = None,
     ) -> dict[str, Any]:
         taken = take(store.lots(conn, programme, member), points, now) if points else []
-        entry = self._record(conn, programme, member, "spend", -points, key, reference, now)
+        entry = self._record(
+            conn, programme, member, "spend", -points, key, reference, now, rule=rule
+        )
         store.take_from_lots(conn, entry["id"], member, taken)
         self._tell(conn, entry, "Points Spent")
         return entry
@@ -264,6 +301,19 @@ class LoyaltyService:
         }
         message = track(name, message_id, entry["at"], properties)
         store.add_event(conn, message_id, entry["profile_id"], message, entry["at"])
+
+    @staticmethod
+    def _check_limit(
+        conn: Connection, programme: str, member: str, rule: str, limit: Limit, now: datetime
+    ) -> None:
+        since = None if limit.per is None else now - limit.per
+        used = store.rule_uses(conn, programme, member, rule, since)
+        if used >= limit.count:
+            period = "" if limit.per is None else f" in {format_duration(limit.per)}"
+            raise LimitReached(
+                f"rule {rule!r} gave the member {used} time(s){period}, as often as it may",
+                field="rule",
+            )
 
     def _check_offer(
         self, conn: Connection, programme: str, reward_id: str, member: str, now: datetime
@@ -365,6 +415,8 @@ class LoyaltyService:
         key: str,
         reference: str | None,
         now: datetime,
+        *,
+        rule: str | None = None,
     ) -> dict[str, Any]:
         row = {
             "programme": programme,
@@ -374,6 +426,7 @@ class LoyaltyService:
             "idempotency_key": key,
             "reference": reference,
             "at": now,
+            "rule": rule,
         }
         entry_id = store.insert_entry(conn, self.db.dialect, row)
         if entry_id is None:

@@ -20,11 +20,10 @@ from ariane.services.ingest import Envelope, IngestService
 from ariane.storage import loyalty as store
 from ariane.storage import profiles as profile_store
 from ariane.storage.database import Database
+from ariane.storage.tables import LOYALTY_SOURCE
 
 log = logging.getLogger(__name__)
 
-# The source of loyalty events: unlike Ariane's Audience events, segments may count them.
-LOYALTY_SOURCE = "loyalty"
 # How long a process has to send the events it claimed before another may take them.
 CLAIM = timedelta(seconds=60)
 

@@ -14,6 +14,7 @@ from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.predicates import InvalidDefinition
 from ariane.domain.programmes import Programme, check_code, check_id, parse_programme
 from ariane.storage import rewards as store
+from ariane.storage import segments as segment_store
 from ariane.storage.database import Database
 
 MAX_IMPORT = 100_000
@@ -24,6 +25,7 @@ class ProgrammeService:
         self.db = db
         self.clock = clock
         self._cache: dict[str, tuple[int, Programme]] = {}
+        self._all: tuple[int, tuple[Programme, ...]] | None = None
         self._lock = threading.Lock()
 
     def load(self, conn: Connection, programme_id: str) -> Programme:
@@ -43,6 +45,26 @@ class ProgrammeService:
         with self._lock:
             self._cache[programme_id] = (row["version"], programme)
         return programme
+
+    def in_force(self, conn: Connection, version: int) -> tuple[Programme, ...]:
+        """Every programme, as of the catalogue `version` (a programme's change bumps
+        it), parsed once per version."""
+        with self._lock:
+            cached = self._all
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = tuple(parse_programme(row["definition"]) for row in store.programme_rows(conn))
+        with self._lock:
+            self._all = (version, found)
+        return found
+
+    def listened(self, conn: Connection, version: int) -> frozenset[str]:
+        """The track events some earn rule reads, as of the catalogue `version`."""
+        return frozenset(
+            rule.event
+            for programme in self.in_force(conn, version)
+            for rule in programme.earn_rules
+        )
 
     def all(self) -> list[dict[str, Any]]:
         with self.db.read() as conn:
@@ -105,6 +127,11 @@ class ProgrammeService:
             change, version = store.save_programme(
                 conn, self.db.dialect, programme.id, definition, now
             )
+            if change != "unchanged":
+                # Ingestion reads which events the earn rules listen to with the segment
+                # definitions: a new version makes it read them again, and waits for the
+                # batches under way.
+                segment_store.bump_version(conn, self.db.dialect)
             generated = {
                 pool.id: store.generate_codes(
                     conn, self.db.dialect, programme.id, pool.id, pool.generate, now

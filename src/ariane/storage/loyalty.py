@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,8 @@ from ariane.storage.tables import (
 
 # The outbox topic of the events loyalty movements put on members' timelines.
 EVENT_TOPIC = "loyalty"
+# The outbox topic of the events earn rules are still to read.
+EARN_TOPIC = "earn"
 
 
 def lock_account(
@@ -65,7 +68,7 @@ def entries(
     """The member's ledger, newest first, from before the entry `before` if given."""
     c = loyalty_entries.c
     query = (
-        sa.select(c.id, c.kind, c.points, c.idempotency_key, c.reference, c.at)
+        sa.select(c.id, c.kind, c.points, c.idempotency_key, c.reference, c.rule, c.at)
         .where(c.programme == programme, c.profile_id == profile_id)
         .order_by(c.id.desc())
         .limit(limit)
@@ -217,16 +220,46 @@ def add_event(
     )
 
 
+def add_event_once(
+    conn: Connection,
+    dialect: Dialect,
+    message_id: str,
+    profile_id: str,
+    message: dict[str, Any],
+    now: datetime,
+) -> None:
+    """`add_event`, unless a message of that id is queued already (a retry)."""
+    dialect.insert_ignoring_conflicts(
+        conn,
+        outbox,
+        [
+            {
+                "topic": EVENT_TOPIC,
+                "message_id": message_id,
+                "profile_id": profile_id,
+                "payload": message,
+                "created_at": now,
+            }
+        ],
+    )
+
+
 def claim_events(
-    conn: Connection, dialect: Dialect, limit: int, now: datetime, until: datetime
+    conn: Connection,
+    dialect: Dialect,
+    limit: int,
+    now: datetime,
+    until: datetime,
+    topic: str = EVENT_TOPIC,
 ) -> list[tuple[int, str, dict[str, Any]]]:
-    """Claim until `until` the oldest loyalty messages not yet sent and not claimed by
-    another process (or whose claim ran out): (row id, profile id, message), in order."""
+    """Claim until `until` the oldest messages of `topic` not yet sent and not claimed
+    by another process (or whose claim ran out): (row id, profile id, message), in
+    order."""
     c = outbox.c
     free = dialect.claim_rows(
         sa.select(c.id)
         .where(
-            c.topic == EVENT_TOPIC,
+            c.topic == topic,
             c.dispatched_at.is_(None),
             sa.or_(c.claimed_until.is_(None), c.claimed_until <= now),
         )
@@ -263,3 +296,41 @@ def identifiers_of(
     for profile_id, id_type, value in conn.execute(query):
         found.setdefault(str(profile_id), []).append((str(id_type), str(value)))
     return found
+
+
+def rule_uses(
+    conn: Connection, programme: str, profile_id: str, rule: str, since: datetime | None
+) -> int:
+    """How many entries the earn rule gave the member, since `since` if given."""
+    c = loyalty_entries.c
+    query = sa.select(sa.func.count()).where(
+        c.profile_id == profile_id, c.programme == programme, c.rule == rule
+    )
+    if since is not None:
+        query = query.where(c.at > since)
+    count: int = conn.execute(query).scalar_one()
+    return count
+
+
+def queue_for_rules(
+    conn: Connection, dialect: Dialect, queued: Sequence[tuple[str, str, str]], now: datetime
+) -> None:
+    """Queue events for the earn rules, in the transaction that stores them: (profile id,
+    source id, message id) each. An event queued already is not queued again."""
+    if not queued:
+        return
+    dialect.insert_ignoring_conflicts(
+        conn,
+        outbox,
+        [
+            {
+                "topic": EARN_TOPIC,
+                "message_id": "earn-"
+                + hashlib.sha256(f"{source_id}\x00{message_id}".encode()).hexdigest()[:40],
+                "profile_id": profile_id,
+                "payload": {"source_id": source_id, "message_id": message_id},
+                "created_at": now,
+            }
+            for profile_id, source_id, message_id in queued
+        ],
+    )

@@ -47,6 +47,9 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 # The source of the events Ariane records itself (Audience Entered/Exited): never a
 # person's behaviour.
 INTERNAL_SOURCE = "ariane"
+# The source of the events loyalty records (its movements, and the sales tills send it):
+# unlike Ariane's Audience events, segments may count them; earn rules never read them.
+LOYALTY_SOURCE = "loyalty"
 
 JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -303,6 +306,13 @@ outbox = sa.Table(
         sqlite_where=sa.text("topic = 'loyalty' AND dispatched_at IS NULL"),
         postgresql_where=sa.text("topic = 'loyalty' AND dispatched_at IS NULL"),
     ),
+    # The events earn rules are still to read (`services.earning`).
+    sa.Index(
+        "ix_outbox_earn_pending",
+        "id",
+        sqlite_where=sa.text("topic = 'earn' AND dispatched_at IS NULL"),
+        postgresql_where=sa.text("topic = 'earn' AND dispatched_at IS NULL"),
+    ),
 )
 
 # Loyalty (see domain.loyalty). A member's account row is what a movement of their points
@@ -332,8 +342,11 @@ loyalty_entries = sa.Table(
     sa.Column("idempotency_key", sa.String(200), nullable=False),
     sa.Column("reference", sa.String(200), nullable=True),
     sa.Column("at", UTCDateTime, nullable=False),
+    # The earn rule that gave it, if one did: what a rule's limit counts.
+    sa.Column("rule", sa.String(64), nullable=True),
     sa.UniqueConstraint("idempotency_key", "programme"),
     sa.Index("ix_loyalty_entries_profile_id", "profile_id", "programme", "id"),
+    sa.Index("ix_loyalty_entries_rule", "profile_id", "programme", "rule", "at"),
 )
 
 loyalty_lots = sa.Table(

@@ -68,14 +68,21 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
         )
         if interval > 0:
             timers.start()
-        loyalty_events = threading.Thread(
-            target=container.loyalty_events.run,
-            args=(stop, container.settings.loyalty_event_interval),
-            name="loyalty-events",
-            daemon=True,
-        )
+        loyalty_loops = [
+            threading.Thread(
+                target=run,
+                args=(stop, container.settings.loyalty_event_interval),
+                name=name,
+                daemon=True,
+            )
+            for name, run in (
+                ("earn-rules", container.earning.run),
+                ("loyalty-events", container.loyalty_events.run),
+            )
+        ]
         if container.settings.loyalty_event_interval > 0:
-            loyalty_events.start()
+            for thread in loyalty_loops:
+                thread.start()
         if owns_container:
             # A worker process's own app: what start-up built lives as long as the
             # process. Frozen out of the collector's sight, each full collection walks
@@ -91,7 +98,7 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
             gc.set_threshold(*GC_THRESHOLDS)
         yield
         stop.set()
-        for thread in (timers, loyalty_events):
+        for thread in (timers, *loyalty_loops):
             if thread.is_alive():
                 thread.join(timeout=10)
         if owns_container:

@@ -69,6 +69,31 @@ class PointsBody(BaseModel):
     )
 
 
+class EventBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(description="The track event's name.", examples=["Order Completed"])
+    properties: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Its properties; a sale's `order_id`, `products` ([{sku, category,"
+        " price, quantity}]), `revenue` or `total`, `shipping`, `tax`.",
+        examples=[
+            {
+                "order_id": "R-1187",
+                "products": [{"sku": "RING-42", "category": "rings", "price": 120, "quantity": 1}],
+                "shipping": 5,
+            }
+        ],
+    )
+
+
+class SimulateBody(EventBody):
+    programme: str = Field(description="The programme's id.", examples=["club"])
+    profile_id: str | None = Field(
+        None, description="A member, to read their segments, limits and conditions."
+    )
+
+
 class RedeemBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -210,6 +235,29 @@ def spend(
     return app.loyalty.spend(
         programme, profile_id, body.points, _ledger_key(key), reference=body.reference
     )
+
+
+@router.post("/programmes/{programme}/members/{profile_id}/events", responses=_MOVEMENT_ERRORS)
+def record_event(
+    programme: str,
+    profile_id: str,
+    body: EventBody,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """A sale (or any event the earn rules read) from a till or the web: the rules
+    applied now, and the event put on the member's timeline."""
+    return app.earning.record(programme, profile_id, body.event, body.properties, _ledger_key(key))
+
+
+@router.post("/simulate", responses=_MOVEMENT_ERRORS)
+def simulate(
+    body: SimulateBody, app: Container = Depends(container), _: Token = Depends(write_access)
+) -> Any:
+    """What an event would earn under a programme's rules, changing nothing (admin only,
+    as a segment's preview: it reads any member's data)."""
+    return app.earning.simulate(body.programme, body.event, body.properties, body.profile_id)
 
 
 @router.post("/programmes/{programme}/members/{profile_id}/redeem", responses=_MOVEMENT_ERRORS)

@@ -1,0 +1,356 @@
+"""Earn rules applied to the events that flow through the pipeline, and to the sales a
+till or the web sends directly; and a simulation of what an event would earn.
+
+Ingestion queues each event an earn rule reads in the outbox, in the transaction that
+stores it (`IngestService._queue_for_rules`); once it commits, `process` applies the
+rules of every programme to it. Each award is a ledger movement under a key made from the
+rule and the event (its `order_id` when it has one), so an event read twice, or a sale
+sent both by a till and as an `Order Completed` event, earns once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ariane.domain.conditions import Node
+from ariane.domain.earn_rules import Award, EarnRule, Member, award
+from ariane.domain.errors import DomainError, NotFound
+from ariane.domain.loyalty import track
+from ariane.domain.programmes import Programme
+from ariane.services.loyalty import LimitReached, LoyaltyService
+from ariane.services.profiles import ProfileService
+from ariane.services.programmes import ProgrammeService
+from ariane.services.segments import SegmentService
+from ariane.storage import loyalty as store
+from ariane.storage import profiles as profile_store
+from ariane.storage import segment_sql
+from ariane.storage import segments as segment_store
+from ariane.storage.database import Database
+from ariane.storage.tables import events, profiles
+
+log = logging.getLogger(__name__)
+
+# How long a process has to apply the rules to the events it claimed.
+CLAIM = timedelta(seconds=60)
+_KEY_PART = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A track event as earn rules read it."""
+
+    name: str
+    properties: Mapping[str, Any]
+    # What makes its awards' keys: its order id, or its source and message id.
+    key: str
+    reference: str
+
+
+def event_key(properties: Mapping[str, Any], source_id: str, message_id: str) -> tuple[str, str]:
+    """The key part and the reference of an event's awards: a purchase is known by its
+    `order_id`, whichever channel sent it; any other event by its message id."""
+    order = properties.get("order_id")
+    if isinstance(order, str | int) and not isinstance(order, bool) and str(order).strip():
+        text = str(order).strip()
+        part = text if len(text) <= _KEY_PART else _digest(text)
+        return f"order:{part}", text[:200]
+    return "event:" + _digest(source_id + "\x00" + message_id), message_id[:200]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+class EarnService:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], datetime],
+        programmes: ProgrammeService,
+        loyalty: LoyaltyService,
+        segments: SegmentService,
+        profiles: ProfileService,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.programmes = programmes
+        self.loyalty = loyalty
+        self.segments = segments
+        self.profiles = profiles
+
+    # --- events from the pipeline -----------------------------------------------------------
+
+    def process(self, limit: int = 200) -> int:
+        """Apply the earn rules to the oldest events queued for them, up to `limit`; how
+        many there were."""
+        now = self.clock()
+        claimed = self.db.write(
+            lambda conn: store.claim_events(
+                conn, self.db.dialect, limit, now, now + CLAIM, topic=store.EARN_TOPIC
+            )
+        )
+        if not claimed:
+            return 0
+        with self.db.read() as conn:
+            version = segment_store.version(conn)
+            in_force = self.programmes.in_force(conn, version)
+            found = _stored_events(conn, [queued for _, _, queued in claimed])
+            owners = {
+                queued: profile_store.resolve_profile_id(conn, queued)
+                for queued in {profile_id for _, profile_id, _ in claimed}
+            }
+        for _, queued, ref in claimed:
+            row = found.get((ref["source_id"], ref["message_id"]))
+            member = owners[queued]
+            # An erased member's events went with them.
+            if row is None or member is None:
+                continue
+            key, reference = event_key(row["properties"], ref["source_id"], ref["message_id"])
+            event = Event(row["event"], row["properties"], key, reference)
+            for programme in in_force:
+                try:
+                    self.apply(programme, member, event)
+                except DomainError as error:
+                    log.warning(
+                        "earn rules of %s: event %s of %s: %s",
+                        programme.id,
+                        ref["message_id"],
+                        member,
+                        error.message,
+                    )
+        self.db.write(lambda conn: store.mark_sent(conn, [row_id for row_id, _, _ in claimed], now))
+        return len(claimed)
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Process until `stop` is set, looking again every `interval` seconds."""
+        while not stop.is_set():
+            try:
+                while self.process() and not stop.is_set():
+                    pass
+            except Exception:
+                log.exception("earn rules: a round failed; retrying")
+            stop.wait(interval)
+
+    # --- one event ------------------------------------------------------------------------
+
+    def apply(self, programme: Programme, member: str, event: Event) -> list[dict[str, Any]]:
+        """Apply the programme's rules to the member's event, in their order: what each
+        award moved. A rule past its limit gives nothing; one with `stop` that gave
+        something ends the event's rules."""
+        done: list[dict[str, Any]] = []
+        facts: Member | None = None
+        for rule in programme.earn_rules:
+            if rule.event != event.name:
+                continue
+            if facts is None:
+                facts = self._member(member)
+            given = award(rule, event.properties, facts)
+            if not given or (rule.when is not None and not self._holds(rule.when, member)):
+                continue
+            moved = []
+            for one in given:
+                try:
+                    moved.append(self._give(programme, member, rule, one, event))
+                except LimitReached:
+                    continue
+                except NotFound as error:
+                    # A referrer no profile holds.
+                    log.info("earn rule %s of %s: %s", rule.id, programme.id, error.message)
+            done.extend(moved)
+            if moved and rule.stop:
+                break
+        return done
+
+    def _give(
+        self, programme: Programme, member: str, rule: EarnRule, one: Award, event: Event
+    ) -> dict[str, Any]:
+        key = f"rule:{rule.id}:{event.key}"
+        if one.reward is not None:
+            return self.loyalty.redeem(
+                programme.id, member, one.reward, key, rule=rule.id, limit=rule.limit
+            )
+        to = member
+        if one.to_referrer:
+            assert rule.referral is not None
+            referrer = event.properties.get(rule.referral.property)
+            if not isinstance(referrer, str | int) or isinstance(referrer, bool):
+                raise NotFound(f"no referrer in {rule.referral.property}", field="referrer")
+            to = self.profiles.lookup("user_id", str(referrer))
+            if to == member:
+                raise NotFound("a member cannot refer themselves", field="referrer")
+            key += ":referrer"
+        return self.loyalty.earn(
+            programme.id,
+            to,
+            one.points,
+            key,
+            reference=event.reference,
+            rule=rule.id,
+            limit=rule.limit,
+        )
+
+    # --- from a till or the web ------------------------------------------------------------
+
+    def record(
+        self,
+        programme_id: str,
+        profile_id: str,
+        event: str,
+        properties: Mapping[str, Any],
+        key: str,
+    ) -> dict[str, Any]:
+        """A sale (or any event the rules read) sent straight by a till or the web: the
+        programme's rules applied now, and the event put on the member's timeline. Sent
+        again with the same key, it earns nothing more; a sale with an `order_id` also
+        sent as an `Order Completed` event through /v1 earns once."""
+        if not isinstance(event, str) or not event.strip() or len(event) > 200:
+            raise DomainError("event needs the name of a track event", field="event")
+        if not isinstance(properties, Mapping):
+            raise DomainError("properties must be an object", field="properties")
+        if not key or len(key) > 200:
+            raise DomainError(
+                "send an Idempotency-Key header, the same for every retry of one sale",
+                field="Idempotency-Key",
+            )
+        with self.db.read() as conn:
+            programme = self.programmes.load(conn, programme_id)
+            member = profile_store.resolve_profile_id(conn, profile_id)
+        if member is None:
+            raise NotFound(f"no profile {profile_id!r}", field="profile_id")
+        part, reference = event_key(properties, "api", key)
+        moved = self.apply(programme, member, Event(event, properties, part, reference))
+        message_id = "loyalty-sale-" + _digest(f"{programme.id}\x00{key}")
+        message = track(event, message_id, self.clock(), dict(properties))
+        self.db.write(
+            lambda conn: store.add_event_once(
+                conn, self.db.dialect, message_id, member, message, self.clock()
+            )
+        )
+        return {
+            "programme": programme.id,
+            "profile_id": member,
+            "event": event,
+            "points": sum(
+                m["points"] for m in moved if m.get("kind") == "earn" and m["profile_id"] == member
+            ),
+            "movements": moved,
+        }
+
+    # --- what rules read ------------------------------------------------------------------
+
+    def _member(self, member: str) -> Member:
+        with self.db.read() as conn:
+            catalogue = self.segments.catalogue(conn)
+            computed = conn.execute(
+                sa.select(profiles.c.computed).where(profiles.c.id == member)
+            ).scalar()
+        held: Mapping[str, Any] = (computed or {}).get("segments", {})
+        return Member(
+            segments=frozenset(catalogue.by_id[sid].name for sid in held if sid in catalogue.by_id)
+        )
+
+    def _holds(self, condition: Node, member: str) -> bool:
+        """Whether the member meets the condition now, from what is stored."""
+        # Conditions on membership of other segments read their members.
+        self.segments.catch_up()
+        with self.db.read() as conn:
+            catalogue = self.segments.catalogue(conn)
+            query = segment_sql.members_query(
+                condition, self.db.dialect, now=self.clock(), computed=catalogue.computed
+            ).where(profiles.c.id == member)
+            return conn.execute(query).first() is not None
+
+    # --- what an event would earn ----------------------------------------------------------
+
+    def simulate(
+        self,
+        programme_id: str,
+        event: str,
+        properties: Mapping[str, Any],
+        profile_id: str | None = None,
+    ) -> dict[str, Any]:
+        """What the event would earn, changing nothing: each rule's award, and whether
+        its limit or condition would hold it back (when a member is given)."""
+        if not isinstance(properties, Mapping):
+            raise DomainError("properties must be an object", field="properties")
+        with self.db.read() as conn:
+            programme = self.programmes.load(conn, programme_id)
+            member = (
+                None if profile_id is None else profile_store.resolve_profile_id(conn, profile_id)
+            )
+        if profile_id is not None and member is None:
+            raise NotFound(f"no profile {profile_id!r}", field="profile_id")
+        facts = Member() if member is None else self._member(member)
+        found: list[dict[str, Any]] = []
+        points = 0
+        for rule in programme.earn_rules:
+            if rule.event != event:
+                continue
+            given = award(rule, properties, facts)
+            if not given:
+                continue
+            held_back = None if member is None else self._held_back(programme, rule, member)
+            for one in given:
+                found.append(
+                    {
+                        "rule": rule.id,
+                        "points": one.points,
+                        "to": "referrer" if one.to_referrer else "member",
+                        "reward": one.reward,
+                        "eligible_amount": float(one.eligible),
+                        "held_back": held_back,
+                    }
+                )
+                if held_back is None and not one.to_referrer:
+                    points += one.points
+            if held_back is None and rule.stop:
+                break
+        return {
+            "programme": programme.id,
+            "profile_id": member,
+            "event": event,
+            "points": points,
+            "awards": found,
+        }
+
+    def _held_back(self, programme: Programme, rule: EarnRule, member: str) -> str | None:
+        if rule.when is not None and not self._holds(rule.when, member):
+            return "condition"
+        if rule.limit is not None:
+            now = self.clock()
+            since = None if rule.limit.per is None else now - rule.limit.per
+            with self.db.read() as conn:
+                used = store.rule_uses(conn, programme.id, member, rule.id, since)
+            if used >= rule.limit.count:
+                return "limit"
+        return None
+
+
+def _stored_events(
+    conn: Connection, refs: list[dict[str, Any]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The stored track events named by (source id, message id)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    c = events.c
+    for ref in refs:
+        row = conn.execute(
+            sa.select(c.event, c.payload).where(
+                c.message_id == ref["message_id"], c.source_id == ref["source_id"]
+            )
+        ).first()
+        if row is not None:
+            properties = row.payload.get("properties")
+            found[(ref["source_id"], ref["message_id"])] = {
+                "event": row.event,
+                "properties": properties if isinstance(properties, dict) else {},
+            }
+    return found
