@@ -121,12 +121,18 @@ def build_rich_person(client: TestClient, write_key: str, headers: dict[str, str
     club = {
         "rewards": [{"id": "gift", "cost": 10, "pool": "gifts"}],
         "coupon_pools": [{"id": "gifts", "generate": {"count": 2}}],
+        "earn_rules": [{"id": "buy", "event": "Order Completed", "points_per_unit": 1}],
     }
     assert client.put("/api/loyalty/programmes/club", json=club, headers=headers).status_code == 200
     member = f"/api/loyalty/programmes/club/members/{profile['id']}"
     for action, body, key in [
         ("earn", {"points": 100}, "ada-order-1"),
         ("spend", {"points": 30}, "ada-spend-1"),
+        (
+            "events",
+            {"event": "Order Completed", "properties": {"order_id": "A-1", "revenue": 5}},
+            "ada-sale-1",
+        ),
         ("redeem", {"reward": "gift"}, "ada-reward-1"),
     ]:
         done = client.post(

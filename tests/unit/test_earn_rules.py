@@ -90,6 +90,7 @@ def test_rules_apply_in_order_and_a_stop_that_gave_ends_them() -> None:
 def test_a_programme_with_rules_is_written_back_to_the_same_programme() -> None:
     document = {
         "id": "club",
+        "tiers": {"window": "P365D", "levels": [{"id": "gold", "points": 1000}]},
         "rewards": [{"id": "voucher", "cost": 0}],
         "earn_rules": [
             PURCHASES,
@@ -162,3 +163,9 @@ def test_each_fault_of_another_rule_is_named(document: dict[str, Any], field: st
     with pytest.raises(InvalidDefinition) as refused:
         parse_rule(document, "rule", NAMES, {"voucher"})
     assert refused.value.field == field
+
+
+def test_a_tier_multiplier_names_a_declared_tier() -> None:
+    with pytest.raises(InvalidDefinition) as refused:
+        parse_programme({"id": "club", "earn_rules": [PURCHASES]})
+    assert refused.value.field == "programme.earn_rules[0].multipliers[3].tier"

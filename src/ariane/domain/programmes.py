@@ -37,6 +37,7 @@ from ariane.domain.conditions import Names
 from ariane.domain.earn_rules import EarnRule, parse_rule
 from ariane.domain.errors import NotFound
 from ariane.domain.predicates import InvalidDefinition
+from ariane.domain.tiers import Tiers, parse_tiers
 
 # Letters and digits that cannot be mistaken for one another when read out at a till.
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -51,7 +52,7 @@ MAX_POINTS = 10**12
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_KEYS = ("id", "name", "currency", "expiry", "earn_rules", "rewards", "coupon_pools")
+_KEYS = ("id", "name", "currency", "expiry", "earn_rules", "tiers", "rewards", "coupon_pools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class Programme:
     currency: str = "points"
     expiry: Expiry = Expiry()
     earn_rules: tuple[EarnRule, ...] = ()
+    tiers: Tiers | None = None
     rewards: tuple[Reward, ...] = ()
     coupon_pools: tuple[CouponPool, ...] = ()
 
@@ -125,6 +127,7 @@ class Programme:
             "currency": self.currency,
             "expiry": expiry,
             "earn_rules": [rule.to_json() for rule in self.earn_rules],
+            **({} if self.tiers is None else {"tiers": self.tiers.to_json()}),
             "rewards": [_reward_json(reward) for reward in self.rewards],
             "coupon_pools": [_pool_json(pool) for pool in self.coupon_pools],
         }
@@ -220,12 +223,22 @@ def parse_programme(
         for index, item in enumerate(_list(node, "earn_rules", path))
     )
     _unique([rule.id for rule in rules], f"{path}.earn_rules")
+    tiers = None if node.get("tiers") is None else parse_tiers(node["tiers"], f"{path}.tiers")
+    declared = set() if tiers is None else {level.id for level in tiers.levels}
+    for index, rule in enumerate(rules):
+        for place, multiplier in enumerate(rule.multipliers):
+            if multiplier.on == "tier" and multiplier.value not in declared:
+                raise InvalidDefinition(
+                    f"no tier {multiplier.value!r}; declare it under tiers.levels",
+                    field=f"{path}.earn_rules[{index}].multipliers[{place}].tier",
+                )
     return Programme(
         id=programme_id,
         name=_text(node.get("name", programme_id), f"{path}.name"),
         currency=_text(node.get("currency", "points"), f"{path}.currency"),
         expiry=_parse_expiry(node.get("expiry", {}), f"{path}.expiry"),
         earn_rules=rules,
+        tiers=tiers,
         rewards=rewards,
         coupon_pools=pools,
     )

@@ -16,13 +16,14 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain.conditions import Node
-from ariane.domain.earn_rules import Award, EarnRule, Member, award
+from ariane.domain.earn_rules import Award, EarnRule, Member, award, purchase_amount
 from ariane.domain.errors import DomainError, NotFound
 from ariane.domain.loyalty import track
 from ariane.domain.programmes import Programme
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # How long a process has to apply the rules to the events it claimed.
 CLAIM = timedelta(seconds=60)
+# Segment's e-commerce event for a refund, whole or of some products: its points go back.
+REFUND_EVENT = "Order Refunded"
 _KEY_PART = 100
 
 
@@ -53,6 +56,12 @@ class Event:
     # What makes its awards' keys: its order id, or its source and message id.
     key: str
     reference: str
+    # What makes a refund's key: this event itself (an order may be refunded in parts).
+    message_key: str = ""
+
+    @property
+    def order_id(self) -> str | None:
+        return self.reference if self.key.startswith("order:") else None
 
 
 def event_key(properties: Mapping[str, Any], source_id: str, message_id: str) -> tuple[str, str]:
@@ -64,6 +73,11 @@ def event_key(properties: Mapping[str, Any], source_id: str, message_id: str) ->
         part = text if len(text) <= _KEY_PART else _digest(text)
         return f"order:{part}", text[:200]
     return "event:" + _digest(source_id + "\x00" + message_id), message_id[:200]
+
+
+def units(amount: Decimal) -> int:
+    """An amount in ten-thousandths of its currency unit, as purchases keep it."""
+    return int((amount * 10_000).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
 def _digest(text: str) -> str:
@@ -115,7 +129,8 @@ class EarnService:
             if row is None or member is None:
                 continue
             key, reference = event_key(row["properties"], ref["source_id"], ref["message_id"])
-            event = Event(row["event"], row["properties"], key, reference)
+            message_key = _digest(ref["source_id"] + "\x00" + ref["message_id"])
+            event = Event(row["event"], row["properties"], key, reference, message_key)
             for programme in in_force:
                 try:
                     self.apply(programme, member, event)
@@ -131,10 +146,13 @@ class EarnService:
         return len(claimed)
 
     def run(self, stop: threading.Event, interval: float) -> None:
-        """Process until `stop` is set, looking again every `interval` seconds."""
+        """Process events, then look again at the tiers due for it, until `stop` is set,
+        every `interval` seconds."""
         while not stop.is_set():
             try:
                 while self.process() and not stop.is_set():
+                    pass
+                while self.loyalty.review_tiers() and not stop.is_set():
                     pass
             except Exception:
                 log.exception("earn rules: a round failed; retrying")
@@ -147,12 +165,15 @@ class EarnService:
         award moved. A rule past its limit gives nothing; one with `stop` that gave
         something ends the event's rules."""
         done: list[dict[str, Any]] = []
+        if event.name == REFUND_EVENT:
+            refunded = self._refund(programme, member, event)
+            return [] if refunded is None else [refunded]
         facts: Member | None = None
         for rule in programme.earn_rules:
             if rule.event != event.name:
                 continue
             if facts is None:
-                facts = self._member(member)
+                facts = self._member(programme.id, member)
             given = award(rule, event.properties, facts)
             if not given or (rule.when is not None and not self._holds(rule.when, member)):
                 continue
@@ -188,6 +209,7 @@ class EarnService:
             if to == member:
                 raise NotFound("a member cannot refer themselves", field="referrer")
             key += ":referrer"
+        purchase = rule.points_per_unit is not None and event.order_id is not None
         return self.loyalty.earn(
             programme.id,
             to,
@@ -196,7 +218,55 @@ class EarnService:
             reference=event.reference,
             rule=rule.id,
             limit=rule.limit,
+            eligible=units(one.eligible) if purchase else None,
         )
+
+    # --- returns ----------------------------------------------------------------------------
+
+    def _refund(self, programme: Programme, member: str, event: Event) -> dict[str, Any] | None:
+        """An `Order Refunded` event: the points of the order's purchases taken back, for
+        its `products` if it names them, else all."""
+        if event.order_id is None or not any(
+            rule.points_per_unit is not None for rule in programme.earn_rules
+        ):
+            return None
+        products = event.properties.get("products")
+        try:
+            return self.return_items(
+                programme.id,
+                member,
+                event.order_id,
+                products if isinstance(products, list) and products else None,
+                f"refund:{event.message_key}",
+            )
+        except NotFound:
+            return None
+
+    def return_items(
+        self,
+        programme_id: str,
+        profile_id: str,
+        order_id: str,
+        products: list[Any] | None,
+        key: str,
+    ) -> dict[str, Any]:
+        """Items of a purchase returned (all, without `products`): the points they
+        earned taken back in proportion, under `key`."""
+        if not isinstance(order_id, str) or not order_id.strip() or len(order_id) > 200:
+            raise DomainError("order_id needs the id of the order", field="order_id")
+        with self.db.read() as conn:
+            rules = {rule.id: rule for rule in self.programmes.load(conn, programme_id).earn_rules}
+
+        def returning(purchase: dict[str, Any]) -> int | None:
+            if products is None:
+                return None
+            rule = rules.get(purchase["rule"])
+            if rule is None or rule.points_per_unit is None:
+                rule = EarnRule(purchase["rule"], "", points_per_unit=Decimal(1))
+            eligible, _ = purchase_amount(rule, {"products": products})
+            return units(eligible)
+
+        return self.loyalty.reverse(programme_id, profile_id, order_id.strip(), returning, key)
 
     # --- from a till or the web ------------------------------------------------------------
 
@@ -227,7 +297,9 @@ class EarnService:
         if member is None:
             raise NotFound(f"no profile {profile_id!r}", field="profile_id")
         part, reference = event_key(properties, "api", key)
-        moved = self.apply(programme, member, Event(event, properties, part, reference))
+        moved = self.apply(
+            programme, member, Event(event, properties, part, reference, _digest(key))
+        )
         message_id = "loyalty-sale-" + _digest(f"{programme.id}\x00{key}")
         message = track(event, message_id, self.clock(), dict(properties))
         self.db.write(
@@ -247,15 +319,17 @@ class EarnService:
 
     # --- what rules read ------------------------------------------------------------------
 
-    def _member(self, member: str) -> Member:
+    def _member(self, programme: str, member: str) -> Member:
         with self.db.read() as conn:
             catalogue = self.segments.catalogue(conn)
             computed = conn.execute(
                 sa.select(profiles.c.computed).where(profiles.c.id == member)
             ).scalar()
+            tier = store.standing(conn, programme, member).tier
         held: Mapping[str, Any] = (computed or {}).get("segments", {})
         return Member(
-            segments=frozenset(catalogue.by_id[sid].name for sid in held if sid in catalogue.by_id)
+            segments=frozenset(catalogue.by_id[sid].name for sid in held if sid in catalogue.by_id),
+            tier=tier,
         )
 
     def _holds(self, condition: Node, member: str) -> bool:
@@ -289,7 +363,7 @@ class EarnService:
             )
         if profile_id is not None and member is None:
             raise NotFound(f"no profile {profile_id!r}", field="profile_id")
-        facts = Member() if member is None else self._member(member)
+        facts = Member() if member is None else self._member(programme.id, member)
         found: list[dict[str, Any]] = []
         points = 0
         for rule in programme.earn_rules:

@@ -13,13 +13,15 @@ from sqlalchemy.engine import Connection
 from ariane.domain.clock import format_duration, iso
 from ariane.domain.earn_rules import Limit
 from ariane.domain.errors import Conflict, DomainError, NotFound
-from ariane.domain.loyalty import Lot, balance, take, track
+from ariane.domain.loyalty import Lot, balance, points_to_reverse, take, take_back, track
+from ariane.domain.programmes import Programme
+from ariane.domain.tiers import Standing, earned, stand
 from ariane.services.coupons import status as coupon_status
 from ariane.services.programmes import ProgrammeService
 from ariane.storage import loyalty as store
 from ariane.storage import profiles as profile_store
 from ariane.storage import rewards as reward_store
-from ariane.storage.database import Database
+from ariane.storage.database import Database, RetryTransaction
 
 _KEY_WIDTH = 200
 _NAME_WIDTH = 64
@@ -73,18 +75,22 @@ class LoyaltyService:
         reference: str | None = None,
         rule: str | None = None,
         limit: Limit | None = None,
+        eligible: int | None = None,
     ) -> dict[str, Any]:
         """Add a lot of `points`, pending through the programme's return window and
         expiring after its validity. Replayed with the same key, the first answer.
 
         Given by the earn rule `rule`, whose `limit` (so many entries per member, ever
         or per period) is checked under the member's lock: `LimitReached` beyond it.
+        For a purchase (`reference` its order id), `eligible` is the amount that earned
+        the points, in ten-thousandths, kept for its returns.
         """
         _check(programme, key, points)
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
-            expiry = self.programmes.load(conn, programme).expiry
+            declared = self.programmes.load(conn, programme)
+            expiry = declared.expiry
             member, found = self._begin(conn, programme, profile_id, key)
             if found is not None:
                 return self._replay(conn, found, member, "earn", points)
@@ -105,6 +111,23 @@ class LoyaltyService:
                 available_at=iso(available),
                 expires_at=None if expires is None else iso(expires),
             )
+            if eligible is not None and reference is not None and rule is not None:
+                store.record_purchase(
+                    conn,
+                    self.db.dialect,
+                    {
+                        "entry_id": entry["id"],
+                        "programme": programme,
+                        "profile_id": member,
+                        "order_id": reference,
+                        "rule": rule,
+                        "points": points,
+                        "eligible": eligible,
+                        "returned": 0,
+                        "at": now,
+                    },
+                )
+            self._review_tier(conn, declared, member, now, "earned", f"entry-{entry['id']}")
             return entry
 
         return self.db.write(work)
@@ -216,16 +239,26 @@ class LoyaltyService:
         return self.db.write(work)
 
     def balance(self, programme: str, profile_id: str) -> dict[str, Any]:
+        now = self.clock()
         with self.db.read() as conn:
-            self.programmes.load(conn, programme)
+            declared = self.programmes.load(conn, programme)
             member = self._member(conn, profile_id)
             held = store.lots(conn, programme, member)
             coupons = reward_store.member_coupons(conn, programme, member)
-        now = self.clock()
+            standing = store.standing(conn, programme, member)
+            window = None if declared.tiers is None else declared.tiers.window
+            entries = (
+                []
+                if window is None
+                else store.earned_entries(conn, programme, member, now - window)
+            )
         current = balance(held, now)
         return {
             "profile_id": member,
             "programme": programme,
+            "tier": standing.tier,
+            "tier_since": standing.since,
+            "points_in_tier_window": None if window is None else earned(entries, now, window),
             "available": current.available,
             "pending": current.pending,
             "next_expiry": current.next_expiry,
@@ -241,6 +274,104 @@ class LoyaltyService:
                 for coupon in coupons
             ],
         }
+
+    def reverse(
+        self,
+        programme: str,
+        profile_id: str,
+        order_id: str,
+        returning: Callable[[dict[str, Any]], int | None],
+        key: str,
+    ) -> dict[str, Any]:
+        """Take back the points of returned items, in proportion: for each purchase of
+        the order that earned points, `returning(purchase)` says how much of its
+        eligible amount comes back (None: all that has not yet). Taken from the
+        purchase's own lot first, then the oldest, never below zero: what cannot be
+        taken (spent meanwhile) is the shortfall. Replayed with the same key, nothing
+        more is taken."""
+        _check(programme, key, 1)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            now = self.clock()
+            declared = self.programmes.load(conn, programme)
+            member = self._lock(conn, programme, profile_id)
+            bought = store.purchases(conn, programme, member, order_id)
+            if not bought:
+                raise NotFound(
+                    f"no purchase {order_id!r} of this member earned points", field="order_id"
+                )
+            moved: list[dict[str, Any]] = []
+            shortfall = 0
+            for purchase in bought:
+                part = f"{key}/{purchase['entry_id']}"
+                found = store.entry_by_key(conn, programme, part)
+                if found is not None:
+                    moved.append(found)
+                    continue
+                left = purchase["eligible"] - purchase["returned"]
+                wanted = returning(purchase)
+                back = left if wanted is None else min(max(wanted, 0), left)
+                if back <= 0:
+                    continue
+                points = points_to_reverse(
+                    purchase["points"], purchase["eligible"], purchase["returned"], back
+                )
+                taken, short = take_back(
+                    store.lots(conn, programme, member), purchase["entry_id"], points, now
+                )
+                shortfall += short
+                entry = self._record(
+                    conn,
+                    programme,
+                    member,
+                    "reverse",
+                    -sum(p for _, p in taken),
+                    part,
+                    order_id,
+                    now,
+                    rule=purchase["rule"],
+                )
+                store.take_from_lots(conn, entry["id"], member, taken)
+                store.add_returned(conn, purchase["entry_id"], back)
+                self._tell(conn, entry, "Points Reversed", shortfall=short)
+                moved.append(entry)
+            if moved:
+                self._review_tier(
+                    conn, declared, member, now, "returned", f"return-{moved[-1]['id']}"
+                )
+            return {
+                "programme": programme,
+                "profile_id": member,
+                "order_id": order_id,
+                "points": -sum(entry["points"] for entry in moved),
+                "shortfall": shortfall,
+                "entries": moved,
+            }
+
+        return self.db.write(work)
+
+    def review_tiers(self, limit: int = 200) -> int:
+        """Look again at the tiers due for it (points leaving the window, a grace period
+        ending); how many there were."""
+        now = self.clock()
+        with self.db.read() as conn:
+            due = store.tiers_due(conn, now, limit)
+        for programme_id, member in due:
+
+            def work(
+                conn: Connection, programme_id: str = programme_id, member: str = member
+            ) -> None:
+                if self._lock(conn, programme_id, member) != member:
+                    return
+                current = store.standing(conn, programme_id, member)
+                if current.review_at is None or current.review_at > now:
+                    return  # Looked at meanwhile by another process.
+                declared = self.programmes.load(conn, programme_id)
+                key = f"{programme_id}-{member}-{iso(now)}"
+                self._review_tier(conn, declared, member, now, "window", key)
+
+            self.db.write(work)
+        return len(due)
 
     def history(
         self, programme: str, profile_id: str, *, limit: int = 50, before: int | None = None
@@ -303,6 +434,33 @@ class LoyaltyService:
         store.add_event(conn, message_id, entry["profile_id"], message, entry["at"])
 
     @staticmethod
+    def _review_tier(
+        conn: Connection, declared: Programme, member: str, now: datetime, cause: str, key: str
+    ) -> None:
+        """Bring the member's tier to where their points earned put it, under their
+        lock; a change is a `Tier Changed` event on their timeline."""
+        current = store.standing(conn, declared.id, member)
+        tiers = declared.tiers
+        if tiers is None:
+            if current != Standing(None, None, None, None, 0):
+                store.save_standing(conn, declared.id, member, Standing(None, None, None, None, 0))
+            return
+        entries = store.earned_entries(conn, declared.id, member, now - tiers.window)
+        found = stand(tiers, current, entries, now)
+        store.save_standing(conn, declared.id, member, found)
+        if found.tier != current.tier:
+            message_id = f"loyalty-tier-{key}"
+            properties = {
+                "programme": declared.id,
+                "from": current.tier,
+                "to": found.tier,
+                "points": found.points,
+                "cause": cause,
+            }
+            message = track("Tier Changed", message_id, now, properties)
+            store.add_event(conn, message_id, member, message, now)
+
+    @staticmethod
     def _check_limit(
         conn: Connection, programme: str, member: str, rule: str, limit: Limit, now: datetime
     ) -> None:
@@ -363,9 +521,18 @@ class LoyaltyService:
         self, conn: Connection, programme: str, profile_id: str, key: str
     ) -> tuple[str, dict[str, Any] | None]:
         """The member, locked; and the entry already recorded under `key`, if any."""
+        member = self._lock(conn, programme, profile_id)
+        return member, store.entry_by_key(conn, programme, key)
+
+    def _lock(self, conn: Connection, programme: str, profile_id: str) -> str:
+        """The member's live profile id, their account locked until commit. A merge
+        locks the accounts too: a member merged away while this waited is a race lost,
+        run again (and found under the survivor)."""
         member = self._member(conn, profile_id)
         store.lock_account(conn, self.db.dialect, programme, member, self.clock())
-        return member, store.entry_by_key(conn, programme, key)
+        if profile_store.resolve_profile_id(conn, member) != member:
+            raise RetryTransaction(f"member {member} was merged meanwhile")
+        return member
 
     @staticmethod
     def _reused(found: dict[str, Any], what: str) -> Conflict:

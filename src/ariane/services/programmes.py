@@ -60,11 +60,12 @@ class ProgrammeService:
 
     def listened(self, conn: Connection, version: int) -> frozenset[str]:
         """The track events some earn rule reads, as of the catalogue `version`."""
-        return frozenset(
-            rule.event
-            for programme in self.in_force(conn, version)
-            for rule in programme.earn_rules
-        )
+        programmes = self.in_force(conn, version)
+        events = {rule.event for programme in programmes for rule in programme.earn_rules}
+        if any(r.points_per_unit is not None for p in programmes for r in p.earn_rules):
+            # Refunds take back what purchases earned (`services.earning`).
+            events.add("Order Refunded")
+        return frozenset(events)
 
     def all(self) -> list[dict[str, Any]]:
         with self.db.read() as conn:

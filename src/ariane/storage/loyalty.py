@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain.loyalty import Lot
+from ariane.domain.tiers import Standing
 from ariane.storage.database import Dialect
 from ariane.storage.tables import (
     identities,
@@ -18,6 +19,7 @@ from ariane.storage.tables import (
     loyalty_entries,
     loyalty_lots,
     loyalty_movements,
+    loyalty_purchases,
     outbox,
 )
 
@@ -333,4 +335,121 @@ def queue_for_rules(
             }
             for profile_id, source_id, message_id in queued
         ],
+    )
+
+
+# --- tiers ---------------------------------------------------------------------------------
+
+
+def standing(conn: Connection, programme: str, profile_id: str) -> Standing:
+    c = loyalty_accounts.c
+    row = conn.execute(
+        sa.select(c.tier, c.tier_since, c.tier_below_since, c.tier_review_at).where(
+            c.programme == programme, c.profile_id == profile_id
+        )
+    ).first()
+    if row is None:
+        return Standing(None, None, None, None, 0)
+    return Standing(row.tier, row.tier_since, row.tier_below_since, row.tier_review_at, 0)
+
+
+def save_standing(conn: Connection, programme: str, profile_id: str, found: Standing) -> None:
+    c = loyalty_accounts.c
+    conn.execute(
+        loyalty_accounts.update()
+        .where(c.programme == programme, c.profile_id == profile_id)
+        .values(
+            tier=found.tier,
+            tier_since=found.since,
+            tier_below_since=found.below_since,
+            tier_review_at=found.review_at,
+        )
+    )
+
+
+def earned_entries(
+    conn: Connection, programme: str, profile_id: str, since: datetime
+) -> list[tuple[datetime, int]]:
+    """What earns gave and returns took back since `since`: (time, signed points)."""
+    c = loyalty_entries.c
+    query = sa.select(c.at, c.points).where(
+        c.profile_id == profile_id,
+        c.programme == programme,
+        c.kind.in_(("earn", "reverse")),
+        c.at > since,
+    )
+    return [(at, int(points)) for at, points in conn.execute(query)]
+
+
+def tiers_due(conn: Connection, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """Accounts whose tier is to be looked at again by `now`: (programme, member)."""
+    c = loyalty_accounts.c
+    query = (
+        sa.select(c.programme, c.profile_id)
+        .where(c.tier_review_at <= now)
+        .order_by(c.tier_review_at)
+        .limit(limit)
+    )
+    return [(str(programme), str(member)) for programme, member in conn.execute(query)]
+
+
+# --- purchases and their returns -------------------------------------------------------------
+
+
+def record_purchase(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> None:
+    """What a purchase rule's earn entry was for (once: a replay records nothing more)."""
+    dialect.insert_ignoring_conflicts(conn, loyalty_purchases, [row])
+
+
+def purchases(
+    conn: Connection, programme: str, profile_id: str, order_id: str
+) -> list[dict[str, Any]]:
+    c = loyalty_purchases.c
+    query = (
+        sa.select(loyalty_purchases)
+        .where(c.programme == programme, c.order_id == order_id, c.profile_id == profile_id)
+        .order_by(c.entry_id)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def add_returned(conn: Connection, entry_id: int, amount: int) -> None:
+    c = loyalty_purchases.c
+    conn.execute(
+        loyalty_purchases.update()
+        .where(c.entry_id == entry_id)
+        .values(returned=c.returned + amount)
+    )
+
+
+# --- merges --------------------------------------------------------------------------------
+
+
+def merge_accounts(
+    conn: Connection, dialect: Dialect, absorbed: str, survivor: str, now: datetime
+) -> None:
+    """Before a merge moves the absorbed member's points to the survivor: lock both
+    members' accounts (a movement under way on either finishes first, and one waiting
+    finds the merge done), give the survivor an account in each programme of the
+    absorbed, and have its tier looked at again at once."""
+    c = loyalty_accounts.c
+    held = conn.execute(
+        dialect.lock_rows(
+            sa.select(c.programme, c.profile_id)
+            .where(c.profile_id.in_((absorbed, survivor)))
+            .order_by(c.programme, c.profile_id)
+        )
+    ).all()
+    programmes = sorted({str(programme) for programme, member in held if member == absorbed})
+    if not programmes:
+        return
+    dialect.insert_ignoring_conflicts(
+        conn,
+        loyalty_accounts,
+        [{"programme": p, "profile_id": survivor, "created_at": now} for p in programmes],
+    )
+    conn.execute(
+        loyalty_accounts.update()
+        .where(c.profile_id == survivor, c.programme.in_(programmes))
+        .values(tier_review_at=now)
     )

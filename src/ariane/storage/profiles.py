@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from ariane.domain.identity import Identifier, Merge
 from ariane.domain.profiles import ProfileState
+from ariane.storage import loyalty as loyalty_store
 from ariane.storage import segments as segment_store
 from ariane.storage.database import Dialect, RetryTransaction, chunked
 from ariane.storage.tables import (
@@ -196,6 +197,7 @@ def record_merge(
     """
     # Memberships move as they stand: the changes recorded for either are applied first.
     segment_store.catch_up(conn, dialect, {merge.absorbed, merge.survivor})
+    loyalty_store.merge_accounts(conn, dialect, merge.absorbed, merge.survivor, now)
     moved = conn.execute(
         identities.update()
         .where(identities.c.profile_id == merge.absorbed)

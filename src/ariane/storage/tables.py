@@ -326,7 +326,14 @@ loyalty_accounts = sa.Table(
     sa.Column("programme", sa.String(64), primary_key=True),
     sa.Column("profile_id", sa.String(32), primary_key=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # The member's tier (domain.tiers), since when, since when their points are below it
+    # (a grace period), and when to look again though nothing moves.
+    sa.Column("tier", sa.String(64), nullable=True),
+    sa.Column("tier_since", UTCDateTime, nullable=True),
+    sa.Column("tier_below_since", UTCDateTime, nullable=True),
+    sa.Column("tier_review_at", UTCDateTime, nullable=True),
     sa.Index("ix_loyalty_accounts_profile_id", "profile_id"),
+    sa.Index("ix_loyalty_accounts_tier_review_at", "tier_review_at"),
 )
 
 loyalty_entries = sa.Table(
@@ -372,6 +379,24 @@ loyalty_movements = sa.Table(
     sa.Column("profile_id", sa.String(32), nullable=False, index=True),
     # What the entry took from the lot (positive).
     sa.Column("points", sa.BigInteger, nullable=False),
+)
+
+# What each purchase earned, for its returns: the earn entry (and lot) of a purchase rule,
+# the amount that earned points and how much of it came back, in ten-thousandths of the
+# currency unit.
+loyalty_purchases = sa.Table(
+    "loyalty_purchases",
+    metadata,
+    sa.Column("entry_id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("programme", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("order_id", sa.String(200), nullable=False),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("points", sa.BigInteger, nullable=False),
+    sa.Column("eligible", sa.BigInteger, nullable=False),
+    sa.Column("returned", sa.BigInteger, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_loyalty_purchases_order_id", "programme", "order_id"),
 )
 
 # Programmes as declared (domain.programmes), in their canonical JSON; `version` counts
@@ -479,6 +504,7 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     "loyalty_entries": {"profile_column": "profile_id"},
     "loyalty_lots": {"profile_column": "profile_id"},
     "loyalty_movements": {"profile_column": "profile_id"},
+    "loyalty_purchases": {"profile_column": "profile_id"},
     "loyalty_redemptions": {"profile_column": "profile_id"},
     "loyalty_coupons": {"profile_column": "profile_id"},
     "loyalty_coupon_uses": {"profile_column": "profile_id"},

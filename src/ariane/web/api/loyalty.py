@@ -87,6 +87,18 @@ class EventBody(BaseModel):
     )
 
 
+class ReturnBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: str = Field(description="The order whose items come back.", examples=["R-1187"])
+    products: list[dict[str, Any]] | None = Field(
+        None,
+        description="The items returned ({sku, category, price, quantity}); without them,"
+        " the whole order.",
+        examples=[[{"sku": "RING-42", "category": "rings", "price": 120, "quantity": 1}]],
+    )
+
+
 class SimulateBody(EventBody):
     programme: str = Field(description="The programme's id.", examples=["club"])
     profile_id: str | None = Field(
@@ -249,6 +261,22 @@ def record_event(
     """A sale (or any event the earn rules read) from a till or the web: the rules
     applied now, and the event put on the member's timeline."""
     return app.earning.record(programme, profile_id, body.event, body.properties, _ledger_key(key))
+
+
+@router.post("/programmes/{programme}/members/{profile_id}/returns", responses=_MOVEMENT_ERRORS)
+def return_items(
+    programme: str,
+    profile_id: str,
+    body: ReturnBody,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Items of an order returned, or the whole order refunded: the points they earned
+    taken back in proportion, never below zero."""
+    return app.earning.return_items(
+        programme, profile_id, body.order_id, body.products, _ledger_key(key)
+    )
 
 
 @router.post("/simulate", responses=_MOVEMENT_ERRORS)

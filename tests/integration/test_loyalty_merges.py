@@ -1,0 +1,101 @@
+"""Members merged on both databases: when identity resolution joins a shop account and a
+web account, their points, history and coupons are the survivor's, the tier is looked at
+again, a reward limited per member cannot be had twice more, and spends racing the merge
+leave nothing behind on the absorbed profile."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from ariane.bootstrap import Container
+from ariane.services.ingest import Envelope
+from ariane.services.loyalty import RewardUnavailable
+from ariane.storage.tables import loyalty_entries
+from tests.integration.test_loyalty_ledger import at_once
+
+CLUB: dict[str, Any] = {
+    "id": "club",
+    "tiers": {
+        "window": "P365D",
+        "levels": [{"id": "silver", "points": 0}, {"id": "gold", "points": 1000}],
+    },
+    "rewards": [{"id": "welcome", "cost": 10, "per_member": 1, "pool": "codes"}],
+    "coupon_pools": [{"id": "codes", "generate": {"count": 10}}],
+}
+
+
+def send(container: Container, message: dict[str, Any]) -> str:
+    source = container.access.create_source(f"src-{uuid.uuid4().hex[:8]}")[0].id
+    stamped = {"messageId": uuid.uuid4().hex, **message}
+    return container.ingest.ingest(
+        source, [stamped], Envelope(received_at=container.clock())
+    ).profile_ids[0]
+
+
+def test_a_merge_consolidates_points_coupons_and_the_tier(container: Container) -> None:
+    container.programmes.apply(CLUB)
+    shop = send(
+        container,
+        {
+            "type": "identify",
+            "anonymousId": "card-reader-1",
+            "traits": {"email": "ada@example.org"},
+        },
+    )
+    web = send(container, {"type": "identify", "userId": "ada"})
+    container.loyalty.earn("club", shop, 600, "shop-1")
+    container.loyalty.earn("club", web, 500, "web-1")
+    shop_code = container.loyalty.redeem("club", shop, "welcome", "shop-welcome")["coupon"]["code"]
+    container.loyalty.redeem("club", web, "welcome", "web-welcome")
+    assert container.loyalty.balance("club", web)["tier"] == "silver"
+
+    survivor = send(
+        container, {"type": "identify", "userId": "ada", "traits": {"email": "ada@example.org"}}
+    )
+    container.loyalty.review_tiers()
+
+    balance = container.loyalty.balance("club", survivor)
+    assert balance["available"] == 1080
+    assert (balance["tier"], balance["points_in_tier_window"]) == ("gold", 1100)
+    assert shop_code in {c["code"] for c in balance["coupons"]}
+    assert len(balance["coupons"]) == 2
+    # Either id leads to the one member.
+    for old in (shop, web):
+        assert container.loyalty.balance("club", old)["profile_id"] == survivor
+    assert len(container.loyalty.history("club", survivor)["entries"]) == 4
+    try:
+        container.loyalty.redeem("club", survivor, "welcome", "again")
+        raise AssertionError("a reward limited to one per member was bought a third time")
+    except RewardUnavailable as refused:
+        assert "2 time(s)" in refused.message
+    assert container.loyalty.discrepancies("club") == []
+
+
+def test_spends_racing_a_merge_leave_nothing_on_the_absorbed_profile(container: Container) -> None:
+    container.programmes.apply(CLUB)
+    shop = send(container, {"type": "identify", "anonymousId": "card-reader-2"})
+    web = send(container, {"type": "identify", "userId": "bob"})
+    container.loyalty.earn("club", shop, 100, "shop-1")
+    container.loyalty.earn("club", web, 100, "web-1")
+
+    def act(i: int) -> None:
+        if i == 0:
+            send(container, {"type": "identify", "userId": "bob", "anonymousId": "card-reader-2"})
+        else:
+            container.loyalty.spend("club", shop if i % 2 else web, 10, f"spend-{i}")
+
+    outcomes = at_once(12, act)
+
+    assert outcomes["ok"] == 12
+    survivor = container.profiles.lookup("user_id", "bob")
+    absorbed = ({shop, web} - {survivor}).pop()
+    with container.db.read() as conn:
+        left = conn.execute(
+            sa.select(sa.func.count()).where(loyalty_entries.c.profile_id == absorbed)
+        ).scalar_one()
+    assert left == 0
+    assert container.loyalty.balance("club", survivor)["available"] == 90
+    assert container.loyalty.discrepancies("club") == []
