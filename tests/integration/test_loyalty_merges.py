@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
 from ariane.services.ingest import Envelope
@@ -99,3 +100,33 @@ def test_spends_racing_a_merge_leave_nothing_on_the_absorbed_profile(container: 
     assert left == 0
     assert container.loyalty.balance("club", survivor)["available"] == 90
     assert container.loyalty.discrepancies("club") == []
+
+
+def test_an_explicit_merge_joins_a_shop_and_a_web_account_but_never_two_users(
+    client: TestClient, container: Container, admin_token: dict[str, str]
+) -> None:
+    container.programmes.apply(CLUB)
+    shop = send(
+        container, {"type": "identify", "anonymousId": "till-9", "traits": {"loyalty_card": "LC-9"}}
+    )
+    web = send(container, {"type": "identify", "userId": "eve"})
+    other = send(container, {"type": "identify", "userId": "mallory"})
+    container.loyalty.earn("club", shop, 700, "shop-1")
+    container.loyalty.earn("club", web, 400, "web-1")
+    url = "/api/loyalty/members/merge"
+    joined = client.post(url, json={"survivor": web, "absorbed": shop}, headers=admin_token)
+    assert joined.status_code == 200, joined.text
+    assert joined.json() == {"profile_id": web, "merged_ids": [shop]}
+    container.loyalty.review_tiers()
+    found = client.get("/api/loyalty/programmes/club/members?card=LC-9", headers=admin_token)
+    assert (found.json()["profile_id"], found.json()["available"], found.json()["tier"]) == (
+        web,
+        1100,
+        "gold",
+    )
+    again = client.post(url, json={"survivor": web, "absorbed": shop}, headers=admin_token)
+    assert (again.status_code, again.json()["field"]) == (409, "absorbed")
+    two = client.post(url, json={"survivor": web, "absorbed": other}, headers=admin_token)
+    assert two.status_code == 409
+    assert "not one person" in two.json()["message"]
+    assert container.loyalty.balance("club", other)["profile_id"] == other

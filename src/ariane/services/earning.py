@@ -146,11 +146,13 @@ class EarnService:
         return len(claimed)
 
     def run(self, stop: threading.Event, interval: float) -> None:
-        """Process events, then look again at the tiers due for it, until `stop` is set,
-        every `interval` seconds."""
+        """Process events, write expired points off, then look again at the tiers due
+        for it, until `stop` is set, every `interval` seconds."""
         while not stop.is_set():
             try:
                 while self.process() and not stop.is_set():
+                    pass
+                while self.loyalty.expire_due() and not stop.is_set():
                     pass
                 while self.loyalty.review_tiers() and not stop.is_set():
                     pass

@@ -13,7 +13,15 @@ from sqlalchemy.engine import Connection
 from ariane.domain.clock import format_duration, iso
 from ariane.domain.earn_rules import Limit
 from ariane.domain.errors import Conflict, DomainError, NotFound
-from ariane.domain.loyalty import Lot, balance, points_to_reverse, take, take_back, track
+from ariane.domain.loyalty import (
+    Lot,
+    balance,
+    expired,
+    points_to_reverse,
+    take,
+    take_back,
+    track,
+)
 from ariane.domain.programmes import Programme
 from ariane.domain.tiers import Standing, earned, stand
 from ariane.services.coupons import status as coupon_status
@@ -57,6 +65,28 @@ def _check(programme: str, key: str, points: int) -> None:
         raise DomainError("points must be a whole number above 0", field="points")
 
 
+def _lot(
+    conn: Connection,
+    declared: Programme,
+    member: str,
+    entry: dict[str, Any],
+    now: datetime,
+    *,
+    pending: bool,
+) -> tuple[datetime, datetime | None]:
+    """The lot of points an entry brings: spendable after the programme's return window
+    (`pending`, for what a sale earned) or at once, until its validity runs out. When it
+    becomes spendable, and when it expires."""
+    expiry = declared.expiry
+    available = now + expiry.return_window if pending else now
+    expires = None if expiry.validity is None else now + expiry.validity
+    points = entry["points"]
+    store.insert_lot(
+        conn, declared.id, member, Lot(entry["id"], points, points, now, available, expires)
+    )
+    return available, expires
+
+
 class LoyaltyService:
     def __init__(
         self, db: Database, clock: Callable[[], datetime], programmes: ProgrammeService
@@ -90,7 +120,6 @@ class LoyaltyService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             declared = self.programmes.load(conn, programme)
-            expiry = declared.expiry
             member, found = self._begin(conn, programme, profile_id, key)
             if found is not None:
                 return self._replay(conn, found, member, "earn", points)
@@ -99,11 +128,7 @@ class LoyaltyService:
             entry = self._record(
                 conn, programme, member, "earn", points, key, reference, now, rule=rule
             )
-            available = now + expiry.return_window
-            expires = None if expiry.validity is None else now + expiry.validity
-            store.insert_lot(
-                conn, programme, member, Lot(entry["id"], points, points, now, available, expires)
-            )
+            available, expires = _lot(conn, declared, member, entry, now, pending=True)
             self._tell(
                 conn,
                 entry,
@@ -349,6 +374,115 @@ class LoyaltyService:
             }
 
         return self.db.write(work)
+
+    def adjust(
+        self,
+        programme: str,
+        profile_id: str,
+        points: int,
+        key: str,
+        *,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Points given or taken by hand (a goodwill gesture, a correction): given, a lot
+        spendable at once, expiring after the programme's validity; taken, from the
+        oldest spendable lots, or nothing (`NotEnoughPoints`). Replayed with the same
+        key, the first answer."""
+        if isinstance(points, bool) or not isinstance(points, int) or points == 0:
+            raise DomainError("points must be a whole number other than 0", field="points")
+        _check(programme, key, abs(points))
+
+        def work(conn: Connection) -> dict[str, Any]:
+            now = self.clock()
+            declared = self.programmes.load(conn, programme)
+            member, found = self._begin(conn, programme, profile_id, key)
+            if found is not None:
+                return self._replay(conn, found, member, "adjust", points)
+            taken = take(store.lots(conn, programme, member), -points, now) if points < 0 else []
+            entry = self._record(conn, programme, member, "adjust", points, key, reason, now)
+            if points > 0:
+                _lot(conn, declared, member, entry, now, pending=False)
+            else:
+                store.take_from_lots(conn, entry["id"], member, taken)
+            self._tell(conn, entry, "Points Adjusted", signed=points)
+            return entry
+
+        return self.db.write(work)
+
+    def transfer(
+        self,
+        programme: str,
+        profile_id: str,
+        to_profile_id: str,
+        points: int,
+        key: str,
+        *,
+        reference: str | None = None,
+    ) -> dict[str, Any]:
+        """Points moved from one member to another: taken from the giver's oldest
+        spendable lots (or nothing, `NotEnoughPoints`), a lot for the receiver, spendable
+        at once and expiring after the programme's validity. Both accounts are locked,
+        in a fixed order. Replayed with the same key, the first answer."""
+        _check(programme, key, points)
+        if len(key) > _KEY_WIDTH - 4:
+            raise DomainError(
+                f"a transfer's Idempotency-Key has at most {_KEY_WIDTH - 4} characters",
+                field=IDEMPOTENCY_KEY,
+            )
+
+        def work(conn: Connection) -> dict[str, Any]:
+            now = self.clock()
+            declared = self.programmes.load(conn, programme)
+            giver, receiver = self._member(conn, profile_id), self._member(conn, to_profile_id)
+            if giver == receiver:
+                raise DomainError("a member cannot transfer points to themselves", field="to")
+            for member in sorted((giver, receiver)):
+                self._lock(conn, programme, member)
+            out_key, in_key = f"{key}:out", f"{key}:in"
+            sent = store.entry_by_key(conn, programme, out_key)
+            if sent is not None:
+                self._replay(conn, sent, giver, "transfer", -points)
+                received = store.entry_by_key(conn, programme, in_key)
+                assert received is not None
+                return {"from": sent, "to": received}
+            taken = take(store.lots(conn, programme, giver), points, now)
+            sent = self._record(
+                conn, programme, giver, "transfer", -points, out_key, reference, now
+            )
+            store.take_from_lots(conn, sent["id"], giver, taken)
+            received = self._record(
+                conn, programme, receiver, "transfer", points, in_key, reference, now
+            )
+            _lot(conn, declared, receiver, received, now, pending=False)
+            self._tell(conn, sent, "Points Transferred", to=receiver)
+            self._tell(conn, received, "Points Transferred", **{"from": giver})
+            return {"from": sent, "to": received}
+
+        return self.db.write(work)
+
+    def expire_due(self, limit: int = 200) -> int:
+        """Write off the ledger the points past their expiry still in a lot, as an
+        `expire` entry per member (a `Points Expired` event); how many members."""
+        now = self.clock()
+        with self.db.read() as conn:
+            due = store.expired_members(conn, now, limit)
+        for programme_id, member in due:
+
+            def work(
+                conn: Connection, programme_id: str = programme_id, member: str = member
+            ) -> None:
+                live = self._lock(conn, programme_id, member)
+                gone = expired(store.lots(conn, programme_id, live), now)
+                if not gone:
+                    return
+                key = f"expire:{live}:{iso(now)}"
+                total = sum(points for _, points in gone)
+                entry = self._record(conn, programme_id, live, "expire", -total, key, None, now)
+                store.take_from_lots(conn, entry["id"], live, gone)
+                self._tell(conn, entry, "Points Expired")
+
+            self.db.write(work)
+        return len(due)
 
     def review_tiers(self, limit: int = 200) -> int:
         """Look again at the tiers due for it (points leaving the window, a grace period

@@ -13,9 +13,9 @@ from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.consent import ConsentDecision, check_purpose, check_status, current_consents
-from ariane.domain.errors import DomainError, NotFound
-from ariane.domain.identity import normalise, normalise_type
-from ariane.domain.profiles import ProfileState
+from ariane.domain.errors import Conflict, DomainError, NotFound
+from ariane.domain.identity import Merge, normalise, normalise_type
+from ariane.domain.profiles import ProfileState, merge_profiles
 from ariane.domain.segments import Touch
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
@@ -228,6 +228,48 @@ class ProfileService:
 
         history = self.db.write(work)
         return {"purpose": purpose, **current_consents(history, now)[purpose]}
+
+    def merge(self, survivor_id: str, absorbed_id: str, *, reason: str) -> dict[str, Any]:
+        """Join two profiles known to be one person (a shop account and a web account),
+        as identity resolution would: everything of `absorbed_id` goes to `survivor_id`,
+        whose segments are evaluated again. Refused when together they would hold more
+        values of a limited type than one person may (two user ids: two people)."""
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
+            raise DomainError("reason needs 1 to 200 characters", field="reason")
+
+        def work(conn: Connection) -> str:
+            now = self.clock()
+            survivor = live_profile_id(conn, survivor_id)
+            absorbed = live_profile_id(conn, absorbed_id)
+            if survivor == absorbed:
+                raise Conflict(
+                    f"{survivor_id!r} and {absorbed_id!r} are one profile already",
+                    field="absorbed",
+                )
+            # As in ingestion: the catalogue first, then the profiles, in id order.
+            catalogue = self.segments.catalogue(conn, hold=True)
+            states = profile_store.lock_profiles(conn, self.db.dialect, [survivor, absorbed])
+            limits = self.settings.identity.limits
+            held = profile_store.held_identifiers(conn, self.db.dialect, states, list(limits))
+            for id_type, limit in sorted(limits.items()):
+                values = sorted({value for kind, value, _ in held if kind == id_type})
+                if len(values) > limit:
+                    raise Conflict(
+                        f"together the profiles hold {len(values)} {id_type} values, and one"
+                        f" person holds at most {limit}: they are not one person",
+                        field="absorbed",
+                    )
+            kept = states[survivor]
+            merge_profiles(kept, states[absorbed], catalogue.merge_features(now))
+            profile_store.record_merge(
+                conn, self.db.dialect, Merge(survivor, absorbed, [], []), reason, None, now
+            )
+            profile_store.update_profiles(conn, self.db.dialect, [kept], now)
+            self.segments.reevaluate(conn, {survivor: kept}, Touch(everything=True), now, "merge")
+            return survivor
+
+        survivor = self.db.write(work)
+        return {"profile_id": survivor, "merged_ids": self.view(survivor)["merged_ids"]}
 
     def consent_history(self, profile_id: str) -> dict[str, Any]:
         with self.db.read() as conn:

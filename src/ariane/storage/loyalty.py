@@ -453,3 +453,16 @@ def merge_accounts(
         .where(c.profile_id == survivor, c.programme.in_(programmes))
         .values(tier_review_at=now)
     )
+
+
+def expired_members(conn: Connection, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """Members with points past their expiry still in a lot: (programme, member)."""
+    c = loyalty_lots.c
+    query = (
+        sa.select(c.programme, c.profile_id)
+        .where(c.remaining > 0, c.expires_at <= now)
+        .group_by(c.programme, c.profile_id)
+        .order_by(sa.func.min(c.expires_at))
+        .limit(limit)
+    )
+    return [(str(programme), str(member)) for programme, member in conn.execute(query)]

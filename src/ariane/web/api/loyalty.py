@@ -106,6 +106,37 @@ class SimulateBody(EventBody):
     )
 
 
+class AdjustBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    points: int = Field(description="Given (above 0) or taken (below 0).", examples=[200])
+    reason: str | None = Field(
+        None, max_length=200, description="Why, for the history.", examples=["delivery late"]
+    )
+
+
+class TransferBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(description="The profile id of the member who receives them.")
+    points: int = Field(description="A whole number above 0.", examples=[300])
+    reference: str | None = Field(None, max_length=200)
+
+
+class MergeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    survivor: str = Field(description="The profile id that remains.")
+    absorbed: str = Field(description="The profile id joined into it.")
+    reason: str = Field(
+        "merged through the loyalty API",
+        min_length=1,
+        max_length=200,
+        description="Why, kept with the merge.",
+        examples=["same card at the till and on the web"],
+    )
+
+
 class RedeemBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -279,6 +310,16 @@ def return_items(
     )
 
 
+@router.post("/members/merge", responses=_MOVEMENT_ERRORS)
+def merge_members(
+    body: MergeBody, app: Container = Depends(container), _: Token = Depends(write_access)
+) -> Any:
+    """Join a shop account and a web account known to be one person: their points,
+    history, coupons and identifiers become the survivor's, and its tiers are looked at
+    again. Refused (409) when together they hold two user ids."""
+    return app.profiles.merge(body.survivor, body.absorbed, reason=body.reason)
+
+
 @router.post("/simulate", responses=_MOVEMENT_ERRORS)
 def simulate(
     body: SimulateBody, app: Container = Depends(container), _: Token = Depends(write_access)
@@ -286,6 +327,36 @@ def simulate(
     """What an event would earn under a programme's rules, changing nothing (admin only,
     as a segment's preview: it reads any member's data)."""
     return app.earning.simulate(body.programme, body.event, body.properties, body.profile_id)
+
+
+@router.post("/programmes/{programme}/members/{profile_id}/adjust", responses=_MOVEMENT_ERRORS)
+def adjust(
+    programme: str,
+    profile_id: str,
+    body: AdjustBody,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Give or take points by hand; taken only from what the member can spend now."""
+    return app.loyalty.adjust(
+        programme, profile_id, body.points, _ledger_key(key), reason=body.reason
+    )
+
+
+@router.post("/programmes/{programme}/members/{profile_id}/transfer", responses=_MOVEMENT_ERRORS)
+def transfer(
+    programme: str,
+    profile_id: str,
+    body: TransferBody,
+    key: str | None = _KEY,
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """Move points from this member to another, oldest first, or nothing (409)."""
+    return app.loyalty.transfer(
+        programme, profile_id, body.to, body.points, _ledger_key(key), reference=body.reference
+    )
 
 
 @router.post("/programmes/{programme}/members/{profile_id}/redeem", responses=_MOVEMENT_ERRORS)
