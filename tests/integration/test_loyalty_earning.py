@@ -220,3 +220,41 @@ def test_simulate_shows_what_an_event_would_earn_and_changes_nothing(
     ).json()
     assert (news["points"], news["awards"][0]["held_back"]) == (0, "limit")
     assert available(container, ada) == 50
+
+
+def test_a_till_retry_after_its_sale_promoted_the_member_answers_the_first_answer(
+    container: Container,
+) -> None:
+    tiers = {"window": "P365D", "levels": [{"id": "gold", "points": 100}]}
+    rules = [
+        {
+            "id": "purchases",
+            "event": "Order Completed",
+            "points_per_unit": 1,
+            "multipliers": [{"tier": "gold", "factor": 2}],
+        }
+    ]
+    container.programmes.apply({"id": "club", "tiers": tiers, "earn_rules": rules})
+    [ada] = send(container, {"type": "identify", "userId": "ada"})
+    sale = {"order_id": "R-9", "revenue": 100}
+    first = container.earning.record("club", ada, "Order Completed", sale, "till/R-9")
+    assert first["points"] == 100
+    assert container.loyalty.balance("club", ada)["tier"] == "gold"
+    again = container.earning.record("club", ada, "Order Completed", sale, "till/R-9")
+    assert again["points"] == 100
+    assert available(container, ada) == 100
+
+
+def test_two_members_may_share_an_order_number_and_a_poisoned_event_blocks_no_other(
+    container: Container,
+) -> None:
+    [ada] = send(container, track("ada", "Order Completed", order_id="7", revenue=10))
+    [bob] = send(container, track("bob", "Order Completed", order_id="7", revenue=20))
+    send(
+        container,
+        track("eve", "Order Completed", order_id="8", revenue=1e20),
+        track("ada", "Newsletter Subscribed"),
+    )
+    drain(container)
+    assert (available(container, ada), available(container, bob)) == (60, 20)
+    assert drain(container) == 0

@@ -5,15 +5,20 @@ leave nothing behind on the absorbed profile."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
+from ariane.domain.identity import Merge
 from ariane.services.ingest import Envelope
 from ariane.services.loyalty import RewardUnavailable
+from ariane.storage.profiles import record_merge
 from ariane.storage.tables import loyalty_entries
 from tests.integration.test_loyalty_ledger import at_once
 
@@ -130,3 +135,31 @@ def test_an_explicit_merge_joins_a_shop_and_a_web_account_but_never_two_users(
     assert two.status_code == 409
     assert "not one person" in two.json()["message"]
     assert container.loyalty.balance("club", other)["profile_id"] == other
+
+
+def test_a_movement_that_waited_on_a_merged_member_runs_again_under_the_survivor(
+    container: Container, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's single writer runs one transaction at a time: nothing waits")
+    container.programmes.apply(CLUB)
+    shop = send(container, {"type": "identify", "anonymousId": "till-3"})
+    web = send(container, {"type": "identify", "userId": "zoe"})
+    container.loyalty.earn("club", shop, 100, "shop-1")
+    outcome: list[Any] = []
+    with container.db.engine.connect() as conn, conn.begin():
+        conn.execute(
+            sa.text("SELECT 1 FROM loyalty_accounts WHERE profile_id = :p FOR UPDATE"), {"p": shop}
+        )
+        spender = threading.Thread(
+            target=lambda: outcome.append(container.loyalty.spend("club", shop, 10, "spend-1"))
+        )
+        spender.start()
+        time.sleep(0.3)
+        record_merge(
+            conn, container.db.dialect, Merge(web, shop, [], []), "test", None, container.clock()
+        )
+    spender.join(10)
+    assert outcome and outcome[0]["profile_id"] == web
+    assert container.loyalty.balance("club", web)["available"] == 90
+    assert container.loyalty.discrepancies("club") == []

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
-from ariane.domain.errors import NotFound
+from ariane.domain.errors import DomainError, NotFound
 from ariane.services.ingest import Envelope
 
 CLUB: dict[str, Any] = {
@@ -141,3 +141,28 @@ def test_a_refund_event_through_the_pipeline_takes_back_the_points(
     assert returned.status_code == 200, returned.text
     assert returned.json()["points"] == 100
     assert available(container, ada) == 0
+
+
+def test_a_return_takes_back_what_the_items_earned_with_their_multipliers_and_not_a_limit(
+    container: Container,
+) -> None:
+    rules = [
+        {
+            "id": "purchases",
+            "event": "Order Completed",
+            "points_per_unit": 1,
+            "multipliers": [{"category": "rings", "factor": 2}],
+            "limit": {"count": 2, "per": "P30D"},
+        }
+    ]
+    container.programmes.apply({"id": "club", "earn_rules": rules})
+    ada = member(container, "ada")
+    sock = {"sku": "SOCK-1", "category": "socks", "price": 100, "quantity": 1}
+    assert buy(container, ada, "O-1", RING, sock) == 300
+    assert container.earning.return_items("club", ada, "O-1", [RING], "r-1")["points"] == 200
+    assert container.earning.return_items("club", ada, "O-1", None, "r-2")["points"] == 100
+    # The return used none of the rule's two purchases a month.
+    assert buy(container, ada, "O-2", sock) == 100
+    with pytest.raises(DomainError) as long_key:
+        container.earning.return_items("club", ada, "O-2", None, "k" * 190)
+    assert long_key.value.field == "Idempotency-Key"

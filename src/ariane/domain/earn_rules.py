@@ -5,10 +5,10 @@
         event: Order Completed
         points_per_unit: 1             # per unit of currency spent on eligible items
         exclude: {skus: [GIFT-CARD], categories: [gift-cards]}
-        multipliers:                   # the largest matching one of each kind applies
-          - {category: rings, factor: 2}      # per item
-          - {sku: RING-42, factor: 3}         # per item
-          - {segment: vip, factor: 1.5}       # the whole purchase
+        multipliers:                   # the largest matching item multiplier per
+          - {category: rings, factor: 2}      # item, and the largest matching member
+          - {sku: RING-42, factor: 3}         # multiplier (segment or tier) for the
+          - {segment: vip, factor: 1.5}       # whole purchase
       - id: newsletter
         event: Newsletter Subscribed
         points: 50
@@ -44,6 +44,8 @@ from ariane.domain.conditions import Names, Node, parse_condition, to_json
 from ariane.domain.predicates import InvalidDefinition
 
 MAX_FACTOR = 100
+# More than any purchase earns.
+MAX_POINTS = 10**12
 MULTIPLIER_KINDS = ("category", "sku", "segment", "tier")
 _ITEM_KINDS = ("category", "sku")
 
@@ -131,9 +133,10 @@ class Award:
     points: int = 0
     to_referrer: bool = False
     reward: str | None = None
-    # The amount that earned the points (purchases), for returns to take back in
-    # proportion.
+    # The amount that earned the points (purchases), and the same with each item's
+    # multiplier applied: returns take back points in proportion to the latter.
     eligible: Decimal = Decimal(0)
+    weighted: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +184,17 @@ def award(rule: EarnRule, properties: Mapping[str, Any], member: Member) -> list
     assert rule.points_per_unit is not None
     eligible, weighted = purchase_amount(rule, properties)
     factor = _largest(rule, member)
-    points = math.floor(weighted * rule.points_per_unit * factor)
-    return [Award(rule.id, points=points, eligible=eligible)] if points > 0 else []
+    exact = weighted * rule.points_per_unit * factor
+    if exact > MAX_POINTS:
+        # An amount no sale reaches: a mistake of the sender's, not points to give.
+        raise InvalidDefinition(
+            f"the purchase would earn {exact:.0f} points, more than {MAX_POINTS:,}",
+            field="properties",
+        )
+    points = math.floor(exact)
+    if points <= 0:
+        return []
+    return [Award(rule.id, points=points, eligible=eligible, weighted=weighted)]
 
 
 def purchase_amount(rule: EarnRule, properties: Mapping[str, Any]) -> tuple[Decimal, Decimal]:

@@ -75,6 +75,13 @@ def event_key(properties: Mapping[str, Any], source_id: str, message_id: str) ->
     return "event:" + _digest(source_id + "\x00" + message_id), message_id[:200]
 
 
+def _award_key(rule: str, member: str, event: str) -> str:
+    """The ledger key of what a rule gave a member for an event (200 characters at
+    most: a long one is digested)."""
+    key = f"rule:{rule}:{member}:{event}"
+    return key if len(key) <= 200 else f"rule:{rule}:{_digest(key)}"
+
+
 def units(amount: Decimal) -> int:
     """An amount in ten-thousandths of its currency unit, as purchases keep it."""
     return int((amount * 10_000).to_integral_value(rounding=ROUND_HALF_EVEN))
@@ -122,27 +129,37 @@ class EarnService:
                 queued: profile_store.resolve_profile_id(conn, queued)
                 for queued in {profile_id for _, profile_id, _ in claimed}
             }
-        for _, queued, ref in claimed:
+        done: list[int] = []
+        for row_id, queued, ref in claimed:
             row = found.get((ref["source_id"], ref["message_id"]))
             member = owners[queued]
             # An erased member's events went with them.
             if row is None or member is None:
+                done.append(row_id)
                 continue
             key, reference = event_key(row["properties"], ref["source_id"], ref["message_id"])
             message_key = _digest(ref["source_id"] + "\x00" + ref["message_id"])
             event = Event(row["event"], row["properties"], key, reference, message_key)
-            for programme in in_force:
-                try:
-                    self.apply(programme, member, event)
-                except DomainError as error:
-                    log.warning(
-                        "earn rules of %s: event %s of %s: %s",
-                        programme.id,
-                        ref["message_id"],
-                        member,
-                        error.message,
-                    )
-        self.db.write(lambda conn: store.mark_sent(conn, [row_id for row_id, _, _ in claimed], now))
+            try:
+                for programme in in_force:
+                    try:
+                        self.apply(programme, member, event)
+                    except DomainError as error:
+                        log.warning(
+                            "earn rules of %s: event %s of %s: %s",
+                            programme.id,
+                            ref["message_id"],
+                            member,
+                            error.message,
+                        )
+            except Exception:
+                # Left unmarked: claimed again once the claim runs out, and meanwhile
+                # the events after it go on.
+                log.exception("earn rules: event %s of %s failed", ref["message_id"], member)
+                continue
+            done.append(row_id)
+        if done:
+            self.db.write(lambda conn: store.mark_sent(conn, done, now))
         return len(claimed)
 
     def run(self, stop: threading.Event, interval: float) -> None:
@@ -196,7 +213,8 @@ class EarnService:
     def _give(
         self, programme: Programme, member: str, rule: EarnRule, one: Award, event: Event
     ) -> dict[str, Any]:
-        key = f"rule:{rule.id}:{event.key}"
+        # Per member: two shops' customers may share an order number.
+        key = _award_key(rule.id, member, event.key)
         if one.reward is not None:
             return self.loyalty.redeem(
                 programme.id, member, one.reward, key, rule=rule.id, limit=rule.limit
@@ -210,7 +228,7 @@ class EarnService:
             to = self.profiles.lookup("user_id", str(referrer))
             if to == member:
                 raise NotFound("a member cannot refer themselves", field="referrer")
-            key += ":referrer"
+            key = _award_key(rule.id, member, event.key + ":referrer")
         purchase = rule.points_per_unit is not None and event.order_id is not None
         return self.loyalty.earn(
             programme.id,
@@ -220,7 +238,7 @@ class EarnService:
             reference=event.reference,
             rule=rule.id,
             limit=rule.limit,
-            eligible=units(one.eligible) if purchase else None,
+            eligible=units(one.weighted) if purchase else None,
         )
 
     # --- returns ----------------------------------------------------------------------------
@@ -265,8 +283,9 @@ class EarnService:
             rule = rules.get(purchase["rule"])
             if rule is None or rule.points_per_unit is None:
                 rule = EarnRule(purchase["rule"], "", points_per_unit=Decimal(1))
-            eligible, _ = purchase_amount(rule, {"products": products})
-            return units(eligible)
+            # In proportion to what the items earned: each with its multiplier.
+            _, weighted = purchase_amount(rule, {"products": products})
+            return units(weighted)
 
         return self.loyalty.reverse(programme_id, profile_id, order_id.strip(), returning, key)
 

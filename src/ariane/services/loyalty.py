@@ -122,6 +122,14 @@ class LoyaltyService:
             declared = self.programmes.load(conn, programme)
             member, found = self._begin(conn, programme, profile_id, key)
             if found is not None:
+                if rule is not None and (found["profile_id"], found["kind"], found["rule"]) == (
+                    member,
+                    "earn",
+                    rule,
+                ):
+                    # What the rule gave the first time, though it would give otherwise
+                    # now (the first earn promoted the member, say).
+                    return found
                 return self._replay(conn, found, member, "earn", points)
             if rule is not None and limit is not None:
                 self._check_limit(conn, programme, member, rule, limit, now)
@@ -315,6 +323,11 @@ class LoyaltyService:
         taken (spent meanwhile) is the shortfall. Replayed with the same key, nothing
         more is taken."""
         _check(programme, key, 1)
+        if len(key) > _KEY_WIDTH - 21:
+            raise DomainError(
+                f"a return's Idempotency-Key has at most {_KEY_WIDTH - 21} characters",
+                field=IDEMPOTENCY_KEY,
+            )
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
@@ -331,6 +344,10 @@ class LoyaltyService:
                 part = f"{key}/{purchase['entry_id']}"
                 found = store.entry_by_key(conn, programme, part)
                 if found is not None:
+                    if (found["profile_id"], found["kind"]) != (member, "reverse"):
+                        raise self._reused(
+                            found, f"{found['kind']} of {abs(found['points'])} points"
+                        )
                     moved.append(found)
                     continue
                 left = purchase["eligible"] - purchase["returned"]
@@ -551,7 +568,8 @@ class LoyaltyService:
             conn, programme, member, "spend", -points, key, reference, now, rule=rule
         )
         store.take_from_lots(conn, entry["id"], member, taken)
-        self._tell(conn, entry, "Points Spent")
+        if points:
+            self._tell(conn, entry, "Points Spent")
         return entry
 
     @staticmethod

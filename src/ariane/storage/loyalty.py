@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from ariane.domain.loyalty import Lot
 from ariane.domain.tiers import Standing
-from ariane.storage.database import Dialect
+from ariane.storage.database import Dialect, RetryTransaction
 from ariane.storage.tables import (
     identities,
     loyalty_accounts,
@@ -40,13 +40,17 @@ def lock_account(
         [{"programme": programme, "profile_id": profile_id, "created_at": now}],
     )
     accounts = loyalty_accounts.c
-    conn.execute(
+    held = conn.execute(
         dialect.lock_rows(
             sa.select(accounts.profile_id).where(
                 accounts.programme == programme, accounts.profile_id == profile_id
             )
         )
-    ).one()
+    ).first()
+    if held is None:
+        # A merge dropped the account while this waited for it: the member is the
+        # survivor's now.
+        raise RetryTransaction(f"the account of {profile_id} went with a merge")
 
 
 def entry_by_key(conn: Connection, programme: str, key: str) -> dict[str, Any] | None:
@@ -306,7 +310,11 @@ def rule_uses(
     """How many entries the earn rule gave the member, since `since` if given."""
     c = loyalty_entries.c
     query = sa.select(sa.func.count()).where(
-        c.profile_id == profile_id, c.programme == programme, c.rule == rule
+        c.profile_id == profile_id,
+        c.programme == programme,
+        c.rule == rule,
+        # What the rule gave (points earned, a reward granted); not a return's reversal.
+        c.kind.in_(("earn", "spend")),
     )
     if since is not None:
         query = query.where(c.at > since)
