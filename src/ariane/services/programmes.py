@@ -25,7 +25,7 @@ class ProgrammeService:
         self.db = db
         self.clock = clock
         self._cache: dict[str, tuple[int, Programme]] = {}
-        self._all: tuple[int, tuple[Programme, ...]] | None = None
+        self._all: tuple[int, tuple[Programme, ...], frozenset[str]] | None = None
         self._lock = threading.Lock()
 
     def load(self, conn: Connection, programme_id: str) -> Programme:
@@ -49,23 +49,29 @@ class ProgrammeService:
     def in_force(self, conn: Connection, version: int) -> tuple[Programme, ...]:
         """Every programme, as of the catalogue `version` (a programme's change bumps
         it), parsed once per version."""
+        return self._in_force(conn, version)[0]
+
+    def listened(self, conn: Connection, version: int) -> frozenset[str]:
+        """The track events some earn rule reads, as of the catalogue `version`: asked by
+        every ingestion batch, worked out once per version."""
+        return self._in_force(conn, version)[1]
+
+    def _in_force(
+        self, conn: Connection, version: int
+    ) -> tuple[tuple[Programme, ...], frozenset[str]]:
         with self._lock:
             cached = self._all
         if cached is not None and cached[0] == version:
-            return cached[1]
-        found = tuple(parse_programme(row["definition"]) for row in store.programme_rows(conn))
-        with self._lock:
-            self._all = (version, found)
-        return found
-
-    def listened(self, conn: Connection, version: int) -> frozenset[str]:
-        """The track events some earn rule reads, as of the catalogue `version`."""
-        programmes = self.in_force(conn, version)
+            return cached[1], cached[2]
+        programmes = tuple(parse_programme(row["definition"]) for row in store.programme_rows(conn))
         events = {rule.event for programme in programmes for rule in programme.earn_rules}
         if any(r.points_per_unit is not None for p in programmes for r in p.earn_rules):
             # Refunds take back what purchases earned (`services.earning`).
             events.add("Order Refunded")
-        return frozenset(events)
+        listened = frozenset(events)
+        with self._lock:
+            self._all = (version, programmes, listened)
+        return programmes, listened
 
     def all(self) -> list[dict[str, Any]]:
         with self.db.read() as conn:
