@@ -89,7 +89,7 @@ def test_a_tier_no_longer_declared_gives_way_to_the_points() -> None:
             {"window": "P365D", "demotion": "soon", "levels": [{"id": "a", "points": 0}]},
             "tiers.demotion",
         ),
-        ({"window": "P365D", "levels": [{"id": "a", "points": 0}], "x": 1}, "tiers"),
+        ({"window": "P365D", "levels": [{"id": "a", "points": 0}], "x": 1}, "tiers.x"),
     ],
 )
 def test_each_fault_of_the_tiers_is_named(value: dict[str, Any], field: str) -> None:

@@ -39,8 +39,9 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ariane.domain.clock import format_duration, parse_duration
+from ariane.domain.clock import format_duration
 from ariane.domain.conditions import Names, Node, parse_condition, to_json
+from ariane.domain.definitions import duration, keyed, listed, whole
 from ariane.domain.predicates import InvalidDefinition
 
 MAX_FACTOR = 100
@@ -270,14 +271,7 @@ _KEYS = ("id", "event", *_GIVES, "exclude", "multipliers", "when", "limit", "sto
 def parse_rule(node: Any, path: str, names: Names, rewards: Collection[str]) -> EarnRule:
     """One rule of `earn_rules`; `names` are the segments and computed traits a `when`
     or a multiplier may name, `rewards` the ids of the programme's rewards."""
-    if not isinstance(node, Mapping):
-        raise InvalidDefinition(f"needs an object with {', '.join(_KEYS)}", field=path)
-    unknown = sorted(str(key) for key in node if key not in _KEYS)
-    if unknown:
-        raise InvalidDefinition(
-            f"unknown key {unknown[0]!r}; the keys here are {', '.join(_KEYS)}",
-            field=f"{path}.{unknown[0]}",
-        )
+    node = keyed(node, path, _KEYS)
     gives = [key for key in _GIVES if node.get(key) is not None]
     if len(gives) != 1:
         raise InvalidDefinition(
@@ -314,7 +308,7 @@ def parse_rule(node: Any, path: str, names: Names, rewards: Collection[str]) -> 
         exclude_categories=exclude[1],
         multipliers=tuple(
             _multiplier(item, f"{path}.multipliers[{index}]", names)
-            for index, item in enumerate(_list(node.get("multipliers", []), f"{path}.multipliers"))
+            for index, item in enumerate(listed(node.get("multipliers", []), f"{path}.multipliers"))
         ),
         referral=_referral(node["referral"], f"{path}.referral") if "referral" in node else None,
         reward=reward,
@@ -330,16 +324,8 @@ def _id(value: Any, path: str) -> str:
     return value.strip()
 
 
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise InvalidDefinition("needs a list", field=path)
-    return value
-
-
-def _whole(value: Any, path: str, least: int, most: int = 10**9) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
-        raise InvalidDefinition(f"needs a whole number from {least} to {most:,}", field=path)
-    return value
+def _whole(value: Any, path: str, least: int) -> int:
+    return whole(value, path, least=least, most=10**9)
 
 
 def _factor(value: Any, path: str, most: int) -> Decimal:
@@ -354,7 +340,7 @@ def _exclude(value: Any, path: str) -> tuple[frozenset[str], frozenset[str]]:
         raise InvalidDefinition("needs an object with skus and categories lists", field=path)
     found = []
     for key in ("skus", "categories"):
-        items = _list(value.get(key, []), f"{path}.{key}")
+        items = listed(value.get(key, []), f"{path}.{key}")
         if not all(isinstance(item, str) and item for item in items):
             raise InvalidDefinition("needs a list of texts", field=f"{path}.{key}")
         found.append(frozenset(items))
@@ -401,12 +387,5 @@ def _limit(value: Any, path: str) -> Limit:
     if not isinstance(value, Mapping) or not set(value) <= {"count", "per"}:
         raise InvalidDefinition("needs {count: N} and optionally per: P30D", field=path)
     per = value.get("per")
-    length = None
-    if per is not None:
-        try:
-            length = parse_duration(per) if isinstance(per, str) else None
-        except (ValueError, OverflowError):
-            length = None
-        if length is None or not timedelta(0) < length <= timedelta(days=36_500):
-            raise InvalidDefinition("needs an ISO-8601 duration such as P30D", field=f"{path}.per")
+    length = None if per is None else duration(per, f"{path}.per")
     return Limit(_whole(value.get("count"), f"{path}.count", 1), length)

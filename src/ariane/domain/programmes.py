@@ -27,13 +27,14 @@ Parsed strictly: an error names the path of the faulty key (`rewards[0].cost`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ariane.domain.clock import format_duration, iso, parse_duration, parse_timestamp
+from ariane.domain.clock import format_duration, iso, parse_timestamp
 from ariane.domain.conditions import Names
+from ariane.domain.definitions import duration, keyed, listed, whole
 from ariane.domain.earn_rules import EarnRule, parse_rule
 from ariane.domain.errors import NotFound
 from ariane.domain.predicates import InvalidDefinition
@@ -46,8 +47,6 @@ MAX_CODE = 64
 # (2**40 codes), whatever the size of the pool.
 MIN_GENERATED_LENGTH = 8
 MAX_POOL = 1_000_000
-# Beyond a hundred years, a duration is a mistake.
-MAX_DURATION = timedelta(days=36_500)
 MAX_POINTS = 10**12
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -205,7 +204,7 @@ def parse_programme(
     """The programme a document declares; `names` are the segments and computed traits
     its rules may name (any, when not given)."""
     names = names if names is not None else Names(_Anything(), _Anything())
-    node = _mapping(document, path, _KEYS)
+    node = keyed(document, path, _KEYS)
     programme_id = check_id(node.get("id"), f"{path}.id")
     pools = tuple(
         _parse_pool(item, f"{path}.coupon_pools[{index}]")
@@ -245,14 +244,14 @@ def parse_programme(
 
 
 def _parse_expiry(value: Any, path: str) -> Expiry:
-    node = _mapping(value, path, ("return_window", "validity"))
+    node = keyed(value, path, ("return_window", "validity"))
     window = node.get("return_window")
     validity = node.get("validity")
     expiry = Expiry(
         return_window=timedelta(0)
         if window is None
-        else _duration(window, f"{path}.return_window", zero=True),
-        validity=None if validity is None else _duration(validity, f"{path}.validity"),
+        else duration(window, f"{path}.return_window", zero=True),
+        validity=None if validity is None else duration(validity, f"{path}.validity"),
     )
     # Points must be spendable for a day at least between the two.
     if expiry.validity is not None and expiry.validity < expiry.return_window + timedelta(days=1):
@@ -265,7 +264,7 @@ def _parse_expiry(value: Any, path: str) -> Expiry:
 
 
 def _parse_pool(value: Any, path: str) -> CouponPool:
-    node = _mapping(value, path, ("id", "name", "generate"))
+    node = keyed(value, path, ("id", "name", "generate"))
     pool_id = check_id(node.get("id"), f"{path}.id")
     generate = node.get("generate")
     return CouponPool(
@@ -276,7 +275,7 @@ def _parse_pool(value: Any, path: str) -> CouponPool:
 
 
 def _parse_generate(value: Any, path: str) -> Generate:
-    node = _mapping(value, path, ("count", "prefix", "length"))
+    node = keyed(value, path, ("count", "prefix", "length"))
     count = _whole(node.get("count"), f"{path}.count", least=1, most=MAX_POOL)
     prefix = node.get("prefix", "")
     if prefix != "":
@@ -290,7 +289,7 @@ def _parse_generate(value: Any, path: str) -> Generate:
 
 
 def _parse_reward(value: Any, path: str, pools: set[str]) -> Reward:
-    node = _mapping(
+    node = keyed(
         value,
         path,
         (
@@ -331,32 +330,15 @@ def _parse_reward(value: Any, path: str, pools: set[str]) -> Reward:
         valid_from=valid_from,
         valid_until=valid_until,
         pool=pool,
-        coupon_validity=None
-        if validity is None
-        else _duration(validity, f"{path}.coupon_validity"),
+        coupon_validity=None if validity is None else duration(validity, f"{path}.coupon_validity"),
     )
 
 
 # --- the pieces -------------------------------------------------------------------------
 
 
-def _mapping(value: Any, path: str, keys: Sequence[str]) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidDefinition(f"needs an object with {', '.join(keys)}", field=path)
-    unknown = sorted(str(key) for key in value if key not in keys)
-    if unknown:
-        raise InvalidDefinition(
-            f"unknown key {unknown[0]!r}; the keys here are {', '.join(keys)}",
-            field=f"{path}.{unknown[0]}",
-        )
-    return value
-
-
 def _list(node: Mapping[str, Any], key: str, path: str) -> list[Any]:
-    value = node.get(key, [])
-    if not isinstance(value, list):
-        raise InvalidDefinition("needs a list", field=f"{path}.{key}")
-    return value
+    return listed(node.get(key, []), f"{path}.{key}")
 
 
 def _unique(ids: list[str], path: str) -> None:
@@ -374,27 +356,11 @@ def _text(value: Any, path: str) -> str:
 
 
 def _whole(value: Any, path: str, *, least: int, most: int = MAX_POINTS) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
-        raise InvalidDefinition(f"needs a whole number from {least} to {most}", field=path)
-    return value
+    return whole(value, path, least=least, most=most)
 
 
 def _optional_whole(value: Any, path: str, *, least: int) -> int | None:
     return None if value is None else _whole(value, path, least=least)
-
-
-def _duration(value: Any, path: str, *, zero: bool = False) -> timedelta:
-    try:
-        length = parse_duration(value) if isinstance(value, str) else None
-    except (ValueError, OverflowError):
-        length = None
-    if length is None or length > MAX_DURATION or length < timedelta(0):
-        raise InvalidDefinition(
-            "needs an ISO-8601 duration of at most 36,500 days, such as P30D", field=path
-        )
-    if not zero and length == timedelta(0):
-        raise InvalidDefinition("needs a duration above zero, such as P30D", field=path)
-    return length
 
 
 def _moment(value: Any, path: str) -> datetime | None:

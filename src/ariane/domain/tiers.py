@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ariane.domain.clock import format_duration, parse_duration
+from ariane.domain.clock import format_duration
+from ariane.domain.definitions import duration, keyed
 from ariane.domain.predicates import InvalidDefinition
 
-MAX_WINDOW = timedelta(days=36_500)
 DEMOTIONS = ("immediate", "never")
 
 
@@ -141,20 +141,20 @@ def stand(
 
 
 def parse_tiers(value: Any, path: str) -> Tiers:
-    keys = ("window", "demotion", "levels")
-    if not isinstance(value, Mapping) or not set(value) <= set(keys):
-        raise InvalidDefinition(f"needs an object with {', '.join(keys)}", field=path)
-    window = _duration(value.get("window"), f"{path}.window")
+    value = keyed(value, path, ("window", "demotion", "levels"))
+    window = duration(value.get("window"), f"{path}.window")
     demotion_value = value.get("demotion", "immediate")
     demotion: str | timedelta
     if demotion_value in DEMOTIONS:
         demotion = demotion_value
     else:
-        demotion = _duration(
-            demotion_value,
-            f"{path}.demotion",
-            what="immediate, never, or a grace period such as P30D",
-        )
+        try:
+            demotion = duration(demotion_value, f"{path}.demotion")
+        except InvalidDefinition:
+            raise InvalidDefinition(
+                "needs immediate, never, or a grace period such as P30D",
+                field=f"{path}.demotion",
+            ) from None
     levels_value = value.get("levels")
     if not isinstance(levels_value, list) or not levels_value:
         raise InvalidDefinition("needs a list of levels", field=f"{path}.levels")
@@ -178,15 +178,3 @@ def parse_tiers(value: Any, path: str) -> Tiers:
             raise InvalidDefinition(f"{tier_id!r} is declared twice", field=f"{where}.id")
         levels.append(Level(tier_id, points))
     return Tiers(window, tuple(levels), demotion)
-
-
-def _duration(
-    value: Any, path: str, *, what: str = "an ISO-8601 duration such as P365D"
-) -> timedelta:
-    try:
-        length = parse_duration(value) if isinstance(value, str) else None
-    except (ValueError, OverflowError):
-        length = None
-    if length is None or not timedelta(0) < length <= MAX_WINDOW:
-        raise InvalidDefinition(f"needs {what}, of at most 36,500 days", field=path)
-    return length
