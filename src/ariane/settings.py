@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         " still to read, and for loyalty movements whose timeline events are still to be"
         " sent through ingestion; 0 turns both loops off in this process.",
     )
+    run_loops: bool = Field(
+        default=True,
+        description="Whether this process runs the background loops (segment timers, earn"
+        " rules, loyalty events). `ariane serve --workers N` with N above 1 runs them once,"
+        " in the process that supervises the workers, and turns them off in the workers.",
+    )
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     @classmethod

@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ariane.web.app import GC_THRESHOLDS
-from tests.e2e.conftest import ARIANE, Server, ariane, ariane_env, free_port
+from tests.e2e.conftest import ARIANE, Server, ariane, ariane_env, free_port, last_line
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only"
@@ -145,3 +146,56 @@ def test_a_worker_freezes_what_start_up_built_and_collects_less_often(db_url: st
     before, after, frozen = done.stdout.split("\n")[-2].split()
     assert int(before) < GC_THRESHOLDS[0]
     assert (int(after), frozen) == (GC_THRESHOLDS[0], "True")
+
+
+def environment(pid: int) -> dict[str, str]:
+    """What process `pid` was started with."""
+    with open(f"/proc/{pid}/environ", "rb") as raw:
+        pairs = [item.split(b"=", 1) for item in raw.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def test_with_several_workers_the_loops_run_in_the_supervisor(db_url: str, tmp_path: Path) -> None:
+    """The background loops run once, in the supervisor: the workers are started with them
+    off, and a movement's event still reaches the member's timeline."""
+    ariane(db_url, "migrate")
+    write_key = last_line(ariane(db_url, "sources", "create", "till"))
+    token = last_line(ariane(db_url, "tokens", "create", "--role", "admin"))
+    server = Server(db_url, tmp_path / "server.log", workers=2)
+    server.start()
+    try:
+        assert server.process is not None
+        deadline = time.monotonic() + 30
+        while len(workers := holders(sockets(server.port, "0A"))) < 2:
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.05)
+        for pid in workers:
+            assert environment(pid).get("ARIANE_RUN_LOOPS") == "false"
+        assert "ARIANE_RUN_LOOPS" not in environment(server.process.pid)
+
+        admin = httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        with admin:
+            admin.put("/api/loyalty/programmes/club", json={"name": "Club"}).raise_for_status()
+            httpx.post(
+                f"{server.url}/v1/identify",
+                json={"userId": "ada", "messageId": "m-1"},
+                auth=(write_key, ""),
+            ).raise_for_status()
+            profile = admin.get("/api/profiles/lookup", params={"type": "user_id", "value": "ada"})
+            member = profile.json()["id"]
+            admin.post(
+                f"/api/loyalty/programmes/club/members/{member}/earn",
+                json={"points": 120},
+                headers={"Idempotency-Key": "sale-1"},
+            ).raise_for_status()
+            deadline = time.monotonic() + 20
+            while True:
+                timeline = admin.get(f"/api/profiles/{member}/events").json()["events"]
+                if "Points Earned" in [event.get("event") for event in timeline]:
+                    break
+                assert time.monotonic() < deadline, server.log.read_text()
+                time.sleep(0.1)
+    finally:
+        server.stop()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +18,7 @@ from starlette.responses import Response
 
 from ariane.bootstrap import Container
 from ariane.domain.errors import Conflict, DomainError, NotFound
+from ariane.loops import running_loops
 from ariane.web.api import loyalty, operations, profiles, segments
 from ariane.web.metrics import Metrics, RequestTimer
 from ariane.web.responses import FastJSON, error
@@ -58,49 +58,23 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        stop = threading.Event()
-        interval = container.settings.segment_timer_interval
-        timers = threading.Thread(
-            target=container.segments.run_timers,
-            args=(stop, interval, container.settings.segment_apply_interval),
-            name="segment-timers",
-            daemon=True,
-        )
-        if interval > 0:
-            timers.start()
-        loyalty_loops = [
-            threading.Thread(
-                target=run,
-                args=(stop, container.settings.loyalty_event_interval),
-                name=name,
-                daemon=True,
-            )
-            for name, run in (
-                ("earn-rules", container.earning.run),
-                ("loyalty-events", container.loyalty_events.run),
-            )
-        ]
-        if container.settings.loyalty_event_interval > 0:
-            for thread in loyalty_loops:
-                thread.start()
-        if owns_container:
-            # A worker process's own app: what start-up built lives as long as the
-            # process. Frozen out of the collector's sight, each full collection walks
-            # only what requests allocate; before, full collections took a fifth of the
-            # time of a batch with live segments (docs/benchmarks.md).
-            gc.freeze()
-            # A batch keeps tens of thousands of young containers alive while it is
-            # worked out (the profiles' states, the rows): at Python's default of a
-            # young collection every 700 allocations, each walked them again and again,
-            # 0.8 to 2.7 s of a worker's time in a run with live segments on PostgreSQL
-            # against 0.6 to 1.2 s without them (docs/benchmarks.md). Less often, each
-            # finds most of them freed already.
-            gc.set_threshold(*GC_THRESHOLDS)
-        yield
-        stop.set()
-        for thread in (timers, *loyalty_loops):
-            if thread.is_alive():
-                thread.join(timeout=10)
+        with ExitStack() as running:
+            if container.settings.run_loops:
+                running.enter_context(running_loops(container))
+            if owns_container:
+                # A worker process's own app: what start-up built lives as long as the
+                # process. Frozen out of the collector's sight, each full collection walks
+                # only what requests allocate; before, full collections took a fifth of the
+                # time of a batch with live segments (docs/benchmarks.md).
+                gc.freeze()
+                # A batch keeps tens of thousands of young containers alive while it is
+                # worked out (the profiles' states, the rows): at Python's default of a
+                # young collection every 700 allocations, each walked them again and again,
+                # 0.8 to 2.7 s of a worker's time in a run with live segments on PostgreSQL
+                # against 0.6 to 1.2 s without them (docs/benchmarks.md). Less often, each
+                # finds most of them freed already.
+                gc.set_threshold(*GC_THRESHOLDS)
+            yield
         if owns_container:
             container.close()
 

@@ -11,17 +11,25 @@ the kernel spreads new connections over the workers by a hash of their addresses
 uvicorn's supervisor is kept as it is (health checks, restarts, signals): it is given a
 list of sockets that is empty in the supervisor and, when a worker unpickles it, holds
 that worker's own listener.
+
+With several workers, the background loops (`ariane.loops`) run in the supervisor, once,
+rather than in every worker beside its requests.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from ariane.bootstrap import build
+from ariane.loops import running_loops
+from ariane.settings import load_settings
 
 APP = "ariane.web.asgi:app_factory"
 
@@ -71,9 +79,25 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
             bound[1],
             workers,
         )
-        Multiprocess(config, sockets=OwnListener(family, bound)).run()
+        _supervise(Multiprocess(config, sockets=OwnListener(family, bound)))
     finally:
         holder.close()
+
+
+def _supervise(supervisor: Multiprocess) -> None:
+    """Run the workers, and the background loops here if the settings turn them on."""
+    settings = load_settings()
+    if not settings.run_loops:
+        supervisor.run()
+        return
+    # The workers read their settings from the environment they are spawned with.
+    os.environ["ARIANE_RUN_LOOPS"] = "false"
+    container = build(settings)
+    try:
+        with running_loops(container):
+            supervisor.run()
+    finally:
+        container.close()
 
 
 def reuse_port_supported() -> bool:
