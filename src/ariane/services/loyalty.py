@@ -22,7 +22,7 @@ from ariane.domain.loyalty import (
     take_back,
     track,
 )
-from ariane.domain.programmes import Programme
+from ariane.domain.programmes import Programme, Reward
 from ariane.domain.tiers import Standing, earned, stand
 from ariane.services.coupons import status as coupon_status
 from ariane.services.programmes import ProgrammeService
@@ -120,7 +120,7 @@ class LoyaltyService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             declared = self.programmes.load(conn, programme)
-            member, found = self._begin(conn, programme, profile_id, key)
+            member, standing, found = self._begin(conn, programme, profile_id, key)
             if found is not None:
                 if rule is not None and (found["profile_id"], found["kind"], found["rule"]) == (
                     member,
@@ -160,7 +160,9 @@ class LoyaltyService:
                         "at": now,
                     },
                 )
-            self._review_tier(conn, declared, member, now, "earned", f"entry-{entry['id']}")
+            self._review_tier(
+                conn, declared, member, standing, now, "earned", f"entry-{entry['id']}"
+            )
             return entry
 
         return self.db.write(work)
@@ -181,7 +183,7 @@ class LoyaltyService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             self.programmes.load(conn, programme)
-            member, found = self._begin(conn, programme, profile_id, key)
+            member, _, found = self._begin(conn, programme, profile_id, key)
             if found is not None:
                 return self._replay(conn, found, member, "spend", -points)
             return self._spend(conn, programme, member, points, key, reference, now)
@@ -208,12 +210,12 @@ class LoyaltyService:
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
-            member, found = self._begin(conn, programme, profile_id, key)
+            member, _, found = self._begin(conn, programme, profile_id, key)
             if found is not None:
                 # Answered from what was recorded, whatever the programme says now.
                 return self._replay_redemption(conn, found, member, reward_id)
             reward = self.programmes.load(conn, programme).reward(reward_id)
-            self._check_offer(conn, programme, reward.id, member, now)
+            self._check_offer(conn, programme, reward, member, now)
             if rule is not None and limit is not None:
                 self._check_limit(conn, programme, member, rule, limit, now)
             cost = 0 if rule is not None else reward.cost
@@ -267,7 +269,18 @@ class LoyaltyService:
                 track("Reward Redeemed", message_id, now, properties),
                 now,
             )
-            return self._redemption(conn, {"id": redemption_id, **redemption})
+            return {
+                "id": redemption_id,
+                "programme": programme,
+                "reward": reward.id,
+                "profile_id": member,
+                "points": cost,
+                "entry_id": entry["id"],
+                "coupon": None
+                if coupon is None
+                else {"code": coupon["code"], "expires_at": coupon["expires_at"]},
+                "at": now,
+            }
 
         return self.db.write(work)
 
@@ -332,7 +345,7 @@ class LoyaltyService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             declared = self.programmes.load(conn, programme)
-            member = self._lock(conn, programme, profile_id)
+            member, standing = self._lock(conn, programme, profile_id)
             bought = store.purchases(conn, programme, member, order_id)
             if not bought:
                 raise NotFound(
@@ -379,7 +392,7 @@ class LoyaltyService:
                 moved.append(entry)
             if moved:
                 self._review_tier(
-                    conn, declared, member, now, "returned", f"return-{moved[-1]['id']}"
+                    conn, declared, member, standing, now, "returned", f"return-{moved[-1]['id']}"
                 )
             return {
                 "programme": programme,
@@ -412,7 +425,7 @@ class LoyaltyService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             declared = self.programmes.load(conn, programme)
-            member, found = self._begin(conn, programme, profile_id, key)
+            member, _, found = self._begin(conn, programme, profile_id, key)
             if found is not None:
                 return self._replay(conn, found, member, "adjust", points)
             taken = take(store.lots(conn, programme, member), -points, now) if points < 0 else []
@@ -488,7 +501,7 @@ class LoyaltyService:
             def work(
                 conn: Connection, programme_id: str = programme_id, member: str = member
             ) -> None:
-                live = self._lock(conn, programme_id, member)
+                live, _ = self._lock(conn, programme_id, member)
                 gone = expired(store.lots(conn, programme_id, live), now)
                 if not gone:
                     return
@@ -512,14 +525,14 @@ class LoyaltyService:
             def work(
                 conn: Connection, programme_id: str = programme_id, member: str = member
             ) -> None:
-                if self._lock(conn, programme_id, member) != member:
+                live, current = self._lock(conn, programme_id, member)
+                if live != member:
                     return
-                current = store.standing(conn, programme_id, member)
                 if current.review_at is None or current.review_at > now:
                     return  # Looked at meanwhile by another process.
                 declared = self.programmes.load(conn, programme_id)
                 key = f"{programme_id}-{member}-{iso(now)}"
-                self._review_tier(conn, declared, member, now, "window", key)
+                self._review_tier(conn, declared, member, current, now, "window", key)
 
             self.db.write(work)
         return len(due)
@@ -587,11 +600,16 @@ class LoyaltyService:
 
     @staticmethod
     def _review_tier(
-        conn: Connection, declared: Programme, member: str, now: datetime, cause: str, key: str
+        conn: Connection,
+        declared: Programme,
+        member: str,
+        current: Standing,
+        now: datetime,
+        cause: str,
+        key: str,
     ) -> None:
-        """Bring the member's tier to where their points earned put it, under their
-        lock; a change is a `Tier Changed` event on their timeline."""
-        current = store.standing(conn, declared.id, member)
+        """Bring the member's tier from `current` to where their points earned put it,
+        under their lock; a change is a `Tier Changed` event on their timeline."""
         tiers = declared.tiers
         if tiers is None:
             if current != Standing(None, None, None, None, 0):
@@ -625,10 +643,10 @@ class LoyaltyService:
                 field="rule",
             )
 
+    @staticmethod
     def _check_offer(
-        self, conn: Connection, programme: str, reward_id: str, member: str, now: datetime
+        conn: Connection, programme: str, reward: Reward, member: str, now: datetime
     ) -> None:
-        reward = self.programmes.load(conn, programme).reward(reward_id)
         if not reward.on_offer(now):
             raise RewardUnavailable(
                 f"reward {reward.id!r} is on offer from"
@@ -671,20 +689,21 @@ class LoyaltyService:
 
     def _begin(
         self, conn: Connection, programme: str, profile_id: str, key: str
-    ) -> tuple[str, dict[str, Any] | None]:
-        """The member, locked; and the entry already recorded under `key`, if any."""
-        member = self._lock(conn, programme, profile_id)
-        return member, store.entry_by_key(conn, programme, key)
+    ) -> tuple[str, Standing, dict[str, Any] | None]:
+        """The member, locked, and their tier; and the entry already recorded under
+        `key`, if any."""
+        member, standing = self._lock(conn, programme, profile_id)
+        return member, standing, store.entry_by_key(conn, programme, key)
 
-    def _lock(self, conn: Connection, programme: str, profile_id: str) -> str:
-        """The member's live profile id, their account locked until commit. A merge
-        locks the accounts too: a member merged away while this waited is a race lost,
-        run again (and found under the survivor)."""
+    def _lock(self, conn: Connection, programme: str, profile_id: str) -> tuple[str, Standing]:
+        """The member's live profile id, their account locked until commit, and their
+        tier as it stands. A merge locks the accounts too: a member merged away while
+        this waited is a race lost, run again (and found under the survivor)."""
         member = self._member(conn, profile_id)
-        store.lock_account(conn, self.db.dialect, programme, member, self.clock())
+        standing = store.lock_account(conn, self.db.dialect, programme, member, self.clock())
         if profile_store.resolve_profile_id(conn, member) != member:
             raise RetryTransaction(f"member {member} was merged meanwhile")
-        return member
+        return member, standing
 
     @staticmethod
     def _reused(found: dict[str, Any], what: str) -> Conflict:

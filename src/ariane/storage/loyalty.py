@@ -31,26 +31,29 @@ EARN_TOPIC = "earn"
 
 def lock_account(
     conn: Connection, dialect: Dialect, programme: str, profile_id: str, now: datetime
-) -> None:
-    """Make the member's account if need be and lock it until commit: the movements of
-    one member's points happen one at a time (on SQLite the one writer does that)."""
-    dialect.insert_ignoring_conflicts(
-        conn,
-        loyalty_accounts,
-        [{"programme": programme, "profile_id": profile_id, "created_at": now}],
-    )
-    accounts = loyalty_accounts.c
-    held = conn.execute(
-        dialect.lock_rows(
-            sa.select(accounts.profile_id).where(
-                accounts.programme == programme, accounts.profile_id == profile_id
-            )
+) -> Standing:
+    """Lock the member's account until commit, making it if need be: the movements of
+    one member's points happen one at a time (on SQLite the one writer does that). The
+    account's tier as it stands."""
+    c = loyalty_accounts.c
+    locked = dialect.lock_rows(
+        sa.select(c.tier, c.tier_since, c.tier_below_since, c.tier_review_at).where(
+            c.programme == programme, c.profile_id == profile_id
         )
-    ).first()
-    if held is None:
-        # A merge dropped the account while this waited for it: the member is the
-        # survivor's now.
-        raise RetryTransaction(f"the account of {profile_id} went with a merge")
+    )
+    row = conn.execute(locked).first()
+    if row is None:
+        # A new member; or one whose account a merge dropped while this waited for it,
+        # whose movement runs again under the survivor (`LoyaltyService._lock`).
+        dialect.insert_ignoring_conflicts(
+            conn,
+            loyalty_accounts,
+            [{"programme": programme, "profile_id": profile_id, "created_at": now}],
+        )
+        row = conn.execute(locked).first()
+        if row is None:
+            raise RetryTransaction(f"the account of {profile_id} went with a merge")
+    return Standing(row.tier, row.tier_since, row.tier_below_since, row.tier_review_at, 0)
 
 
 def entry_by_key(conn: Connection, programme: str, key: str) -> dict[str, Any] | None:
