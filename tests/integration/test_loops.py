@@ -8,7 +8,8 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from ariane.bootstrap import build
+from ariane.bootstrap import Container, build
+from ariane.loops import running_loops
 from ariane.settings import Settings
 from ariane.web.app import create_app
 from tests.conftest import FakeClock
@@ -42,3 +43,35 @@ def test_an_app_runs_the_loops_its_settings_turn_on(
     assert running(settings) == expected
     # Stopped with the app.
     assert not {thread.name for thread in threading.enumerate()} & LOOPS
+
+
+def synchronous_commit(container: Container) -> str:
+    """What a write transaction of this thread runs with."""
+    return str(
+        container.db.write(lambda conn: conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+    )
+
+
+def test_the_loops_transactions_do_not_wait_for_the_disk(container: Container) -> None:
+    """Their work is made again from what is durable; the requests' commits, in other
+    threads, still wait for it."""
+    if container.db.dialect.name != "postgresql":
+        pytest.skip("SQLite's writes wait for the disk (synchronous=FULL) in every thread")
+    assert synchronous_commit(container) == "on"
+    seen: dict[str, str] = {}
+    done = threading.Event()
+
+    def loop(stop: threading.Event, interval: float) -> None:
+        seen["loop"] = synchronous_commit(container)
+        other = threading.Thread(target=lambda: seen.update(request=synchronous_commit(container)))
+        other.start()
+        other.join()
+        done.set()
+        stop.wait()
+
+    container.loyalty_events.run = loop  # type: ignore[method-assign]
+    container.settings.loyalty_event_interval = 1
+    with running_loops(container):
+        assert done.wait(10)
+    assert seen == {"loop": "off", "request": "on"}
+    assert synchronous_commit(container) == "on"

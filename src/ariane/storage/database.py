@@ -210,6 +210,10 @@ class Dialect:
     def is_retryable(self, error: DBAPIError) -> bool:
         return False
 
+    def commit_without_waiting(self, conn: Connection) -> None:
+        """Let the transaction's commit return before its changes reach the disk, where
+        the database can (see `Database.background`)."""
+
     def insert_statement(self, table: sa.Table) -> Any:
         """An INSERT of this database's own, which takes `on_conflict_do_update`."""
         raise NotImplementedError
@@ -405,6 +409,9 @@ class PostgresDialect(Dialect):
     def lock_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select.with_for_update()
 
+    def commit_without_waiting(self, conn: Connection) -> None:
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
     def claim_rows(self, select: sa.Select[Any]) -> sa.Select[Any]:
         return select.with_for_update(skip_locked=True)
 
@@ -572,6 +579,7 @@ class Database:
         # Transactions run again after a lost race or a deadlock, for /metrics.
         self.retries = 0
         self._retries_lock = threading.Lock()
+        self._thread = threading.local()
         common: dict[str, Any] = {
             "json_serializer": _json_dumps,
             "json_deserializer": orjson.loads,
@@ -618,7 +626,26 @@ class Database:
                 conn.exec_driver_sql("COMMIT")
         else:
             with self.engine.begin() as conn:
+                if getattr(self._thread, "background", False):
+                    self.dialect.commit_without_waiting(conn)
                 yield conn
+
+    @contextmanager
+    def background(self) -> Iterator[None]:
+        """Within the block, this thread's write transactions commit without waiting for
+        their changes to reach the disk (on PostgreSQL, `synchronous_commit` off).
+
+        For the background loops, whose work is made again from what is durable: a crash
+        may lose the last of it, never a part of a transaction, and never one that a
+        later transaction that waited for the disk could see (the log is flushed in
+        order). Their commits then no longer hold the log's flush while the requests'
+        commits queue behind them."""
+        before = getattr(self._thread, "background", False)
+        self._thread.background = True
+        try:
+            yield
+        finally:
+            self._thread.background = before
 
     def write(self, work: Callable[[Connection], T], *, attempts: int = 20) -> T:
         """Run `work` in one write transaction, again from the start if it lost a race.
