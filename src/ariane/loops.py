@@ -3,11 +3,12 @@
 Each is a thread that wakes up every so often, takes what is due and claims it in the
 database, so that any number of processes may run them. What they write is made again
 from what is durable (a timer still due, an outbox row not yet marked sent), so their
-transactions do not wait for the disk (`Database.background`). `ariane serve` with one worker
-runs them in that worker; with several, once, in the process that supervises the
-workers (`ariane.web.serving`): a round of loyalty events sends a batch through
-ingestion, tens of milliseconds of Python, and in a worker the requests would wait for
-the interpreter meanwhile.
+transactions do not wait for the disk (`Database.background`).
+
+`ariane serve` with one worker runs them in that worker; with several, once, in the
+process that supervises the workers (`ariane.web.serving`): a round of loyalty events
+sends a batch through ingestion, tens of milliseconds of Python, and in a worker the
+requests would wait for the interpreter meanwhile.
 """
 
 from __future__ import annotations
