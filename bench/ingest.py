@@ -279,6 +279,15 @@ def raw_insert_postgres(url: str, events: list[dict[str, Any]], batch: int) -> f
     return len(rows) / elapsed
 
 
+def machine() -> dict[str, Any]:
+    """What the figures of a report ran on."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
 def postgres_database() -> tuple[str, str]:
     name = f"ariane_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -412,11 +421,7 @@ def main() -> None:
     args = parser.parse_args()
     events = generate(args.people, args.events)
     report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "params": vars(args),
     }
     for backend in args.backends.split(","):

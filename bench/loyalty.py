@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
-import platform
 import random
 import statistics
 import subprocess
@@ -39,7 +37,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from bench.ingest import VENV_BIN, Server, drop_postgres, postgres_database, run
+from bench.ingest import VENV_BIN, Server, drop_postgres, machine, postgres_database, run
 
 Request = tuple[str, bytes, str]
 
@@ -259,11 +257,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "params": vars(args),
     }
     for backend in args.backends.split(","):

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -40,7 +38,16 @@ from ariane.settings import Settings
 from ariane.storage.database import Database
 from ariane.storage.migrate import upgrade
 from ariane.storage.tables import events, profiles, segment_history
-from bench.ingest import EVENTS, PAGES, Server, drop_postgres, generate, postgres_database, send
+from bench.ingest import (
+    EVENTS,
+    PAGES,
+    Server,
+    drop_postgres,
+    generate,
+    machine,
+    postgres_database,
+    send,
+)
 
 WINDOWS = ["PT1H", "P1D", "P7D", "P30D"]
 
@@ -417,11 +424,7 @@ def main() -> None:
     parser.add_argument("--parts", default="ingestion,lag,preview")
     args = parser.parse_args()
     report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "params": vars(args),
     }
     parts = {"ingestion": ingestion, "lag": lag, "preview": preview}
