@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ariane.loops import LOOP_NICENESS
 from ariane.web.app import GC_THRESHOLDS
 from tests.e2e.conftest import ARIANE, Server, ariane, ariane_env, free_port, last_line
 
@@ -155,9 +156,20 @@ def environment(pid: int) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in pairs}
 
 
+def niceness(pid: int) -> dict[int, int]:
+    """The CPU niceness of each thread of process `pid`, by thread id."""
+    found = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/stat") as stat:
+            # Field 19 of proc(5), counting from the state after the command's name.
+            found[int(task)] = int(stat.read().rsplit(")", 1)[1].split()[16])
+    return found
+
+
 def test_with_several_workers_the_loops_run_in_the_supervisor(db_url: str, tmp_path: Path) -> None:
-    """The background loops run once, in the supervisor: the workers are started with them
-    off, and a movement's event still reaches the member's timeline."""
+    """The background loops run once, in the supervisor, at a lower CPU priority: the
+    workers are started with them off, and a movement's event still reaches the member's
+    timeline."""
     ariane(db_url, "migrate")
     write_key = last_line(ariane(db_url, "sources", "create", "till"))
     token = last_line(ariane(db_url, "tokens", "create", "--role", "admin"))
@@ -172,6 +184,18 @@ def test_with_several_workers_the_loops_run_in_the_supervisor(db_url: str, tmp_p
         for pid in workers:
             assert environment(pid).get("ARIANE_RUN_LOOPS") == "false"
         assert "ARIANE_RUN_LOOPS" not in environment(server.process.pid)
+        # The three loops' threads give way to the workers; the supervisor's own thread
+        # and the workers keep the priority they were started with.
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        lowered = min(19, ours + LOOP_NICENESS)
+        supervisor = server.process.pid
+        while sorted(niceness(supervisor).values()).count(lowered) < 3:
+            assert time.monotonic() < deadline, niceness(supervisor)
+            time.sleep(0.05)
+        assert niceness(supervisor)[supervisor] == ours
+        assert sorted(niceness(supervisor).values()).count(lowered) == 3
+        for pid in workers:
+            assert set(niceness(pid).values()) == {ours}
 
         admin = httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10

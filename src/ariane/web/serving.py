@@ -85,7 +85,8 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
 
 
 def _supervise(supervisor: Multiprocess) -> None:
-    """Run the workers, and the background loops here if the settings turn them on."""
+    """Run the workers, and the background loops here, giving way to the workers, if the
+    settings turn them on."""
     settings = load_settings()
     if not settings.run_loops:
         supervisor.run()
@@ -94,7 +95,7 @@ def _supervise(supervisor: Multiprocess) -> None:
     os.environ["ARIANE_RUN_LOOPS"] = "false"
     container = build(settings)
     try:
-        with running_loops(container):
+        with running_loops(container, give_way=True):
             supervisor.run()
     finally:
         container.close()
