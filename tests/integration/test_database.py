@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -102,6 +103,42 @@ def test_a_probe_finds_the_same_rows_as_in_whatever_the_values(db: Database) -> 
             conn.execute(sa.select(sources.c.id).where(sources.c.name.in_(values))).scalars()
         )
     assert probed == listed == ["s1", "s3"]
+
+
+def in_transaction(conn: Connection) -> bool:
+    """Whether the driver's connection under `conn` is inside a transaction."""
+    raw: Any = conn.connection.dbapi_connection
+    if hasattr(raw, "info"):  # psycopg
+        return str(raw.info.transaction_status.name) != "IDLE"
+    return bool(raw.in_transaction)
+
+
+def test_a_lookup_reads_outside_a_transaction_and_hands_the_connection_back_as_it_was(
+    db_url: str,
+) -> None:
+    """The token check's read: no BEGIN and COMMIT around its one statement. The one
+    connection of the pool then runs transactions again: a write that fails undoes what
+    it wrote, and a read sees one state."""
+    database = Database(db_url, pool_size=1)
+    try:
+        with database.lookup() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(sources)).scalar() == 0
+            assert not in_transaction(conn)
+
+        def fails(conn: Connection) -> None:
+            conn.execute(
+                sources.insert().values(id="s1", name="till", write_key_hash="h", created_at=NOW)
+            )
+            assert in_transaction(conn)
+            raise ValueError("changed my mind")
+
+        with pytest.raises(ValueError):
+            database.write(fails)
+        with database.read() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(sources)).scalar() == 0
+            assert in_transaction(conn)
+    finally:
+        database.dispose()
 
 
 def test_a_forked_child_waits_for_the_sqlite_writer_its_parent_holds(tmp_path: Path) -> None:

@@ -141,5 +141,6 @@ class AccessService:
         return self.db.write(work)
 
     def token_for_secret(self, secret: str) -> Token | None:
-        with self.db.read() as conn:
+        # Read afresh on every request, so that a deleted token is refused at once.
+        with self.db.lookup() as conn:
             return store.token_by_secret(conn, secret)

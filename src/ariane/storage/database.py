@@ -614,6 +614,18 @@ class Database:
             yield conn
 
     @contextmanager
+    def lookup(self) -> Iterator[Connection]:
+        """A connection for one read statement, sent outside any transaction of ours: a
+        statement sees one state of the database by itself, and on PostgreSQL this saves
+        the two round trips of a BEGIN and a COMMIT around it. For reads on every
+        request (the token check); more than one statement wants `read`."""
+        with self.engine.connect() as conn:
+            if self._writer is None:
+                # SQLite's connections already leave a statement alone unless told BEGIN.
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         if self._writer is not None:
             with self._writer.hold(), self.engine.connect() as conn:
