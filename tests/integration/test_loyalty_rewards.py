@@ -13,12 +13,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from ariane.bootstrap import Container
+from ariane.bootstrap import Container, build
 from ariane.domain.clock import iso
 from ariane.domain.errors import Conflict, NotFound
 from ariane.domain.loyalty import NotEnoughPoints
 from ariane.services.coupons import CouponUnusable
 from ariane.services.loyalty import RewardUnavailable
+from ariane.settings import Settings
 from ariane.storage.tables import loyalty_coupon_uses, loyalty_entries, loyalty_redemptions
 from tests.conftest import FakeClock
 from tests.integration.test_loyalty_ledger import at_once, member
@@ -412,6 +413,26 @@ def test_a_purchase_replayed_after_the_programme_changed_gives_the_first_answer(
     with pytest.raises(Conflict):
         container.loyalty.redeem("club", ada, "ring", "k1")
     assert container.loyalty.balance("club", ada)["available"] == 900
+
+
+def test_a_programme_changed_by_another_process_is_in_force_at_once_here(
+    container: Container, club: dict[str, Any], settings: Settings, clock: FakeClock
+) -> None:
+    """Each process keeps the programme it parsed, for as long as its version is the
+    one in the database: a change made elsewhere holds for the next movement here."""
+    ada = rich(container, "ada")
+    container.loyalty.redeem("club", ada, "voucher", "k1")
+    other = build(settings, clock=clock)
+    try:
+        dearer = {**CLUB, "rewards": [{**CLUB["rewards"][0], "cost": 120}]}
+        other.programmes.apply(dearer)
+        container.loyalty.redeem("club", ada, "voucher", "k2")
+        assert container.loyalty.balance("club", ada)["available"] == 1_000 - 100 - 120
+        other.programmes.apply({**CLUB, "rewards": []})
+        with pytest.raises(NotFound):
+            container.loyalty.redeem("club", ada, "voucher", "k3")
+    finally:
+        other.close()
 
 
 def test_codes_are_found_in_any_case_and_a_malformed_one_is_no_coupon(

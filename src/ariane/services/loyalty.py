@@ -688,21 +688,22 @@ class LoyaltyService:
         return live
 
     def _begin(
-        self, conn: Connection, programme: str, profile_id: str, key: str
+        self, conn: Connection, programme: str, profile_id: str, key: str | None
     ) -> tuple[str, Standing, dict[str, Any] | None]:
-        """The member, locked, and their tier; and the entry already recorded under
-        `key`, if any."""
-        member, standing = self._lock(conn, programme, profile_id)
-        return member, standing, store.entry_by_key(conn, programme, key)
-
-    def _lock(self, conn: Connection, programme: str, profile_id: str) -> tuple[str, Standing]:
         """The member's live profile id, their account locked until commit, and their
-        tier as it stands. A merge locks the accounts too: a member merged away while
-        this waited is a race lost, run again (and found under the survivor)."""
+        tier as it stands; and the entry already recorded under `key`, if any. A merge
+        locks the accounts too: a member merged away while this waited is a race lost,
+        run again (and found under the survivor)."""
         member = self._member(conn, profile_id)
         standing = store.lock_account(conn, self.db.dialect, programme, member, self.clock())
-        if profile_store.resolve_profile_id(conn, member) != member:
+        live, found = store.still_live(conn, programme, member, key)
+        if not live:
             raise RetryTransaction(f"member {member} was merged meanwhile")
+        return member, standing, found
+
+    def _lock(self, conn: Connection, programme: str, profile_id: str) -> tuple[str, Standing]:
+        """`_begin` with no key to look up."""
+        member, standing, _ = self._begin(conn, programme, profile_id, None)
         return member, standing
 
     @staticmethod

@@ -29,7 +29,12 @@ class ProgrammeService:
         self._lock = threading.Lock()
 
     def load(self, conn: Connection, programme_id: str) -> Programme:
-        """The programme in force, parsed once per version."""
+        """The programme in force, parsed once per version: its definition is read only
+        when the version differs from the one parsed last."""
+        with self._lock:
+            cached = self._cache.get(programme_id)
+        if cached is not None and store.programme_version(conn, programme_id) == cached[0]:
+            return cached[1]
         row = store.programme_row(conn, programme_id)
         if row is None:
             raise NotFound(
@@ -37,10 +42,6 @@ class ProgrammeService:
                 " or PUT /api/loyalty/programmes/{id}",
                 field="programme",
             )
-        with self._lock:
-            cached = self._cache.get(programme_id)
-        if cached is not None and cached[0] == row["version"]:
-            return cached[1]
         programme = parse_programme(row["definition"])
         with self._lock:
             self._cache[programme_id] = (row["version"], programme)

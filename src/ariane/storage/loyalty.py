@@ -21,6 +21,7 @@ from ariane.storage.tables import (
     loyalty_movements,
     loyalty_purchases,
     outbox,
+    profiles,
 )
 
 # The outbox topic of the events loyalty movements put on members' timelines.
@@ -54,6 +55,30 @@ def lock_account(
         if row is None:
             raise RetryTransaction(f"the account of {profile_id} went with a merge")
     return Standing(row.tier, row.tier_since, row.tier_below_since, row.tier_review_at, 0)
+
+
+def still_live(
+    conn: Connection, programme: str, profile_id: str, key: str | None
+) -> tuple[bool, dict[str, Any] | None]:
+    """Whether profile `profile_id` is still one of its own (not merged away nor gone),
+    and the entry recorded under `key` if there is one: read in one statement, once the
+    member's account is locked."""
+    member = profiles.c.id == profile_id
+    if key is None:
+        row = conn.execute(sa.select(profiles.c.merged_into).where(member)).first()
+        return row is not None and row.merged_into is None, None
+    entries = loyalty_entries.c
+    under_key = sa.and_(entries.idempotency_key == key, entries.programme == programme)
+    row = conn.execute(
+        sa.select(profiles.c.merged_into, *entries)
+        .select_from(profiles.outerjoin(loyalty_entries, under_key))
+        .where(member)
+    ).first()
+    if row is None or row.merged_into is not None:
+        return False, None
+    if row.id is None:
+        return True, None
+    return True, {column.name: row._mapping[column] for column in entries}
 
 
 def entry_by_key(conn: Connection, programme: str, key: str) -> dict[str, Any] | None:
