@@ -79,6 +79,12 @@ def test_each_movement_is_on_the_timeline_once_however_often_it_is_sent(
         "points": 100,
         "coupon_code": code,
     }
+    # Queued in one statement with the purchase's, the spend's event comes before it.
+    assert shown[3]["properties"] == {
+        "programme": "club",
+        "points": 100,
+        "reference": "reward:voucher",
+    }
     assert shown[4]["properties"] == {
         "programme": "club",
         "points": 150,

@@ -220,7 +220,15 @@ class LoyaltyService:
                 self._check_limit(conn, programme, member, rule, limit, now)
             cost = 0 if rule is not None else reward.cost
             entry = self._spend(
-                conn, programme, member, cost, key, f"reward:{reward.id}", now, rule=rule
+                conn,
+                programme,
+                member,
+                cost,
+                key,
+                f"reward:{reward.id}",
+                now,
+                rule=rule,
+                tell=False,
             )
             if reward.stock is not None and not reward_store.take_stock(
                 conn, self.db.dialect, programme, reward.id, reward.stock
@@ -262,13 +270,12 @@ class LoyaltyService:
                 "points": cost,
                 "coupon_code": None if coupon is None else coupon["code"],
             }
-            store.add_event(
-                conn,
-                message_id,
-                member,
-                track("Reward Redeemed", message_id, now, properties),
-                now,
+            # The spend's event and the purchase's, in one statement.
+            events = [self._event(entry, "Points Spent")] if cost else []
+            events.append(
+                (message_id, member, track("Reward Redeemed", message_id, now, properties), now)
             )
+            store.add_events(conn, events)
             return {
                 "id": redemption_id,
                 "programme": programme,
@@ -575,19 +582,29 @@ class LoyaltyService:
         now: datetime,
         *,
         rule: str | None = None,
+        tell: bool = True,
     ) -> dict[str, Any]:
+        """Take `points` from the member's oldest lots; with `tell`, put the spend on
+        their timeline (else the caller does, with its own event)."""
         taken = take(store.lots(conn, programme, member), points, now) if points else []
         entry = self._record(
             conn, programme, member, "spend", -points, key, reference, now, rule=rule
         )
         store.take_from_lots(conn, entry["id"], member, taken)
-        if points:
+        if points and tell:
             self._tell(conn, entry, "Points Spent")
         return entry
 
-    @staticmethod
-    def _tell(conn: Connection, entry: dict[str, Any], name: str, **more: Any) -> None:
+    @classmethod
+    def _tell(cls, conn: Connection, entry: dict[str, Any], name: str, **more: Any) -> None:
         """Put the entry on the member's timeline, once it commits."""
+        store.add_events(conn, [cls._event(entry, name, **more)])
+
+    @staticmethod
+    def _event(
+        entry: dict[str, Any], name: str, **more: Any
+    ) -> tuple[str, str, dict[str, Any], datetime]:
+        """The timeline event `name` of the entry, for `store.add_events`."""
         message_id = f"loyalty-entry-{entry['id']}"
         properties = {
             "programme": entry["programme"],
@@ -596,7 +613,7 @@ class LoyaltyService:
             **more,
         }
         message = track(name, message_id, entry["at"], properties)
-        store.add_event(conn, message_id, entry["profile_id"], message, entry["at"])
+        return message_id, entry["profile_id"], message, entry["at"]
 
     @staticmethod
     def _review_tier(

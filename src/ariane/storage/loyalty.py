@@ -243,13 +243,26 @@ def add_event(
 ) -> None:
     """Queue a track message about the member, in the movement's transaction, for
     `publish` to send through ingestion once it commits."""
+    add_events(conn, [(message_id, profile_id, message, now)])
+
+
+def add_events(
+    conn: Connection, events: Sequence[tuple[str, str, dict[str, Any], datetime]]
+) -> None:
+    """`add_event` for each (message id, profile id, message, time), in one statement,
+    queued in their order."""
     conn.execute(
         outbox.insert().values(
-            topic=EVENT_TOPIC,
-            message_id=message_id,
-            profile_id=profile_id,
-            payload=message,
-            created_at=now,
+            [
+                {
+                    "topic": EVENT_TOPIC,
+                    "message_id": message_id,
+                    "profile_id": profile_id,
+                    "payload": message,
+                    "created_at": now,
+                }
+                for message_id, profile_id, message, now in events
+            ]
         )
     )
 
