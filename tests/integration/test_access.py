@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import functools
+from typing import Any
 
+import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 
@@ -86,6 +89,27 @@ def test_a_revoked_token_is_refused_at_once(client: TestClient, container: Conta
     with pytest.raises(DomainError) as again:
         container.access.revoke_token(token.id)
     assert again.value.field == "id"
+
+
+def test_finding_the_services_hands_no_work_to_a_thread(
+    client: TestClient, admin_token: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hand-over to a worker thread and back costs a request CPU time and, when
+    requests overlap in a process, a wait for the interpreter: the token check, which
+    reads the database, takes one; the dependency every route has on the services
+    (`container`), which waits for nothing, none."""
+    handed: list[str] = []
+    hand_over = anyio.to_thread.run_sync
+
+    async def counted(work: Any, *args: Any, **kwargs: Any) -> Any:
+        named = work.func if isinstance(work, functools.partial) else work
+        handed.append(named.__name__)
+        return await hand_over(work, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    assert client.get("/api/loyalty/programmes", headers=admin_token).status_code == 200
+    assert handed.count("check") == 1
+    assert "container" not in handed
 
 
 def test_tokens_are_listed_without_their_secrets(container: Container, clock: FakeClock) -> None:

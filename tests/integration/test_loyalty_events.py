@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine.interfaces import CacheStats
 
 from ariane.bootstrap import Container
 from ariane.domain.clock import iso
@@ -79,7 +80,7 @@ def test_each_movement_is_on_the_timeline_once_however_often_it_is_sent(
         "points": 100,
         "coupon_code": code,
     }
-    # Queued in one statement with the purchase's, the spend's event comes before it.
+    # Queued in one round trip with the purchase's, the spend's event comes before it.
     assert shown[3]["properties"] == {
         "programme": "club",
         "points": 100,
@@ -103,6 +104,37 @@ def test_each_movement_is_on_the_timeline_once_however_often_it_is_sent(
             sa.select(sa.func.count()).where(events.c.source_id == LOYALTY_SOURCE)
         ).scalar_one()
     assert stored == 5
+
+
+def test_a_movement_compiles_no_statement_a_movement_before_it_compiled(
+    container: Container,
+) -> None:
+    """Every request of a till pays for each statement it compiles: a movement like one
+    before it runs on compiled statements alone, its events' included."""
+    container.programmes.apply(CLUB)
+    [ada] = send(container, {"type": "identify", "userId": "ada"})
+    compiled: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any) -> None:
+        # A statement of SQLAlchemy's (not SQL handed to the driver) compiled afresh: one
+        # not cached yet, or one it cannot cache.
+        if context.compiled is not None and context.cache_hit is not CacheStats.CACHE_HIT:
+            compiled.append(statement)
+
+    def movements(turn: int) -> None:
+        container.loyalty.earn("club", ada, 150, f"order-{turn}", reference=f"R-{turn}")
+        bought = container.loyalty.redeem("club", ada, "voucher", f"voucher-{turn}")
+        container.coupons.burn(bought["coupon"]["code"], f"till-{turn}", channel="till")
+
+    # The purchases take from one lot, then two (a statement per shape), then one again.
+    movements(1)
+    movements(2)
+    sa.event.listen(container.db.engine, "after_cursor_execute", note)
+    try:
+        movements(3)
+    finally:
+        sa.event.remove(container.db.engine, "after_cursor_execute", note)
+    assert compiled == []
 
 
 def test_a_segment_counts_loyalty_events(container: Container) -> None:

@@ -19,7 +19,13 @@ _bearer = HTTPBearer(
 )
 
 
-def container(request: Request) -> Container:
+async def container(request: Request) -> Container:
+    """The application's services. A coroutine, though it waits for nothing: FastAPI
+    hands a plain function to a worker thread and back, for every request."""
+    return _built(request)
+
+
+def _built(request: Request) -> Container:
     built: Container = request.app.state.container
     return built
 
@@ -43,7 +49,7 @@ def require(role: str) -> Callable[..., Token]:
             raise _unauthorized(
                 "send Authorization: Bearer TOKEN; create one with `ariane tokens create`"
             )
-        token = container(request).access.token_for_secret(credentials.credentials)
+        token = _built(request).access.token_for_secret(credentials.credentials)
         if token is None:
             raise _unauthorized("unknown token; create one with `ariane tokens create`")
         if role == "admin" and token.role != "admin":
