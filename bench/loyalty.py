@@ -105,8 +105,9 @@ def cpu_times(pids: list[int]) -> dict[int, float]:
 
 
 def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds spent between two readings by the processes there at both."""
-    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+    """CPU seconds spent between two readings: by the processes there at both, and all
+    of it by those started since (a connection the pool opened meanwhile)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def _command(pid: int) -> tuple[int, str]:
@@ -245,10 +246,11 @@ def _phases(
         processes = server_processes(server)
         before = {} if processes is None else {k: cpu_times(v) for k, v in processes.items()}
         result = load(server.port, token, requests, args.connections, args.rate)
-        if processes is not None and requests:
+        after = server_processes(server)
+        if processes is not None and after is not None and requests:
             result["cpu_ms_per_request"] = {
                 role: round(cpu_spent(before[role], cpu_times(pids)) * 1000 / len(requests), 2)
-                for role, pids in processes.items()
+                for role, pids in after.items()
             }
         return result
 
