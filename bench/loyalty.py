@@ -13,14 +13,14 @@ Every connection sends its next request as soon as the last is answered (a close
 the figures are latency at saturation), unless `--rate` spreads the requests evenly over
 the connections at that many per second in all (an open loop: latency at that rate).
 The client runs on the same machine as the server and takes its share of the CPU.
+Finally `ariane loyalty check` must find the ledger and lots in agreement. Prints one
+JSON document.
 
 On Linux each phase also reports the CPU time spent per request (`cpu_ms_per_request`)
 by the worker processes, by the process that supervises them and runs the background
 loops (the timeline events of the movements, segment timers), and by the PostgreSQL
 processes of this machine, read from /proc: unlike a p99, these barely move from one
 run to the next.
-Finally `ariane loyalty check` must find the ledger and lots in agreement. Prints one
-JSON document.
 
     .venv/bin/python -m bench.loyalty --backends postgresql --connections 200
 """
@@ -91,17 +91,23 @@ def members(server: Server, url: str, count: int) -> list[str]:
     return found
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (Linux); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_times(pids: list[int]) -> dict[int, float]:
-    """User and system CPU time of each process still there, in seconds (Linux)."""
-    found = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return found
+    """User and system CPU time of each process still there, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        pid: (int(fields[11]) + int(fields[12])) / tick
+        for pid in pids
+        if (fields := _stat(pid)) is not None
+    }
 
 
 def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
@@ -112,13 +118,13 @@ def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
 
 def _command(pid: int) -> tuple[int, str]:
     """(parent pid, command line) of a process; (0, "") if it is gone."""
+    fields = _stat(pid)
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            parent = int(stat.read().rsplit(")", 1)[1].split()[1])
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return parent, cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+            command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return 0, ""
+    return (0, "") if fields is None else (int(fields[1]), command)
 
 
 def server_processes(server: Server) -> dict[str, list[int]] | None:
