@@ -1,9 +1,10 @@
 """The background loops of a server: segment timers, earn rules and loyalty events.
 
-Each is a thread that wakes up every so often, takes what is due and claims it in the
-database, so that any number of processes may run them. What they write is made again
-from what is durable (a timer still due, an outbox row not yet marked sent), so their
-transactions do not wait for the disk (`Database.background`).
+Each is a thread that wakes up every so often and takes what is due, claiming it in the
+database (timers) or taking its turn (the outbox's topics, `services.outbox`), so that
+any number of processes may run them. What they write is made again from what is
+durable (a timer still due, an outbox row not yet deleted), so their transactions do
+not wait for the disk (`Database.background`).
 
 `ariane serve` with one worker runs them in that worker; with several, once, in the
 process that supervises the workers (`ariane.web.serving`): a round of loyalty events

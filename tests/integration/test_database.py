@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -164,3 +166,65 @@ def test_a_forked_child_waits_for_the_sqlite_writer_its_parent_holds(tmp_path: P
     assert os.read(ready, 2) == b"in"
     assert os.waitpid(child, 0)[1] == 0
     writer.close()
+
+
+_HOLD_ALONE = """
+import sys
+from ariane.storage.database import Database
+
+with Database(sys.argv[1]).alone("round") as first:
+    print(first, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_one_process_at_a_time_is_alone_and_one_that_dies_lets_go_at_once(
+    db_url: str,
+) -> None:
+    """`Database.alone` across processes: another process holding the name keeps this one
+    out, and its death lets the name go, though it never said so."""
+    db = Database(db_url)
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_ALONE, db_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "True"
+            with db.alone("round") as first:
+                assert not first
+            with db.alone("another round") as first:
+                assert first
+            child.kill()
+            child.wait()
+            deadline = time.monotonic() + 10
+            while True:
+                with db.alone("round") as first:
+                    if first:
+                        break
+                # PostgreSQL ends a dead client's session once it sees the socket shut.
+                assert time.monotonic() < deadline, "the dead process's hold never went"
+                time.sleep(0.05)
+        finally:
+            child.kill()
+            db.dispose()
+
+
+def test_a_block_alone_lets_go_when_it_ends_even_by_an_error(db_url: str) -> None:
+    one, other = Database(db_url), Database(db_url)
+    try:
+        with pytest.raises(RuntimeError), one.alone("round") as first:
+            assert first
+            with other.alone("round") as second:
+                assert not second
+            # And this process's other threads wait their turn too.
+            with one.alone("round") as again:
+                assert not again
+            raise RuntimeError("the round failed")
+        with other.alone("round") as second:
+            assert second
+    finally:
+        one.dispose()
+        other.dispose()

@@ -258,3 +258,26 @@ def test_two_members_may_share_an_order_number_and_a_poisoned_event_blocks_no_ot
     drain(container)
     assert (available(container, ada), available(container, bob)) == (60, 20)
     assert drain(container) == 0
+
+
+def test_an_event_the_rules_failed_on_is_read_again_later_and_the_others_go_on(
+    container: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [ada] = send(container, track("ada", "Order Completed", order_id="1", revenue=10))
+    send(container, track("ada", "Order Completed", order_id="2", revenue=20))
+    apply = container.earning.apply
+
+    def failing(programme: Any, member: str, event: Any) -> Any:
+        if event.reference == "1":
+            raise RuntimeError("the database went away")
+        return apply(programme, member, event)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(container.earning, "apply", failing)
+        assert drain(container) == 2
+    # Held back for a minute: the order after it earned meanwhile.
+    assert available(container, ada) == 20
+    assert drain(container) == 0
+    clock.advance(seconds=61)
+    assert drain(container) == 1
+    assert available(container, ada) == 30

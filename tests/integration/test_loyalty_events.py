@@ -4,18 +4,20 @@ shows it and segments count it, even when it is sent again or the member was mer
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
-from datetime import timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import CacheStats
 
-from ariane.bootstrap import Container
+from ariane.bootstrap import Container, build
 from ariane.domain.clock import iso
 from ariane.services.ingest import Envelope
-from ariane.storage.loyalty import claim_events
+from ariane.settings import Settings
+from ariane.storage import loyalty as loyalty_store
 from ariane.storage.tables import LOYALTY_SOURCE, events, outbox
 from tests.conftest import FakeClock
 from tests.integration.test_loyalty_ledger import at_once
@@ -94,16 +96,32 @@ def test_each_movement_is_on_the_timeline_once_however_often_it_is_sent(
         "expires_at": None,
     }
     assert shown[4]["timestamp"] == iso(earned["at"])
+    # Sent, they leave the outbox.
     assert container.loyalty_events.publish() == 0
-
-    # Sent again, as after a crash between sending and marking them sent: stored once.
-    container.db.write(lambda conn: conn.execute(outbox.update().values(dispatched_at=None)))
-    assert container.loyalty_events.publish() == 5
     with container.db.read() as conn:
-        stored = conn.execute(
-            sa.select(sa.func.count()).where(events.c.source_id == LOYALTY_SOURCE)
-        ).scalar_one()
-    assert stored == 5
+        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one() == 0
+
+
+def test_events_sent_again_after_a_crash_are_stored_once(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that stops between sending the events and deleting them leaves them to
+    be sent again: the timeline still shows each once."""
+    container.programmes.apply(CLUB)
+    [ada] = send(container, {"type": "identify", "userId": "ada"})
+    container.loyalty.earn("club", ada, 150, "order-1")
+    container.loyalty.redeem("club", ada, "voucher", "ada-voucher")
+
+    def crash(*args: Any) -> None:
+        raise ConnectionError("the process stopped here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(loyalty_store, "settle_events", crash)
+        with pytest.raises(ConnectionError):
+            container.loyalty_events.publish()
+    assert len(loyalty_events(container)) == 3
+    assert container.loyalty_events.publish() == 3
+    assert sorted(Counter(loyalty_events(container)).values()) == [1, 1, 1]
 
 
 def test_a_movement_compiles_no_statement_a_movement_before_it_compiled(
@@ -191,33 +209,90 @@ def test_a_member_known_only_by_an_anonymous_id_gets_the_event_under_it(
     assert "userId" not in event
 
 
-def test_processes_send_each_event_once_and_take_over_those_of_one_that_died(
-    container: Container, clock: FakeClock
+def test_processes_send_each_event_once_and_delete_it(
+    container: Container, settings: Settings, clock: FakeClock
 ) -> None:
+    """Processes on one database (each its own `Container`) take turns: each event is
+    sent by one of them, once, then deleted."""
     container.programmes.apply(CLUB)
     [ada] = send(container, {"type": "identify", "userId": "ada"})
     for i in range(30):
         container.loyalty.earn("club", ada, 1, f"order-{i}")
+    processes = [build(settings, clock=clock) for _ in range(4)]
+    sent: list[int] = []
+    try:
 
-    # A process claims ten of them, then dies before sending them.
-    now = clock()
-    dead = container.db.write(
-        lambda conn: claim_events(conn, container.db.dialect, 10, now, now + timedelta(seconds=60))
-    )
-    assert len(dead) == 10
-    claimed: list[int] = []
+        def drain(i: int) -> None:
+            # Each keeps at it for a while: a process that found the events taken by
+            # another looks again, as its loop would.
+            for _ in range(200):
+                if count := processes[i].loyalty_events.publish(limit=3):
+                    sent.append(count)
+                if sum(sent) == 30:
+                    return
 
-    def drain(_: int) -> None:
-        while count := container.loyalty_events.publish(limit=3):
-            claimed.append(count)
-
-    assert at_once(4, drain) == Counter({"ok": 4})
-    # Each of the other twenty claimed by one process only.
-    assert sum(claimed) == 20
-    assert len(loyalty_events(container)) == 20
-    clock.advance(seconds=61)
-    assert container.loyalty_events.publish() == 10
+        assert at_once(4, drain) == Counter({"ok": 4})
+    finally:
+        for process in processes:
+            process.close()
+    assert sum(sent) == 30
+    assert Counter(loyalty_events(container)).most_common(1)[0][1] == 1
     assert len(loyalty_events(container)) == 30
+    with container.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one() == 0
+
+
+def test_while_a_process_sends_the_events_the_others_leave_them_alone(
+    container: Container, settings: Settings, clock: FakeClock
+) -> None:
+    container.programmes.apply(CLUB)
+    [ada] = send(container, {"type": "identify", "userId": "ada"})
+    container.loyalty.earn("club", ada, 150, "order-1")
+    other = build(settings, clock=clock)
+    sending = threading.Event()
+    go_on = threading.Event()
+    ingest = container.loyalty_events.ingest.ingest
+
+    def slow_ingest(*args: Any, **kwargs: Any) -> Any:
+        sending.set()
+        assert go_on.wait(10)
+        return ingest(*args, **kwargs)
+
+    container.loyalty_events.ingest.ingest = slow_ingest  # type: ignore[method-assign]
+    try:
+        first = threading.Thread(target=container.loyalty_events.publish)
+        first.start()
+        assert sending.wait(10)
+        assert other.loyalty_events.publish() == 0
+        go_on.set()
+        first.join()
+    finally:
+        go_on.set()
+        other.close()
+    assert len(loyalty_events(container)) == 1
+
+
+def test_events_that_could_not_be_sent_wait_and_let_the_others_go_on(
+    container: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container.programmes.apply(CLUB)
+    [ada] = send(container, {"type": "identify", "userId": "ada"})
+    for i in range(5):
+        container.loyalty.earn("club", ada, 1, f"order-{i}")
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("ingestion is down")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(container.loyalty_events.ingest, "ingest", down)
+        with pytest.raises(ConnectionError):
+            container.loyalty_events.publish(limit=3)
+    # The three held back for a minute; the two after them are sent meanwhile.
+    assert container.loyalty_events.publish() == 2
+    assert container.loyalty_events.publish() == 0
+    clock.advance(seconds=61)
+    assert container.loyalty_events.publish() == 3
+    assert len(loyalty_events(container)) == 5
 
 
 def loyalty_events(container: Container) -> list[str]:

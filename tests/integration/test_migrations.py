@@ -271,3 +271,38 @@ def test_going_back_before_0010_writes_the_audience_events_into_events(db_url: s
             for table in (events, segment_changes, segment_history, segments):
                 conn.execute(table.delete())
         db.dispose()
+
+
+def test_0017_deletes_the_loyalty_and_earn_messages_marked_sent(db_url: str) -> None:
+    """Dealt with, they are now deleted rather than marked sent; those marked before go,
+    and every other message stays."""
+    db = Database(db_url)
+    at = datetime(2026, 11, 24, 9, 0)
+    queued = [
+        ("loyalty", "loyalty-entry-1", at),
+        ("loyalty", "loyalty-entry-2", None),
+        ("earn", "earn-1", at),
+        ("earn", "earn-2", None),
+        ("audience", "audience-1", None),
+    ]
+    try:
+        migrate(db, command.downgrade, "0016")
+        with db.engine.begin() as conn:
+            for topic, message_id, sent in queued:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO outbox (topic, message_id, profile_id, payload,"
+                        " created_at, dispatched_at) VALUES (:topic, :message_id, 'p1',"
+                        " NULL, :at, :sent)"
+                    ),
+                    {"topic": topic, "message_id": message_id, "at": at, "sent": sent},
+                )
+        migrate(db, command.upgrade, "0017")
+        with db.engine.connect() as conn:
+            left = conn.execute(sa.text("SELECT message_id FROM outbox ORDER BY id")).scalars()
+            assert list(left) == ["loyalty-entry-2", "earn-2", "audience-1"]
+    finally:
+        upgrade(db)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM outbox"))
+        db.dispose()

@@ -28,6 +28,7 @@ from ariane.domain.errors import DomainError, NotFound
 from ariane.domain.loyalty import track
 from ariane.domain.programmes import Programme
 from ariane.services.loyalty import LimitReached, LoyaltyService
+from ariane.services.outbox import taking
 from ariane.services.profiles import ProfileService
 from ariane.services.programmes import ProgrammeService
 from ariane.services.segments import SegmentService
@@ -40,8 +41,8 @@ from ariane.storage.tables import events, profiles
 
 log = logging.getLogger(__name__)
 
-# How long a process has to apply the rules to the events it claimed.
-CLAIM = timedelta(seconds=60)
+# How long an event the rules failed on waits before they read it again.
+HOLD_BACK = timedelta(seconds=60)
 # Segment's e-commerce event for a refund, whole or of some products: its points go back.
 REFUND_EVENT = "Order Refunded"
 _KEY_PART = 100
@@ -113,54 +114,44 @@ class EarnService:
     def process(self, limit: int = 200) -> int:
         """Apply the earn rules to the oldest events queued for them, up to `limit`; how
         many there were."""
-        now = self.clock()
-        claimed = self.db.write(
-            lambda conn: store.claim_events(
-                conn, self.db.dialect, limit, now, now + CLAIM, topic=store.EARN_TOPIC
-            )
-        )
-        if not claimed:
-            return 0
-        with self.db.read() as conn:
-            version = segment_store.version(conn)
-            in_force = self.programmes.in_force(conn, version)
-            found = _stored_events(conn, [queued for _, _, queued in claimed])
-            owners = {
-                queued: profile_store.resolve_profile_id(conn, queued)
-                for queued in {profile_id for _, profile_id, _ in claimed}
-            }
-        done: list[int] = []
-        for row_id, queued, ref in claimed:
-            row = found.get((ref["source_id"], ref["message_id"]))
-            member = owners[queued]
-            # An erased member's events went with them.
-            if row is None or member is None:
-                done.append(row_id)
-                continue
-            key, reference = event_key(row["properties"], ref["source_id"], ref["message_id"])
-            message_key = _digest(ref["source_id"] + "\x00" + ref["message_id"])
-            event = Event(row["event"], row["properties"], key, reference, message_key)
-            try:
-                for programme in in_force:
-                    try:
-                        self.apply(programme, member, event)
-                    except DomainError as error:
-                        log.warning(
-                            "earn rules of %s: event %s of %s: %s",
-                            programme.id,
-                            ref["message_id"],
-                            member,
-                            error.message,
-                        )
-            except Exception:
-                # Left unmarked: claimed again once the claim runs out, and meanwhile
-                # the events after it go on.
-                log.exception("earn rules: event %s of %s failed", ref["message_id"], member)
-                continue
-            done.append(row_id)
-        if done:
-            self.db.write(lambda conn: store.mark_sent(conn, done, now))
-        return len(claimed)
+        with taking(self.db, store.EARN_TOPIC, limit, self.clock(), HOLD_BACK) as taken:
+            if not taken.messages:
+                return 0
+            with self.db.read() as conn:
+                version = segment_store.version(conn)
+                in_force = self.programmes.in_force(conn, version)
+                found = _stored_events(conn, [queued for _, _, queued in taken.messages])
+                owners = profile_store.resolve_profile_ids(
+                    conn, (queued for _, queued, _ in taken.messages)
+                )
+            for row_id, queued, ref in taken.messages:
+                row = found.get((ref["source_id"], ref["message_id"]))
+                member = owners[queued]
+                # An erased member's events went with them.
+                if row is None or member is None:
+                    taken.done.append(row_id)
+                    continue
+                key, reference = event_key(row["properties"], ref["source_id"], ref["message_id"])
+                message_key = _digest(ref["source_id"] + "\x00" + ref["message_id"])
+                event = Event(row["event"], row["properties"], key, reference, message_key)
+                try:
+                    for programme in in_force:
+                        try:
+                            self.apply(programme, member, event)
+                        except DomainError as error:
+                            log.warning(
+                                "earn rules of %s: event %s of %s: %s",
+                                programme.id,
+                                ref["message_id"],
+                                member,
+                                error.message,
+                            )
+                except Exception:
+                    # Held back, then read again, and meanwhile the events after it go on.
+                    log.exception("earn rules: event %s of %s failed", ref["message_id"], member)
+                    continue
+                taken.done.append(row_id)
+        return len(taken.messages)
 
     def run(self, stop: threading.Event, interval: float) -> None:
         """Process events, write expired points off, then look again at the tiers due

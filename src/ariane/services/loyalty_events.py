@@ -4,8 +4,9 @@ in its own transaction (`Points Earned`, `Points Spent`, `Reward Redeemed`,
 through ingestion like any other, so that segments and computed traits see them.
 
 An event is sent at least once and stored once: its message id is fixed by the movement,
-and ingestion keeps one event per message id and source. Processes claim what they send,
-so that each event is sent by one of them, unless it dies before marking it sent.
+and ingestion keeps one event per message id and source. One process at a time sends
+them (`services.outbox`), and deletes them from the outbox once sent; one that dies
+before leaves them to the next.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 
 from ariane.domain.loyalty import addressed
 from ariane.services.ingest import Envelope, IngestService
+from ariane.services.outbox import taking
 from ariane.storage import loyalty as store
 from ariane.storage import profiles as profile_store
 from ariane.storage.database import Database
@@ -24,8 +26,8 @@ from ariane.storage.tables import LOYALTY_SOURCE
 
 log = logging.getLogger(__name__)
 
-# How long a process has to send the events it claimed before another may take them.
-CLAIM = timedelta(seconds=60)
+# How long events that could not be sent wait before they are tried again.
+HOLD_BACK = timedelta(seconds=60)
 
 
 class LoyaltyEvents:
@@ -36,29 +38,24 @@ class LoyaltyEvents:
 
     def publish(self, limit: int = 500) -> int:
         """Send the oldest events not yet sent, up to `limit`; how many there were."""
-        now = self.clock()
-        pending = self.db.write(
-            lambda conn: store.claim_events(conn, self.db.dialect, limit, now, now + CLAIM)
-        )
-        if not pending:
-            return 0
-        with self.db.read() as conn:
-            members = {
-                queued: profile_store.resolve_profile_id(conn, queued)
-                for queued in {profile_id for _, profile_id, _ in pending}
-            }
-            held = store.identifiers_of(conn, [m for m in set(members.values()) if m])
-        messages = [
-            addressed(message, member, held.get(member, []))
-            for _, queued, message in pending
-            # An erased member's events went with them; nothing is left to send.
-            if (member := members[queued]) is not None
-        ]
-        if messages:
-            self.ingest.ingest(LOYALTY_SOURCE, messages, Envelope(received_at=self.clock()))
-        sent = [row_id for row_id, _, _ in pending]
-        self.db.write(lambda conn: store.mark_sent(conn, sent, self.clock()))
-        return len(sent)
+        with taking(self.db, store.EVENT_TOPIC, limit, self.clock(), HOLD_BACK) as taken:
+            if not taken.messages:
+                return 0
+            with self.db.read() as conn:
+                members = profile_store.resolve_profile_ids(
+                    conn, (queued for _, queued, _ in taken.messages)
+                )
+                held = store.identifiers_of(conn, [m for m in set(members.values()) if m])
+            messages = [
+                addressed(message, member, held.get(member, []))
+                for _, queued, message in taken.messages
+                # An erased member's events went with them; nothing is left to send.
+                if (member := members[queued]) is not None
+            ]
+            if messages:
+                self.ingest.ingest(LOYALTY_SOURCE, messages, Envelope(received_at=self.clock()))
+            taken.done.extend(row_id for row_id, _, _ in taken.messages)
+        return len(taken.messages)
 
     def run(self, stop: threading.Event, interval: float) -> None:
         """Publish until `stop` is set, looking again every `interval` seconds."""

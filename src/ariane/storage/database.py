@@ -10,6 +10,7 @@ a read of several queries never sees a write half-way.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import operator
 import os
 import random
@@ -580,6 +581,9 @@ class Database:
         self.retries = 0
         self._retries_lock = threading.Lock()
         self._thread = threading.local()
+        # This process's holders of `alone`'s names.
+        self._alone: dict[str, threading.Lock] = {}
+        self._alone_guard = threading.Lock()
         common: dict[str, Any] = {
             "json_serializer": _json_dumps,
             "json_deserializer": orjson.loads,
@@ -659,6 +663,42 @@ class Database:
         finally:
             self._thread.background = before
 
+    @contextmanager
+    def alone(self, name: str) -> Iterator[bool]:
+        """Whether the block is the only one under `name` now, among every process on the
+        database: if another holds the name, the block runs at once with False.
+
+        On PostgreSQL a session advisory lock, on a connection held for the block: a
+        process that dies lets go at once, with its connection. On SQLite an flock on a
+        file beside the database, let go with the process too. Nothing is written."""
+        with self._alone_guard:
+            held = self._alone.setdefault(name, threading.Lock())
+        if not held.acquire(blocking=False):
+            yield False
+            return
+        try:
+            if self._writer is not None:
+                with self._writer.alone(name) as first:
+                    yield first
+                return
+            # A stable 64-bit key for the name, apart from the fixed keys above.
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                first = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})").scalar())
+                try:
+                    yield first
+                finally:
+                    if first:
+                        try:
+                            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                        except Exception:
+                            # Closed rather than handed back to the pool still holding it.
+                            conn.invalidate()
+                            raise
+        finally:
+            held.release()
+
     def write(self, work: Callable[[Connection], T], *, attempts: int = 20) -> T:
         """Run `work` in one write transaction, again from the start if it lost a race.
 
@@ -696,6 +736,7 @@ class SQLiteWriter:
     def __init__(self, database: str | None) -> None:
         self._threads = threading.Lock()
         in_memory = not database or database == ":memory:" or database.startswith("file::memory")
+        self._database = None if in_memory else database
         self._path = None if in_memory else f"{database}-writer.lock"
         self._fd: int | None = None
         self._pid = os.getpid()
@@ -717,6 +758,26 @@ class SQLiteWriter:
                 yield
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def alone(self, name: str) -> Iterator[bool]:
+        """`Database.alone`: an flock on a file beside the database named after `name`
+        (`name` is then part of a file name). A database in memory is this process's
+        alone, and the caller's lock suffices."""
+        if self._database is None:
+            yield True
+            return
+        fd = os.open(f"{self._database}-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                first = True
+            except BlockingIOError:
+                first = False
+            # Closing the file lets the lock go.
+            yield first
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._threads:

@@ -292,42 +292,40 @@ def add_event_once(
     )
 
 
-def claim_events(
-    conn: Connection,
-    dialect: Dialect,
-    limit: int,
-    now: datetime,
-    until: datetime,
-    topic: str = EVENT_TOPIC,
+def pending_events(
+    conn: Connection, limit: int, now: datetime, topic: str = EVENT_TOPIC
 ) -> list[tuple[int, str, dict[str, Any]]]:
-    """Claim until `until` the oldest messages of `topic` not yet sent and not claimed
-    by another process (or whose claim ran out): (row id, profile id, message), in
-    order."""
+    """The oldest messages of `topic` not yet sent, up to `limit`, but for those held
+    back until after `now` (`settle_events`): (row id, profile id, message), in order."""
     c = outbox.c
-    free = dialect.claim_rows(
-        sa.select(c.id)
+    rows = conn.execute(
+        sa.select(c.id, c.profile_id, c.payload)
         .where(
             c.topic == topic,
+            # What the partial index of the topic's waiting messages covers.
             c.dispatched_at.is_(None),
             sa.or_(c.claimed_until.is_(None), c.claimed_until <= now),
         )
         .order_by(c.id)
         .limit(limit)
-    )
-    claimed = conn.execute(
-        outbox.update()
-        .where(c.id.in_(free.scalar_subquery()))
-        .values(claimed_until=until)
-        .returning(c.id, c.profile_id, c.payload)
     ).all()
-    return sorted((int(row_id), str(pid), dict(payload)) for row_id, pid, payload in claimed)
+    return [(int(row_id), str(pid), dict(payload)) for row_id, pid, payload in rows]
 
 
-def mark_sent(conn: Connection, row_ids: Sequence[int], now: datetime) -> None:
+def settle_events(
+    conn: Connection,
+    dialect: Dialect,
+    done: Sequence[int],
+    held: Sequence[int],
+    until: datetime,
+) -> None:
+    """Delete the messages dealt with (`done`, by row id), and hold the others (`held`)
+    back until `until`."""
     c = outbox.c
-    conn.execute(
-        outbox.update().where(c.id.in_(list(row_ids))).values(dispatched_at=now, claimed_until=None)
-    )
+    if done:
+        conn.execute(outbox.delete().where(dialect.among(c.id, done)))
+    if held:
+        conn.execute(outbox.update().where(dialect.among(c.id, held)).values(claimed_until=until))
 
 
 def identifiers_of(

@@ -262,6 +262,17 @@ def record_decisions(
         conn.execute(identity_decisions.insert(), list(rows.values()))
 
 
+def resolve_profile_ids(conn: Connection, profile_ids: Iterable[str]) -> dict[str, str | None]:
+    """`resolve_profile_id` of each, in one statement."""
+    wanted = sorted(set(profile_ids))
+    c = profiles.c
+    found = {
+        str(row.id): str(row.merged_into or row.id)
+        for row in conn.execute(sa.select(c.id, c.merged_into).where(c.id.in_(wanted)))
+    }
+    return {profile_id: found.get(profile_id) for profile_id in wanted}
+
+
 def resolve_profile_id(conn: Connection, profile_id: str) -> str | None:
     """Follow an absorbed id to the profile that absorbed it."""
     row = conn.execute(

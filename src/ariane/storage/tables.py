@@ -294,12 +294,13 @@ outbox = sa.Table(
     # before migration 0010, the event of `events` from source `ariane`).
     sa.Column("payload", JSONDoc, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Set by no one now: the loyalty and earn messages are deleted once dealt with
+    # (`storage.loyalty.settle_events`), and the Audience messages are not yet sent.
     sa.Column("dispatched_at", UTCDateTime, nullable=True),
-    # While a process sends the message: others leave it alone until then, and take it
-    # over after, should that process have died.
+    # A message whose sending failed is left alone until then, and tried again after.
     sa.Column("claimed_until", UTCDateTime, nullable=True),
-    # The loyalty events still to send (`storage.loyalty.claim_events`), found without
-    # reading the Audience messages, which no one marks sent yet.
+    # The loyalty events still to send (`storage.loyalty.pending_events`), found without
+    # reading the Audience messages.
     sa.Index(
         "ix_outbox_loyalty_pending",
         "id",
