@@ -85,10 +85,12 @@ def insert_token(conn: Connection, token: Token, secret: str) -> None:
     )
 
 
+# Run on every /api request: built once, the hash bound as it runs (`Dialect.kept`).
+_TOKEN_BY_HASH = sa.select(api_tokens).where(api_tokens.c.token_hash == sa.bindparam("hash"))
+
+
 def token_by_secret(conn: Connection, secret: str) -> Token | None:
-    row = conn.execute(
-        sa.select(api_tokens).where(api_tokens.c.token_hash == hash_secret(secret))
-    ).first()
+    row = conn.execute(_TOKEN_BY_HASH, {"hash": hash_secret(secret)}).first()
     return Token(row.id, row.name, row.role, row.created_at) if row else None
 
 

@@ -67,6 +67,20 @@ class Dialect:
     name = "base"
     placeholder = "?"
 
+    def __init__(self) -> None:
+        self._kept: dict[Callable[[Any], Any], Any] = {}
+
+    def kept(self, make: Callable[[Dialect], T]) -> T:
+        """`make(self)`, made once for this dialect: a statement the requests run every
+        time, its values bound as it runs (`sa.bindparam`), which SQLAlchemy then neither
+        builds nor works out the cache key of again (some 20 µs a statement)."""
+        found = self._kept.get(make)
+        if found is None:
+            # Two threads may both make it: the same statement, kept once.
+            found = self._kept.setdefault(make, make(self))
+        made: T = found
+        return made
+
     def datetime_param(self, moment: datetime) -> Any:
         raise NotImplementedError
 

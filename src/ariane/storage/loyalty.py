@@ -30,19 +30,28 @@ EVENT_TOPIC = "loyalty"
 EARN_TOPIC = "earn"
 
 
+# The statements every movement runs are built once, their values bound as they run
+# (`Dialect.kept`); the module's others are built as they are needed.
+
+
+def _locked_account(dialect: Dialect) -> sa.Select[Any]:
+    c = loyalty_accounts.c
+    return dialect.lock_rows(
+        sa.select(c.tier, c.tier_since, c.tier_below_since, c.tier_review_at).where(
+            c.programme == sa.bindparam("programme"), c.profile_id == sa.bindparam("profile_id")
+        )
+    )
+
+
 def lock_account(
     conn: Connection, dialect: Dialect, programme: str, profile_id: str, now: datetime
 ) -> Standing:
     """Lock the member's account until commit, making it if need be: the movements of
     one member's points happen one at a time (on SQLite the one writer does that). The
     account's tier as it stands."""
-    c = loyalty_accounts.c
-    locked = dialect.lock_rows(
-        sa.select(c.tier, c.tier_since, c.tier_below_since, c.tier_review_at).where(
-            c.programme == programme, c.profile_id == profile_id
-        )
-    )
-    row = conn.execute(locked).first()
+    locked = dialect.kept(_locked_account)
+    member = {"programme": programme, "profile_id": profile_id}
+    row = conn.execute(locked, member).first()
     if row is None:
         # A new member; or one whose account a merge dropped while this waited for it,
         # whose movement runs again under the survivor (`LoyaltyService._lock`).
@@ -51,10 +60,26 @@ def lock_account(
             loyalty_accounts,
             [{"programme": programme, "profile_id": profile_id, "created_at": now}],
         )
-        row = conn.execute(locked).first()
+        row = conn.execute(locked, member).first()
         if row is None:
             raise RetryTransaction(f"the account of {profile_id} went with a merge")
     return Standing(row.tier, row.tier_since, row.tier_below_since, row.tier_review_at, 0)
+
+
+_LIVE = sa.select(profiles.c.merged_into).where(profiles.c.id == sa.bindparam("profile_id"))
+_LIVE_AND_ENTRY = (
+    sa.select(profiles.c.merged_into, *loyalty_entries.c)
+    .select_from(
+        profiles.outerjoin(
+            loyalty_entries,
+            sa.and_(
+                loyalty_entries.c.idempotency_key == sa.bindparam("key"),
+                loyalty_entries.c.programme == sa.bindparam("programme"),
+            ),
+        )
+    )
+    .where(profiles.c.id == sa.bindparam("profile_id"))
+)
 
 
 def still_live(
@@ -63,16 +88,12 @@ def still_live(
     """Whether profile `profile_id` is still one of its own (not merged away nor gone),
     and the entry recorded under `key` if there is one: read in one statement, once the
     member's account is locked."""
-    member = profiles.c.id == profile_id
     if key is None:
-        row = conn.execute(sa.select(profiles.c.merged_into).where(member)).first()
+        row = conn.execute(_LIVE, {"profile_id": profile_id}).first()
         return row is not None and row.merged_into is None, None
     entries = loyalty_entries.c
-    under_key = sa.and_(entries.idempotency_key == key, entries.programme == programme)
     row = conn.execute(
-        sa.select(profiles.c.merged_into, *entries)
-        .select_from(profiles.outerjoin(loyalty_entries, under_key))
-        .where(member)
+        _LIVE_AND_ENTRY, {"profile_id": profile_id, "key": key, "programme": programme}
     ).first()
     if row is None or row.merged_into is not None:
         return False, None
@@ -112,40 +133,61 @@ def entries(
     return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def insert_entry(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> int | None:
-    """The new entry's id, or None when its idempotency key is taken already (by a
-    concurrent movement of another member)."""
-    statement = (
+def _new_entry(dialect: Dialect) -> Any:
+    return (
         dialect.insert_statement(loyalty_entries)
-        .values(**row)
         .on_conflict_do_nothing()
         .returning(loyalty_entries.c.id)
     )
-    found: int | None = conn.execute(statement).scalar()
+
+
+def insert_entry(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> int | None:
+    """The new entry's id, or None when its idempotency key is taken already (by a
+    concurrent movement of another member)."""
+    found: int | None = conn.execute(dialect.kept(_new_entry), row).scalar()
     return found
+
+
+_LOTS = sa.select(
+    loyalty_lots.c.id,
+    loyalty_lots.c.points,
+    loyalty_lots.c.remaining,
+    loyalty_lots.c.earned_at,
+    loyalty_lots.c.available_at,
+    loyalty_lots.c.expires_at,
+).where(
+    loyalty_lots.c.programme == sa.bindparam("programme"),
+    loyalty_lots.c.profile_id == sa.bindparam("profile_id"),
+    loyalty_lots.c.remaining > 0,
+)
+_NEW_LOT = loyalty_lots.insert()
+_NEW_MOVEMENT = loyalty_movements.insert()
+_TAKE = (
+    loyalty_lots.update()
+    .where(loyalty_lots.c.id == sa.bindparam("lot"))
+    .values(remaining=loyalty_lots.c.remaining - sa.bindparam("taken"))
+)
 
 
 def lots(conn: Connection, programme: str, profile_id: str) -> list[Lot]:
     """The member's lots with points left in them."""
-    c = loyalty_lots.c
-    query = sa.select(c.id, c.points, c.remaining, c.earned_at, c.available_at, c.expires_at).where(
-        c.programme == programme, c.profile_id == profile_id, c.remaining > 0
-    )
-    return [Lot(*row) for row in conn.execute(query)]
+    rows = conn.execute(_LOTS, {"programme": programme, "profile_id": profile_id})
+    return [Lot(*row) for row in rows]
 
 
 def insert_lot(conn: Connection, programme: str, profile_id: str, lot: Lot) -> None:
     conn.execute(
-        loyalty_lots.insert().values(
-            id=lot.id,
-            programme=programme,
-            profile_id=profile_id,
-            points=lot.points,
-            remaining=lot.remaining,
-            earned_at=lot.earned_at,
-            available_at=lot.available_at,
-            expires_at=lot.expires_at,
-        )
+        _NEW_LOT,
+        {
+            "id": lot.id,
+            "programme": programme,
+            "profile_id": profile_id,
+            "points": lot.points,
+            "remaining": lot.remaining,
+            "earned_at": lot.earned_at,
+            "available_at": lot.available_at,
+            "expires_at": lot.expires_at,
+        },
     )
 
 
@@ -156,17 +198,13 @@ def take_from_lots(
     if not taken:
         return
     conn.execute(
-        loyalty_movements.insert(),
+        _NEW_MOVEMENT,
         [
             {"entry_id": entry_id, "lot_id": lot_id, "profile_id": profile_id, "points": points}
             for lot_id, points in taken
         ],
     )
-    c = loyalty_lots.c
-    for lot_id, points in taken:
-        conn.execute(
-            loyalty_lots.update().where(c.id == lot_id).values(remaining=c.remaining - points)
-        )
+    conn.execute(_TAKE, [{"lot": lot_id, "taken": points} for lot_id, points in taken])
 
 
 def discrepancies(
@@ -238,6 +276,9 @@ def discrepancies(
 # --- events for the timeline, through the outbox -------------------------------------------
 
 
+_QUEUED = outbox.insert()
+
+
 def add_event(
     conn: Connection, message_id: str, profile_id: str, message: dict[str, Any], now: datetime
 ) -> None:
@@ -254,7 +295,7 @@ def add_events(
     # One statement for any number of rows, compiled once: rows inlined in the statement
     # (`values([...])`) would be compiled again on every call.
     conn.execute(
-        outbox.insert(),
+        _QUEUED,
         [
             {
                 "topic": EVENT_TOPIC,

@@ -273,11 +273,15 @@ def resolve_profile_ids(conn: Connection, profile_ids: Iterable[str]) -> dict[st
     return {profile_id: found.get(profile_id) for profile_id in wanted}
 
 
+# Run by every movement of points: built once (`Dialect.kept`).
+_PROFILE = sa.select(profiles.c.id, profiles.c.merged_into).where(
+    profiles.c.id == sa.bindparam("profile_id")
+)
+
+
 def resolve_profile_id(conn: Connection, profile_id: str) -> str | None:
     """Follow an absorbed id to the profile that absorbed it."""
-    row = conn.execute(
-        sa.select(profiles.c.id, profiles.c.merged_into).where(profiles.c.id == profile_id)
-    ).first()
+    row = conn.execute(_PROFILE, {"profile_id": profile_id}).first()
     if row is None:
         return None
     return str(row.merged_into or row.id)

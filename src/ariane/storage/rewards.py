@@ -45,10 +45,15 @@ def programme_row(conn: Connection, programme: str) -> dict[str, Any] | None:
     return None if row is None else dict(row._mapping)
 
 
+# The statements every movement or burn runs are built once, their values bound as they
+# run (`Dialect.kept`); the module's others are built as they are needed.
+_VERSION = sa.select(loyalty_programmes.c.version).where(
+    loyalty_programmes.c.id == sa.bindparam("programme")
+)
+
+
 def programme_version(conn: Connection, programme: str) -> int | None:
-    found: int | None = conn.execute(
-        sa.select(loyalty_programmes.c.version).where(loyalty_programmes.c.id == programme)
-    ).scalar()
+    found: int | None = conn.execute(_VERSION, {"programme": programme}).scalar()
     return found
 
 
@@ -172,29 +177,63 @@ def issue_code(
     free row is held (by other buyers, or by a till trying a code not issued yet), the
     second look waits for them rather than answer that none is left.
     """
-    c = loyalty_coupons.c
-    for claim in (dialect.claim_rows, dialect.lock_rows):
-        free = claim(
-            sa.select(c.id)
-            .where(c.programme == programme, c.pool == pool, c.issued_at.is_(None))
-            .order_by(c.id)
-            .limit(1)
-        ).scalar_subquery()
-        row = conn.execute(
-            loyalty_coupons.update()
-            .where(c.id == free, c.issued_at.is_(None))
-            .values(profile_id=profile_id, reward=reward, issued_at=now, expires_at=expires_at)
-            .returning(c.id, c.code, c.expires_at)
-        ).first()
+    values = {
+        "in_programme": programme,
+        "in_pool": pool,
+        "member": profile_id,
+        "for_reward": reward,
+        "now": now,
+        "until": expires_at,
+    }
+    for statement in dialect.kept(_issue_code):
+        row = conn.execute(statement, values).first()
         if row is not None:
             return dict(row._mapping)
     return None
 
 
+def _issue_code(dialect: Dialect) -> tuple[Any, ...]:
+    """`issue_code`'s update, skipping the free rows others hold, then waiting for them
+    (a value bound in an update may not bear the name of a column)."""
+    c = loyalty_coupons.c
+    return tuple(
+        loyalty_coupons.update()
+        .where(
+            c.id
+            == claim(
+                sa.select(c.id)
+                .where(
+                    c.programme == sa.bindparam("in_programme"),
+                    c.pool == sa.bindparam("in_pool"),
+                    c.issued_at.is_(None),
+                )
+                .order_by(c.id)
+                .limit(1)
+            ).scalar_subquery(),
+            c.issued_at.is_(None),
+        )
+        .values(
+            profile_id=sa.bindparam("member", type_=c.profile_id.type),
+            reward=sa.bindparam("for_reward", type_=c.reward.type),
+            issued_at=sa.bindparam("now", type_=c.issued_at.type),
+            expires_at=sa.bindparam("until", type_=c.expires_at.type),
+        )
+        .returning(c.id, c.code, c.expires_at)
+        for claim in (dialect.claim_rows, dialect.lock_rows)
+    )
+
+
+_COUPON = sa.select(loyalty_coupons).where(loyalty_coupons.c.code == sa.bindparam("code"))
+
+
+def _locked_coupon(dialect: Dialect) -> sa.Select[Any]:
+    return dialect.lock_rows(_COUPON)
+
+
 def coupon(conn: Connection, dialect: Dialect, code: str, *, lock: bool) -> dict[str, Any] | None:
     """The coupon of a code, locked until commit when asked (on PostgreSQL)."""
-    query = sa.select(loyalty_coupons).where(loyalty_coupons.c.code == code)
-    row = conn.execute(dialect.lock_rows(query) if lock else query).first()
+    query = dialect.kept(_locked_coupon) if lock else _COUPON
+    row = conn.execute(query, {"code": code}).first()
     return None if row is None else dict(row._mapping)
 
 
@@ -220,31 +259,52 @@ def use(conn: Connection, use_id: int) -> dict[str, Any]:
     return dict(row._mapping)
 
 
+_USE_BY_KEY = sa.select(loyalty_coupon_uses).where(
+    loyalty_coupon_uses.c.idempotency_key == sa.bindparam("key")
+)
+
+
 def use_by_key(conn: Connection, key: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        sa.select(loyalty_coupon_uses).where(loyalty_coupon_uses.c.idempotency_key == key)
-    ).first()
+    row = conn.execute(_USE_BY_KEY, {"key": key}).first()
     return None if row is None else dict(row._mapping)
+
+
+def _new_use(dialect: Dialect) -> Any:
+    return (
+        dialect.insert_statement(loyalty_coupon_uses)
+        .on_conflict_do_nothing()
+        .returning(loyalty_coupon_uses.c.id)
+    )
 
 
 def insert_use(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> int | None:
     """The new use's id, or None when its idempotency key is taken already."""
-    statement = (
-        dialect.insert_statement(loyalty_coupon_uses)
-        .values(**row)
-        .on_conflict_do_nothing()
-        .returning(loyalty_coupon_uses.c.id)
-    )
-    found: int | None = conn.execute(statement).scalar()
+    found: int | None = conn.execute(dialect.kept(_new_use), row).scalar()
     return found
+
+
+def _set_burn(held: sa.ColumnElement[bool]) -> Any:
+    c = loyalty_coupons.c
+    return (
+        loyalty_coupons.update()
+        .where(c.id == sa.bindparam("coupon"), held)
+        .values(burn_id=sa.bindparam("burn", type_=c.burn_id.type))
+    )
+
+
+# Pointing a coupon at its burn when it had none; and at another (or none) when it had.
+_FIRST_BURN = _set_burn(loyalty_coupons.c.burn_id.is_(None))
+_NEXT_BURN = _set_burn(loyalty_coupons.c.burn_id == sa.bindparam("was"))
 
 
 def set_burn(conn: Connection, coupon_id: int, was: int | None, now: int | None) -> bool:
     """Point the coupon at the burn in force (None: none), only if it still points at
     `was`: whether it did."""
-    c = loyalty_coupons.c
-    held = c.burn_id.is_(None) if was is None else c.burn_id == was
-    done = conn.execute(loyalty_coupons.update().where(c.id == coupon_id, held).values(burn_id=now))
+    values = {"coupon": coupon_id, "burn": now}
+    if was is None:
+        done = conn.execute(_FIRST_BURN, values)
+    else:
+        done = conn.execute(_NEXT_BURN, {**values, "was": was})
     return done.rowcount == 1
 
 
@@ -281,10 +341,11 @@ def redemptions_of(conn: Connection, programme: str, reward: str, profile_id: st
     return count
 
 
+_NEW_REDEMPTION = loyalty_redemptions.insert().returning(loyalty_redemptions.c.id)
+
+
 def insert_redemption(conn: Connection, row: dict[str, Any]) -> int:
-    found: int = conn.execute(
-        loyalty_redemptions.insert().values(**row).returning(loyalty_redemptions.c.id)
-    ).scalar_one()
+    found: int = conn.execute(_NEW_REDEMPTION, row).scalar_one()
     return found
 
 
