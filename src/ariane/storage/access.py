@@ -85,7 +85,7 @@ def insert_token(conn: Connection, token: Token, secret: str) -> None:
     )
 
 
-# Run on every /api request: built once, the hash bound as it runs (`Dialect.kept`).
+# Run on every /api request: built once, the hash bound as it runs.
 _TOKEN_BY_HASH = sa.select(api_tokens).where(api_tokens.c.token_hash == sa.bindparam("hash"))
 
 

@@ -273,7 +273,7 @@ def resolve_profile_ids(conn: Connection, profile_ids: Iterable[str]) -> dict[st
     return {profile_id: found.get(profile_id) for profile_id in wanted}
 
 
-# Run by every movement of points: built once (`Dialect.kept`).
+# Run by every movement of points: built once, the id bound as it runs.
 _PROFILE = sa.select(profiles.c.id, profiles.c.merged_into).where(
     profiles.c.id == sa.bindparam("profile_id")
 )
