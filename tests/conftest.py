@@ -6,7 +6,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container, build
-from ariane.domain.clock import utcnow
 from ariane.settings import Settings
 from ariane.storage.database import Database
 from ariane.storage.migrate import upgrade
@@ -27,11 +26,16 @@ POSTGRES_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# Where every fake clock starts unless a test says otherwise: a fixed moment, so that no
+# test passes or fails by the real date (a Monday in a month with no season's offer).
+EPOCH = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+
+
 class FakeClock:
     """A clock the test moves by hand."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or utcnow()
+        self.now = start or EPOCH
 
     def __call__(self) -> datetime:
         return self.now
