@@ -24,6 +24,13 @@ DEFAULT_PRIORITIES = {
 }
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, so a container's limit counts)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class IdentitySettings(BaseModel):
     """How events are resolved to people.
 
@@ -64,7 +71,12 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./ariane.db"
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    workers: int = Field(
+        default_factory=available_cpus,
+        ge=1,
+        description="Worker processes of `ariane serve`; by default one per CPU this process"
+        " may run on.",
+    )
     max_inflight_ingest: int = Field(
         default=64, description="Tracking requests processed at once before answering 429."
     )

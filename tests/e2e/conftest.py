@@ -64,7 +64,7 @@ class Server:
             self.process = subprocess.Popen(
                 [
                     *(ARIANE, "serve", "--host", "127.0.0.1", "--port", str(self.port)),
-                    *(("--workers", str(self.workers)) if self.workers > 1 else ()),
+                    *("--workers", str(self.workers)),
                 ],
                 env=ariane_env(self.db_url),
                 stdout=log,

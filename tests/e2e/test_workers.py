@@ -223,3 +223,30 @@ def test_with_several_workers_the_loops_run_in_the_supervisor(db_url: str, tmp_p
                 time.sleep(0.1)
     finally:
         server.stop()
+
+
+def test_workers_end_when_their_supervisor_is_killed(db_url: str, tmp_path: Path) -> None:
+    """A `kill -9` of `ariane serve` takes its workers with it: left running, their own
+    listeners would go on taking connections beside the server started after it."""
+    ariane(db_url, "migrate")
+    server = Server(db_url, tmp_path / "server.log", workers=2)
+    server.start()
+    deadline = time.monotonic() + 30
+    while len(workers := holders(sockets(server.port, "0A"))) < 2:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.05)
+    server.kill()
+    while any(os.path.exists(f"/proc/{pid}") and not zombie(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"workers {sorted(workers)} outlived the kill"
+        time.sleep(0.05)
+    assert sockets(server.port, "0A") == set()
+    server.start()
+    server.stop()
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False

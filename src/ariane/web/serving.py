@@ -18,8 +18,10 @@ rather than in every worker beside its requests.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -32,6 +34,8 @@ from ariane.loops import running_loops
 from ariane.settings import load_settings
 
 APP = "ariane.web.asgi:app_factory"
+# prctl(2): the signal a process receives when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -117,12 +121,25 @@ class OwnListener(list[socket.socket]):
         self.address = address
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (listener, (self.family, self.address))
+        return (listener, (self.family, self.address, os.getpid()))
 
 
-def listener(family: int, address: tuple[Any, ...]) -> list[socket.socket]:
+def listener(family: int, address: tuple[Any, ...], supervisor: int) -> list[socket.socket]:
     """A socket bound to `address` alongside the other workers'; uvicorn listens on it."""
+    _end_with(supervisor)
     return [_bind(family, address)]
+
+
+def _end_with(supervisor: int) -> None:
+    """Have the kernel stop this worker when its supervisor dies, even by SIGKILL: the
+    worker's own listener would otherwise go on taking connections, beside those of the
+    server started in the dead one's place."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        logger.warning("cannot ask to end with the supervisor: errno %d", ctypes.get_errno())
+    if os.getppid() != supervisor:
+        # It died before the request above was made.
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _address(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
