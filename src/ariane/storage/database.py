@@ -226,6 +226,11 @@ class Dialect:
     def is_retryable(self, error: DBAPIError) -> bool:
         return False
 
+    def is_unavailable(self, error: DBAPIError) -> bool:
+        """Whether the database could not serve now (busy, unreachable), so that the same
+        request may succeed later, rather than the request being at fault."""
+        return error.connection_invalidated
+
     def commit_without_waiting(self, conn: Connection) -> None:
         """Let the transaction's commit return before its changes reach the disk, where
         the database can (see `Database.background`)."""
@@ -311,6 +316,9 @@ class Dialect:
 
 
 class SQLiteDialect(Dialect):
+    # What SQLite says when another process holds the database past the busy timeout, or
+    # when the file cannot be reached.
+    _UNAVAILABLE = ("database is locked", "unable to open database file", "disk i/o error")
     name = "sqlite"
 
     def datetime_param(self, moment: datetime) -> Any:
@@ -385,6 +393,10 @@ class SQLiteDialect(Dialect):
 
     def insert_statement(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
+
+    def is_unavailable(self, error: DBAPIError) -> bool:
+        said = str(error.orig).lower()
+        return super().is_unavailable(error) or any(what in said for what in self._UNAVAILABLE)
 
     def among(self, column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElement[bool]:
         listed = sa.func.json_each(orjson.dumps(list(values)).decode()).table_valued("value")
@@ -501,6 +513,19 @@ class PostgresDialect(Dialect):
     def is_retryable(self, error: DBAPIError) -> bool:
         # 40P01 deadlock_detected, 40001 serialization_failure
         return getattr(error.orig, "sqlstate", None) in ("40P01", "40001")
+
+    def is_unavailable(self, error: DBAPIError) -> bool:
+        # Classes 08 connection exception, 53 insufficient resources, 57P0x the server
+        # shutting down or starting; 55P03 lock_not_available.
+        state = getattr(error.orig, "sqlstate", None) or ""
+        return (
+            super().is_unavailable(error)
+            or state[:2] in ("08", "53")
+            or state.startswith("57P0")
+            or state == "55P03"
+            # psycopg's own failures to connect carry no state.
+            or (isinstance(error, sa.exc.OperationalError) and not state)
+        )
 
     def _node(self, doc: sa.ColumnElement[Any], parts: Sequence[str]) -> sa.ColumnElement[Any]:
         # `->` with a text key reads objects only, where `#>` would index arrays by "0".
@@ -619,6 +644,13 @@ class Database:
                 self.url, pool_size=pool_size, max_overflow=pool_size, **common
             )
             self._writer = None
+
+    def is_unavailable(self, error: BaseException) -> bool:
+        """Whether `error` says the database cannot serve now (so: answer 503, retry later)."""
+        if isinstance(error, sa.exc.TimeoutError):
+            # Every connection of the pool in use, for longer than the pool waits.
+            return True
+        return isinstance(error, DBAPIError) and self.dialect.is_unavailable(error)
 
     @property
     def serialises_writes(self) -> bool:

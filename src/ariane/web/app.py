@@ -20,6 +20,7 @@ from ariane.bootstrap import Container
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.loops import running_loops
 from ariane.web.api import loyalty, operations, profiles, segments
+from ariane.web.cors import TrackingCORS
 from ariane.web.metrics import Metrics, RequestTimer
 from ariane.web.responses import FastJSON, error
 from ariane.web.tracking import TrackingAPI
@@ -94,6 +95,8 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     metrics = Metrics(transaction_retries=lambda: container.db.retries)
     app.state.metrics = metrics
     app.add_middleware(RequestTimer, histogram=metrics.requests, routes=lambda: route_table(app))
+    # Outermost: preflights are answered before anything else looks at them.
+    app.add_middleware(TrackingCORS)
 
     app.state.tracking = TrackingAPI(container, metrics)
     app.router.routes.extend(app.state.tracking.routes())

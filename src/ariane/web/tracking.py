@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import zlib
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,13 @@ from ariane.web.responses import error
 
 SUCCESS = b'{"success":true}'
 SINGLE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+# Segment's analytics-next posts each call to the first letter of its type, and batches
+# to /v1/b; RudderStack's beacon mode posts batches to /beacon/v1/batch?writeKey=.
+BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b", "/beacon/v1/batch")
+# Seconds a client should wait before sending again when Ariane cannot take events now.
+RETRY_AFTER_SECONDS = 1
+
+log = logging.getLogger(__name__)
 
 
 class RequestRejected(Exception):
@@ -151,10 +159,11 @@ class TrackingAPI:
 
     def routes(self) -> list[Route]:
         routes = [
-            Route(f"/v1/{kind}", self._single(kind), methods=["POST"]) for kind in SINGLE_TYPES
+            Route(path, self._single(kind), methods=["POST"])
+            for kind in SINGLE_TYPES
+            for path in (f"/v1/{kind}", f"/v1/{kind[0]}")
         ]
-        routes.append(Route("/v1/batch", self.batch, methods=["POST"]))
-        routes.append(Route("/v1/import", self.batch, methods=["POST"]))
+        routes.extend(Route(path, self.batch, methods=["POST"]) for path in BATCH_PATHS)
         return routes
 
     async def _source_id(self, write_key: str | None) -> str:
@@ -215,7 +224,7 @@ class TrackingAPI:
         body_read = False
         try:
             self._check_capacity()
-            header_key = _write_key_from_header(request)
+            header_key = _write_key_from_header(request) or request.query_params.get("writeKey")
             source_id = None if header_key is None else await self._source_id(header_key)
             raw = await self._read(request)
             body_read = True
@@ -229,9 +238,12 @@ class TrackingAPI:
                 return await self._accept(body, source_id, kind, received_at)
             finally:
                 self.inflight -= 1
-        except RequestRejected as rejected:
+        except Exception as failure:
+            rejected = self._rejection(failure)
             self.metrics.rejected.labels(str(rejected.status)).inc()
-            headers = {"Retry-After": "1"} if rejected.status == 429 else {}
+            headers = (
+                {"Retry-After": str(RETRY_AFTER_SECONDS)} if rejected.status in (429, 503) else {}
+            )
             if not body_read:
                 # What is left of the body is not worth reading: the server would only
                 # drain it to keep the connection alive.
@@ -243,6 +255,19 @@ class TrackingAPI:
                 field=rejected.field,
                 headers=headers,
             )
+
+    def _rejection(self, failure: Exception) -> RequestRejected:
+        """What to answer for a failure, here rather than in the app's handlers so that
+        the answer goes through the tracking API's CORS headers like any other."""
+        if isinstance(failure, RequestRejected):
+            return failure
+        if self.container.db.is_unavailable(failure):
+            log.warning("tracking: the database cannot take events now: %s", failure)
+            return RequestRejected(
+                503, "unavailable", "the database cannot take events now; send them again later"
+            )
+        log.exception("tracking: unexpected error", exc_info=failure)
+        return RequestRejected(500, "internal", "unexpected error; the server log has the details")
 
     async def _accept(
         self, body: Any, source_id: str, kind: str | None, received_at: datetime
