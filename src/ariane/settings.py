@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     max_batch_bytes: int = 500 * 1024
     max_batch_events: int = 2500
     db_pool_size: int = 10
+    request_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a request may take to send all of its headers, from its first"
+        " byte (or from the connection opening) before its connection is closed.",
+    )
     segment_timer_interval: float = Field(
         default=0.25,
         description="Seconds between two looks for segment timers that are due; 0 turns"

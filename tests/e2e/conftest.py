@@ -50,9 +50,12 @@ def last_line(done: subprocess.CompletedProcess[str]) -> str:
 class Server:
     """`ariane serve` on a free port; `kill()` is a crash, `start()` a restart."""
 
-    def __init__(self, db_url: str, log: Path, workers: int = 1) -> None:
+    def __init__(
+        self, db_url: str, log: Path, workers: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.db_url = db_url
         self.workers = workers
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -66,7 +69,7 @@ class Server:
                     *(ARIANE, "serve", "--host", "127.0.0.1", "--port", str(self.port)),
                     *("--workers", str(self.workers)),
                 ],
-                env=ariane_env(self.db_url),
+                env=ariane_env(self.db_url, **self.env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -32,6 +32,7 @@ from uvicorn.supervisors import Multiprocess
 from ariane.bootstrap import build
 from ariane.loops import running_loops
 from ariane.settings import load_settings
+from ariane.web.connections import PROTOCOL
 
 APP = "ariane.web.asgi:app_factory"
 # prctl(2): the signal a process receives when its parent dies (Linux).
@@ -56,6 +57,7 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
         "workers": workers,
         "log_level": log_level,
         "access_log": False,
+        "http": PROTOCOL,
     }
     if workers <= 1 or not reuse_port_supported():
         uvicorn.run(APP, **options)
