@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import zlib
 from typing import Any
 
 import orjson
@@ -290,3 +291,47 @@ def test_a_truncated_or_trailed_gzip_body_is_bad_gzip(client: TestClient, write_
         response = gzip_post(client, write_key, content)
         assert response.status_code == 400, (content, response.text)
         assert response.json()["code"] == "bad_gzip", content
+
+
+def test_a_deflate_body_is_read_and_other_encodings_are_refused_by_name(
+    client: TestClient, container: Container, write_key: str
+) -> None:
+    body = orjson.dumps({"batch": [{"type": "track", "userId": "z", "event": "Zipped"}]})
+    deflated = client.post(
+        "/v1/batch",
+        content=zlib.compress(body),
+        headers={**basic(write_key), "Content-Encoding": "deflate"},
+    )
+    assert deflated.status_code == 200, deflated.text
+    for encoding in ("br", "zstd", "gzip, br"):
+        refused = client.post(
+            "/v1/batch", content=body, headers={**basic(write_key), "Content-Encoding": encoding}
+        )
+        assert refused.status_code == 415, encoding
+        assert refused.json()["field"] == "Content-Encoding"
+        assert "gzip or deflate" in refused.json()["message"]
+    # Said to be deflate, but not: not reported as a JSON or UTF-8 error.
+    wrong = client.post(
+        "/v1/batch", content=body, headers={**basic(write_key), "Content-Encoding": "deflate"}
+    )
+    assert (wrong.status_code, wrong.json()["code"]) == (400, "bad_deflate")
+    assert "not valid deflate" in wrong.json()["message"]
+
+
+def test_a_body_that_is_not_utf8_is_told_where(client: TestClient, write_key: str) -> None:
+    body = b'{"batch": [\n  {"type": "track", "userId": "u", "event": "caf\xe9"}]}'
+    refused = client.post("/v1/batch", content=body, headers=basic(write_key))
+    assert (refused.status_code, refused.json()["code"]) == (400, "bad_json")
+    assert "not valid UTF-8 at byte 60 (line 2, column 49)" in refused.json()["message"]
+    broken = client.post(
+        "/v1/batch", content=b'{"batch": [\n  {"type": "track",, }]}', headers=basic(write_key)
+    )
+    assert "line 2 column 20" in broken.json()["message"]
+
+
+def test_json_that_is_not_json_is_refused_as_strictly_as_before(
+    client: TestClient, write_key: str
+) -> None:
+    for body in (b'{"batch": [{"a": NaN}]}', b'{"batch": [{"a": 1e400}]}', b"[" * 100_000):
+        refused = client.post("/v1/batch", content=body, headers=basic(write_key))
+        assert (refused.status_code, refused.json()["code"]) == (400, "bad_json"), body[:30]

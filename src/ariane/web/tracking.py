@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
+import math
 import zlib
 from datetime import datetime
 from typing import Any
@@ -61,31 +63,60 @@ def _write_key_from_header(request: Request) -> str | None:
     return decoded.split(":", 1)[0] or None
 
 
-def _gzip_member() -> zlib._Decompress:
-    return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+# zlib's window bits for each Content-Encoding it reads: gzip, and deflate, which HTTP
+# defines as the zlib format (RFC 9110).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_SUPPORTED_ENCODINGS = "gzip or deflate"
 
 
-class _Gunzip:
-    """A gzip body decompressed as it arrives, to at most `limit` bytes.
+def _encoding(request: Request) -> str | None:
+    """The body's Content-Encoding if it is compressed, refused when it cannot be read."""
+    declared = request.headers.get("content-encoding", "").strip().lower()
+    if declared in ("", "identity"):
+        return None
+    if declared not in _WBITS:
+        raise RequestRejected(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {declared!r} is not supported; send the body as it is or"
+            f" compressed with {_SUPPORTED_ENCODINGS}",
+            field="Content-Encoding",
+        )
+    return "gzip" if declared == "x-gzip" else declared
+
+
+class _Inflate:
+    """A compressed body decompressed as it arrives, to at most `limit` bytes.
 
     Concatenated gzip members are one valid stream (RFC 1952), so each is decompressed
     in turn; bytes after a member that do not start another are refused.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.encoding = encoding
         self.limit = limit
         self.size = 0
         self.parts: list[bytes] = []
-        self.member = _gzip_member()
+        self.member = self._new_member()
+
+    def _new_member(self) -> zlib._Decompress:
+        return zlib.decompressobj(wbits=_WBITS[self.encoding])
+
+    def _bad(self, why: str) -> RequestRejected:
+        return RequestRejected(400, f"bad_{self.encoding}", why, field="Content-Encoding")
 
     def feed(self, data: bytes) -> None:
         while data:
             if self.member.eof:
-                self.member = _gzip_member()
+                if self.encoding != "gzip":
+                    raise self._bad(f"the {self.encoding} body has bytes after its end")
+                self.member = self._new_member()
             try:
                 out = self.member.decompress(data, self.limit - self.size + 1)
             except zlib.error:
-                raise RequestRejected(400, "bad_gzip", "the body is not valid gzip") from None
+                raise self._bad(
+                    f"the body is not valid {self.encoding}, as its Content-Encoding says"
+                ) from None
             self.size += len(out)
             if self.size > self.limit:
                 raise _too_large(self.limit, "the body once decompressed")
@@ -94,9 +125,7 @@ class _Gunzip:
 
     def result(self) -> bytes:
         if not self.member.eof:
-            raise RequestRejected(
-                400, "bad_gzip", "the gzip body is truncated: it ends before its last member does"
-            )
+            raise self._bad(f"the {self.encoding} body is truncated: it ends before its end")
         return b"".join(self.parts)
 
 
@@ -105,9 +134,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    gunzip = (
-        _Gunzip(limit) if request.headers.get("content-encoding", "").lower() == "gzip" else None
-    )
+    encoding = _encoding(request)
+    inflate = None if encoding is None else _Inflate(encoding, limit)
     parts: list[bytes] = []
     received = 0
     try:
@@ -115,22 +143,62 @@ async def _read_body(request: Request, limit: int) -> bytes:
             received += len(chunk)
             if received > limit:
                 raise _too_large(limit)
-            if gunzip is None:
+            if inflate is None:
                 parts.append(chunk)
             else:
-                gunzip.feed(chunk)
+                inflate.feed(chunk)
     except ClientDisconnect:
         raise RequestRejected(
             400, "bad_request", "the connection closed before the body was complete"
         ) from None
-    return b"".join(parts) if gunzip is None else gunzip.result()
+    return b"".join(parts) if inflate is None else inflate.result()
 
 
 def _parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        first_error = str(exc)
+    # orjson says no more than where it stopped: the stricter reading below tells the
+    # sender where the body is wrong, and reads the lone surrogates (`"\ud800"`) that
+    # orjson refuses, so that only the events holding them are quarantined.
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        line = body.count(b"\n", 0, bad.start) + 1
+        column = bad.start - (body.rfind(b"\n", 0, bad.start) + 1) + 1
+        raise RequestRejected(
+            400,
+            "bad_json",
+            f"the body is not valid UTF-8 at byte {bad.start} (line {line}, column {column});"
+            " send JSON encoded in UTF-8",
+        ) from None
+    try:
+        return json.loads(
+            text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
+        )
+    except json.JSONDecodeError as exc:
         raise RequestRejected(400, "bad_json", f"body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        raise RequestRejected(400, "bad_json", f"body is not valid JSON: {first_error}") from None
+
+
+# Numbers read as orjson reads them: integers beyond 64 bits become floats, and a number
+# too large for a float is refused.
+def _json_int(text: str) -> int | float:
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else float(number)
+
+
+def _json_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text} is too large a number")
+    return number
+
+
+def _json_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
 
 
 # Bodies read at once, per request allowed in flight: each holds up to max_batch_bytes
