@@ -284,6 +284,21 @@ class Dialect:
         """A number literal compared exactly with `json_number`, or with a double."""
         raise NotImplementedError
 
+    # A test of a value against a list (`in`) binds the list as one parameter, however
+    # long: SQLite refuses an expression nested 1,000 deep, as `a = 1 OR a = 2 OR ...` is
+    # for a thousand values, and PostgreSQL a statement of more than 65,535 parameters.
+
+    def text_in(self, text: sa.ColumnElement[str], values: Sequence[str]) -> sa.ColumnElement[bool]:
+        """Whether `text` is one of `values`."""
+        raise NotImplementedError
+
+    def number_in(
+        self, number: sa.ColumnElement[Any], values: Sequence[int | float], *, double: bool = False
+    ) -> sa.ColumnElement[bool]:
+        """Whether `number` equals one of `values`, each compared as `number(value,
+        double=double)` is."""
+        raise NotImplementedError
+
     def ordered(self, text: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
         """Text that sorts and compares by code point."""
         return text
@@ -385,6 +400,16 @@ class SQLiteDialect(Dialect):
             return sa.literal(float(value), sa.Double())
         return sa.literal(value, sa.BigInteger())
 
+    def text_in(self, text: sa.ColumnElement[str], values: Sequence[str]) -> sa.ColumnElement[bool]:
+        return text.in_(_json_elements(values))
+
+    def number_in(
+        self, number: sa.ColumnElement[Any], values: Sequence[int | float], *, double: bool = False
+    ) -> sa.ColumnElement[bool]:
+        # json_each reads an integer as an integer and a decimal as a double, as `number`
+        # binds them.
+        return number.in_(_json_elements([float(v) for v in values] if double else values))
+
     def text_contains(self, text: sa.ColumnElement[str], part: str) -> sa.ColumnElement[bool]:
         return sa.func.instr(text, part) > 0
 
@@ -399,8 +424,7 @@ class SQLiteDialect(Dialect):
         return super().is_unavailable(error) or any(what in said for what in self._UNAVAILABLE)
 
     def among(self, column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElement[bool]:
-        listed = sa.func.json_each(orjson.dumps(list(values)).decode()).table_valued("value")
-        return column.in_(sa.select(listed.c.value))
+        return column.in_(_json_elements(values))
 
     def micros(self, column: sa.ColumnElement[datetime]) -> sa.ColumnElement[int]:
         # Stored as `YYYY-MM-DD HH:MM:SS.ffffff`, always six digits (`datetime_param`). The
@@ -575,6 +599,25 @@ class PostgresDialect(Dialect):
             # The decimal the float's JSON text says, as jsonb holds it.
             return sa.literal(Decimal(repr(value)), sa.Numeric())
         return sa.literal(value, sa.BigInteger())
+
+    def text_in(self, text: sa.ColumnElement[str], values: Sequence[str]) -> sa.ColumnElement[bool]:
+        return text == sa.func.any(
+            sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.Text))
+        )
+
+    def number_in(
+        self, number: sa.ColumnElement[Any], values: Sequence[int | float], *, double: bool = False
+    ) -> sa.ColumnElement[bool]:
+        # An array holds one type: every value as a double, or as the decimal `number`
+        # makes of it.
+        if double:
+            listed = sa.bindparam(
+                None, [float(v) for v in values], type_=postgresql.ARRAY(sa.Double)
+            )
+        else:
+            exact = [Decimal(repr(v)) if isinstance(v, float) else Decimal(v) for v in values]
+            listed = sa.bindparam(None, exact, type_=postgresql.ARRAY(sa.Numeric))
+        return number == sa.func.any(listed)
 
     def ordered(self, text: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
         # Byte order of UTF-8 is code-point order.
@@ -849,6 +892,12 @@ def _configure_sqlite(engine: Engine) -> None:
         # migration, and sum() of numeric is exact there.
         dbapi_connection.create_function("ariane_moment", 1, _moment_micros, deterministic=True)
         dbapi_connection.create_aggregate("ariane_sum", 1, _ExactSum)
+
+
+def _json_elements(values: Sequence[Any]) -> sa.Select[Any]:
+    """The values, as the rows of SQLite's json_each over one JSON parameter."""
+    listed = sa.func.json_each(_json_dumps(list(values))).table_valued("value")
+    return sa.select(listed.c.value)
 
 
 def _sqlite_path(parts: Sequence[str]) -> str:

@@ -261,6 +261,20 @@ class _Compiler:
             return sa.false()
         return _yes(value.text == literal)
 
+    def one_of(self, value: _Value, items: Sequence[Any]) -> Bool:
+        """`predicates.same` with any of `items`: the texts in one test and the numbers in
+        another, each list bound as one parameter however long (`Dialect.text_in`)."""
+        texts = [item for item in items if isinstance(item, str)]
+        numbers = [item for item in items if is_number(item)]
+        flags = sorted({item for item in items if isinstance(item, bool)})
+        found = [self.same(value, flag) for flag in flags]
+        if texts and value.text is not None:
+            found.append(_yes(self.dialect.text_in(value.text, texts)))
+        if numbers and value.number is not None:
+            number_in = self.dialect.number_in(value.number, numbers, double=value.double)
+            found.append(_yes(number_in))
+        return sa.or_(sa.false(), *found)
+
     def ordered(self, value: _Value, op: str, literal: Any) -> Bool:
         if is_number(literal):
             if value.number is None:
@@ -282,7 +296,7 @@ class _Compiler:
             equal = self.same(value, literal)
             return equal if op == "eq" else sa.not_(equal)
         if op in ("in", "not_in"):
-            found = sa.or_(*(self.same(value, item) for item in literal))
+            found = self.one_of(value, literal)
             return found if op == "in" else sa.not_(found)
         if op in ("gt", "gte", "lt", "lte"):
             return _yes(self.ordered(value, op, literal))

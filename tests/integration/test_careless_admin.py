@@ -1,0 +1,129 @@
+"""What careless clients send to the admin API (an `in` list of thousands of values, a
+condition nested a thousand levels deep, NUL characters, numbers beyond 64 bits, a rule
+naming a segment that does not exist) is answered with a 4xx naming the field, or works
+as the same definition saved would; never with a 500. On both databases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ariane.bootstrap import Container
+from tests.integration.test_admin_api import basic
+
+
+class Admin:
+    """The admin API as a careless client uses it, and the tracking API to make people."""
+
+    def __init__(self, client: TestClient, headers: dict[str, str], write_key: str) -> None:
+        self.client = client
+        self.headers = headers
+        self.write_key = write_key
+
+    def person(self, user: str, **traits: Any) -> str:
+        message = {"type": "identify", "userId": user, "traits": traits}
+        sent = self.client.post(
+            "/v1/batch", json={"batch": [message]}, headers=basic(self.write_key)
+        )
+        assert sent.status_code == 200, sent.text
+        found = self.client.get(
+            "/api/profiles/lookup", params={"type": "user_id", "value": user}, headers=self.headers
+        )
+        assert found.status_code == 200, found.text
+        profile_id: str = found.json()["id"]
+        return profile_id
+
+    def preview(self, condition: dict[str, Any]) -> Any:
+        response = self.client.post(
+            "/api/segments/preview",
+            json={"condition": condition, "sample": 100},
+            headers=self.headers,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def members(self, segment: str) -> set[str]:
+        response = self.client.get(
+            f"/api/segments/{segment}/members", params={"limit": 1000}, headers=self.headers
+        )
+        assert response.status_code == 200, response.text
+        return {member["profile_id"] for member in response.json()["members"]}
+
+
+@pytest.fixture
+def admin(client: TestClient, admin_token: dict[str, str], write_key: str) -> Admin:
+    return Admin(client, admin_token, write_key)
+
+
+# --- 1. long `in` lists -----------------------------------------------------------------------
+
+PLANS = [f"plan-{index}" for index in range(1500)]
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"trait": "plan", "op": "in", "value": PLANS},
+        {"trait": "seats", "op": "in", "value": [*range(2000), 2.5, True]},
+        {"not": {"trait": "plan", "op": "not_in", "value": PLANS}},
+        {
+            "any": [
+                {"trait": "plan", "op": "in", "value": PLANS[:1000]},
+                {"trait": "vip", "op": "in", "value": [True]},
+            ]
+        },
+    ],
+    ids=["texts", "numbers", "not_in", "nested"],
+)
+def test_a_preview_of_an_in_list_of_thousands_of_values_counts_as_the_saved_segment(
+    admin: Admin, condition: dict[str, Any]
+) -> None:
+    ada = admin.person("ada", plan="plan-7", seats=1999)
+    bob = admin.person("bob", plan="plan-999", seats=2.5, vip=True)
+    admin.person("cy", plan="free", seats=3000, vip=False)
+    admin.person("dee", plan=7, seats="2", vip="true")
+    preview = admin.preview(condition)
+    saved = admin.client.post(
+        "/api/segments", json={"name": "listed", "condition": condition}, headers=admin.headers
+    )
+    assert saved.status_code == 201, saved.text
+    assert set(preview["sample"]) == admin.members("listed") == {ada, bob}
+    assert preview["count"] == 2
+
+
+def test_a_segment_with_a_long_in_list_backfills_and_keeps_up_with_events(admin: Admin) -> None:
+    ada = admin.person("ada", plan="plan-1400")
+    condition = {"trait": "plan", "op": "in", "value": PLANS}
+    saved = admin.client.post(
+        "/api/segments", json={"name": "listed", "condition": condition}, headers=admin.headers
+    )
+    assert saved.status_code == 201, saved.text
+    assert admin.members("listed") == {ada}
+    bob = admin.person("bob", plan="plan-0")
+    admin.person("ada", plan="free")
+    assert admin.members("listed") == {bob}
+    assert admin.preview({"segment": "listed"})["sample"] == [bob]
+
+
+def test_an_earn_rule_whose_condition_holds_a_long_in_list_applies(
+    admin: Admin, container: Container
+) -> None:
+    rule = {
+        "id": "listed",
+        "event": "Review Posted",
+        "points": 10,
+        "when": {"trait": "plan", "op": "in", "value": PLANS},
+    }
+    container.programmes.apply({"id": "club", "earn_rules": [rule]})
+    ada = admin.person("ada", plan="plan-1499")
+    bob = admin.person("bob", plan="free")
+    for member in (ada, bob):
+        earned = admin.client.post(
+            f"/api/loyalty/programmes/club/members/{member}/events",
+            json={"event": "Review Posted"},
+            headers={**admin.headers, "Idempotency-Key": f"review-{member}"},
+        )
+        assert earned.status_code == 200, earned.text
+        assert earned.json()["points"] == (10 if member == ada else 0)
