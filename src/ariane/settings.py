@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_event_bytes: int = 32 * 1024
     max_batch_bytes: int = 500 * 1024
     max_batch_events: int = 2500
+    max_admin_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Largest body the admin API (/api) reads; a larger one is answered 413.",
+    )
     db_pool_size: int = 10
     request_header_timeout: float = Field(
         default=10.0,

@@ -21,8 +21,10 @@ from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.loops import running_loops
 from ariane.web.api import loyalty, operations, profiles, segments
 from ariane.web.cors import TrackingCORS
+from ariane.web.limits import BoundedAdminBodies
 from ariane.web.metrics import Metrics, RequestTimer
 from ariane.web.responses import FastJSON, error
+from ariane.web.sdk_settings import router as sdk_settings_router
 from ariane.web.tracking import TrackingAPI
 
 # The collector's thresholds in a worker process (`gc.set_threshold`): a young collection
@@ -95,6 +97,7 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     metrics = Metrics(transaction_retries=lambda: container.db.retries)
     app.state.metrics = metrics
     app.add_middleware(RequestTimer, histogram=metrics.requests, routes=lambda: route_table(app))
+    app.add_middleware(BoundedAdminBodies, limit=container.settings.max_admin_body_bytes)
     # Outermost: preflights are answered before anything else looks at them.
     app.add_middleware(TrackingCORS)
 
@@ -104,6 +107,7 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     app.include_router(loyalty.router)
     app.include_router(operations.router)
     app.include_router(segments.router)
+    app.include_router(sdk_settings_router)
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> Response:
