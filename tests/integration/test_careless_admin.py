@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
-from tests.integration.test_admin_api import basic
+from ariane.web.api.checks import CheckedRoute
+from tests.integration.test_admin_api import DOCUMENTATION, basic
 
 
 class Admin:
@@ -127,3 +129,105 @@ def test_an_earn_rule_whose_condition_holds_a_long_in_list_applies(
         )
         assert earned.status_code == 200, earned.text
         assert earned.json()["points"] == (10 if member == ada else 0)
+
+
+# --- 2. NUL characters ------------------------------------------------------------------------
+
+PROGRAMME = {"id": "club", "rewards": [{"id": "gift", "cost": 0}]}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("PUT", "/api/profiles/{ada}/consents/mark%00eting", {"status": "granted"}, "purpose"),
+        (
+            "PUT",
+            "/api/profiles/{ada}/consents/email",
+            {"status": "granted", "source": "a\0"},
+            "source",
+        ),
+        ("GET", "/api/profiles/ada%00", None, "profile_id"),
+        ("GET", "/api/profiles/lookup?type=user_id&value=ada%00", None, "value"),
+        ("GET", "/api/quarantine?source_id=web%00", None, "source_id"),
+        ("GET", "/api/quarantine?web%00=1", None, "web\\u0000"),
+        ("POST", "/api/segments", {"name": "tri\0al", "condition": {"segment": "x"}}, "name"),
+        (
+            "POST",
+            "/api/segments",
+            {"name": "trial", "description": "\0", "condition": {"trait": "a", "op": "exists"}},
+            "description",
+        ),
+        ("GET", "/api/segments/tri%00al", None, "segment"),
+        (
+            "POST",
+            "/api/segments/preview",
+            {"condition": {"trait": "plan", "op": "eq", "value": "trial\0"}},
+            "condition.value",
+        ),
+        (
+            "POST",
+            "/api/segments/preview",
+            {"condition": {"all": [{"trait": "plan", "op": "in", "value": ["a", "b\0"]}]}},
+            "condition.all[0].value[1]",
+        ),
+        (
+            "POST",
+            "/api/computed-traits",
+            {"name": "orders", "kind": "count", "event": "Order\0"},
+            "event",
+        ),
+        ("PUT", "/api/loyalty/programmes/club", {**PROGRAMME, "name": "Club\0"}, "name"),
+        (
+            "POST",
+            "/api/loyalty/programmes/club/members/{ada}/events",
+            {"event": "Review Posted", "properties": {"note\0": "fine"}},
+            "properties.note\\u0000",
+        ),
+        (
+            "POST",
+            "/api/loyalty/programmes/club/members/{ada}/earn",
+            {"points": 5, "reference": "R\0-1"},
+            "reference",
+        ),
+        ("POST", "/api/loyalty/coupons/GIFT%00/burn", {"channel": "till"}, "code"),
+        (
+            "POST",
+            "/api/loyalty/simulate",
+            {"programme": "club", "event": "Review\0 Posted"},
+            "event",
+        ),
+    ],
+)
+def test_a_nul_character_anywhere_in_a_request_is_422_naming_the_field(
+    admin: Admin,
+    container: Container,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    field: str,
+) -> None:
+    container.programmes.apply(PROGRAMME)
+    ada = admin.person("ada", plan="trial")
+    response = admin.client.request(
+        method,
+        path.format(ada=ada),
+        json=body,
+        headers={**admin.headers, "Idempotency-Key": "nul-1"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid"
+    assert response.json()["field"] == field
+    assert "NUL" in response.json()["message"]
+    # Nothing was stored on SQLite, which would have kept it.
+    assert admin.client.get("/api/segments", headers=admin.headers).json()["segments"] == []
+    consents = admin.client.get(f"/api/profiles/{ada}/consents", headers=admin.headers)
+    assert consents.json()["history"] == []
+
+
+def test_every_admin_api_route_is_checked_before_it_reads_its_request(
+    client: TestClient,
+) -> None:
+    routes = list(iter_route_contexts(client.app.routes))  # type: ignore[attr-defined]
+    admin = [r for r in routes if (r.path or "").startswith("/api") and r.path not in DOCUMENTATION]
+    assert len(admin) > 40
+    assert [r.path for r in admin if not isinstance(r.original_route, CheckedRoute)] == []

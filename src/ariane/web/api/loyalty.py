@@ -16,8 +16,9 @@ from ariane.bootstrap import Container
 from ariane.domain.errors import DomainError
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
+from ariane.web.api.checks import CheckedRoute
 
-router = APIRouter(prefix="/api/loyalty", tags=["loyalty"])
+router = APIRouter(prefix="/api/loyalty", tags=["loyalty"], route_class=CheckedRoute)
 
 _PROGRAMME_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such programme, reward or pool."},

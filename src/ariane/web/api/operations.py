@@ -11,8 +11,9 @@ from ariane.bootstrap import Container
 from ariane.storage import events as event_store
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
+from ariane.web.api.checks import CheckedRoute
 
-router = APIRouter(prefix="/api", tags=["operations"])
+router = APIRouter(prefix="/api", tags=["operations"], route_class=CheckedRoute)
 
 
 class SourceBody(BaseModel):

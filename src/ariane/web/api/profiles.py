@@ -13,7 +13,8 @@ from ariane.services.profiles import MAX_PAGE
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
 
-router = APIRouter(prefix="/api/profiles", tags=["profiles"])
+from ariane.web.api.checks import CheckedRoute
+router = APIRouter(prefix="/api/profiles", tags=["profiles"], route_class=CheckedRoute)
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such profile."}}
 

@@ -17,8 +17,9 @@ from ariane.domain.errors import Conflict, DomainError
 from ariane.services.segments import MAX_PAGE
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
+from ariane.web.api.checks import CheckedRoute
 
-router = APIRouter(prefix="/api", tags=["segments"])
+router = APIRouter(prefix="/api", tags=["segments"], route_class=CheckedRoute)
 
 _SEGMENT_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No segment with that id or name."},
