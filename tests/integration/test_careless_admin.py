@@ -231,3 +231,168 @@ def test_every_admin_api_route_is_checked_before_it_reads_its_request(
     admin = [r for r in routes if (r.path or "").startswith("/api") and r.path not in DOCUMENTATION]
     assert len(admin) > 40
     assert [r.path for r in admin if not isinstance(r.original_route, CheckedRoute)] == []
+
+
+# --- 6. structures nested too deep, text that is not text, numbers beyond 64 bits ----------
+
+
+def nested(key: str, levels: int, leaf: str) -> str:
+    """`{"key": {"key": ... leaf}}`, `levels` objects deep, as JSON text: the json module
+    writes no structure deeper than the interpreter's recursion limit."""
+    return f'{{"{key}": ' * levels + leaf + "}" * levels
+
+
+EXISTS = '{"trait": "plan", "op": "exists"}'
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        (
+            "POST",
+            "/api/segments/preview",
+            f'{{"condition": {nested("not", 1000, EXISTS)}}}',
+            "body",
+        ),
+        (
+            "POST",
+            "/api/segments/preview",
+            f'{{"condition": {nested("not", 150, EXISTS)}}}',
+            "condition" + ".not" * 99,
+        ),
+        (
+            "POST",
+            "/api/segments",
+            f'{{"name": "deep", "condition": {nested("not", 5000, EXISTS)}}}',
+            "body",
+        ),
+        (
+            "PUT",
+            "/api/loyalty/programmes/club",
+            '{"earn_rules": [{"id": "r", "event": "E", "points": 1, "when": WHEN}]}'.replace(
+                "WHEN", nested("not", 990, EXISTS)
+            ),
+            "body",
+        ),
+        (
+            "POST",
+            "/api/loyalty/programmes/club/members/{ada}/events",
+            f'{{"event": "Review Posted", "properties": {nested("a", 300, "1")}}}',
+            "properties" + ".a" * 99,
+        ),
+        (
+            "POST",
+            "/api/loyalty/simulate",
+            '{"programme": "club", "event": "E", "properties": {"list": [DEEP]}}'.replace(
+                "DEEP", nested("a", 500, "1")
+            ),
+            "properties.list[0]" + ".a" * 97,
+        ),
+    ],
+)
+def test_a_body_nested_hundreds_of_levels_deep_is_422_naming_where(
+    admin: Admin,
+    container: Container,
+    method: str,
+    path: str,
+    body: str,
+    field: str,
+) -> None:
+    container.programmes.apply(PROGRAMME)
+    ada = admin.person("ada", plan="trial")
+    response = admin.client.request(
+        method,
+        path.format(ada=ada),
+        content=body,
+        headers={**admin.headers, "Content-Type": "application/json", "Idempotency-Key": "k"},
+    )
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["field"]) == ("invalid", field)
+    assert "deeper than 100 levels" in response.json()["message"]
+
+
+def test_a_condition_nested_deeper_than_conditions_go_names_its_node(admin: Admin) -> None:
+    deep = admin.client.post(
+        "/api/segments/preview",
+        content=f'{{"condition": {nested("not", 40, EXISTS)}}}',
+        headers={**admin.headers, "Content-Type": "application/json"},
+    )
+    assert deep.status_code == 422, deep.text
+    assert deep.json()["code"] == "invalid_definition"
+    assert deep.json()["field"] == "condition" + ".not" * 32
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "said"),
+    [
+        (
+            "POST",
+            "/api/segments",
+            '{"name": "a\\ud800", "condition": {"segment": "x"}}',
+            "name",
+            "surrogate",
+        ),
+        (
+            "POST",
+            "/api/segments/preview",
+            '{"condition": {"trait": "plan", "op": "in", "value": ["\\udfff"]}}',
+            "condition.value[0]",
+            "surrogate",
+        ),
+        (
+            "PUT",
+            "/api/loyalty/programmes/club",
+            '{"name": "Club", "rewards": [{"id": "gift", "cost": 0, "name": "\\udbff!"}]}',
+            "rewards[0].name",
+            "surrogate",
+        ),
+        (
+            "POST",
+            "/api/loyalty/programmes/club/members/{ada}/events",
+            '{"event": "Order Completed", "properties": {"order_id": 12345678901234567890123}}',
+            "properties.order_id",
+            "64 bits",
+        ),
+        (
+            "POST",
+            "/api/segments/preview",
+            '{"condition": {"event": "App Opened", "count": {"lte": 100000000000000000000}}}',
+            "condition.count.lte",
+            "64 bits",
+        ),
+        (
+            "POST",
+            "/api/loyalty/simulate",
+            '{"programme": "club", "event": "E", "properties": {"revenue": NaN}}',
+            "properties.revenue",
+            "NaN",
+        ),
+        (
+            "POST",
+            "/api/segments/preview",
+            '{"condition": {"trait": "score", "op": "lt", "value": -Infinity}}',
+            "condition.value",
+            "NaN",
+        ),
+    ],
+)
+def test_text_that_is_not_text_and_numbers_no_database_holds_are_422_naming_the_field(
+    admin: Admin,
+    container: Container,
+    method: str,
+    path: str,
+    body: str,
+    field: str,
+    said: str,
+) -> None:
+    container.programmes.apply(PROGRAMME)
+    ada = admin.person("ada", plan="trial")
+    response = admin.client.request(
+        method,
+        path.format(ada=ada),
+        content=body,
+        headers={**admin.headers, "Content-Type": "application/json", "Idempotency-Key": "k"},
+    )
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["field"]) == ("invalid", field)
+    assert said in response.json()["message"]

@@ -1,9 +1,13 @@
 """What every /api request must be before a route reads it.
 
-A careless client sends text no database holds the same way: a NUL character, which
-PostgreSQL refuses in text (a 500) and SQLite stores. It is refused here, once for the
-whole admin API, in path parameters, query parameters (names too) and every string of a
-JSON body (keys too), with 422 naming the field, rather than by each route.
+A careless client sends what no database holds, or not the same way: a NUL character
+(PostgreSQL refuses it in text, SQLite stores it), a lone surrogate (`\\ud800`, not text
+at all), a whole number beyond 64 bits, NaN or Infinity (which JSON does not have), a
+body nested hundreds of levels deep (Python's JSON parser runs out of stack near a
+thousand, and orjson writes at most 254). Each is refused here, once for the whole admin
+API, with 422 naming the field, rather than by each route or by the database with a 500:
+in path parameters, query parameters (names too) and every value of a JSON body (keys
+too).
 
 Every /api router is built with `route_class=CheckedRoute`; a test walks the routes to
 make sure none forgets.
@@ -11,11 +15,21 @@ make sure none forgets.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
+
+# Objects and lists in one another: more than any definition holds (a condition nested as
+# deep as conditions go, 32 levels, is about 70), far from what the parsers allow.
+MAX_DEPTH = 100
+_TOO_DEEP = (
+    f"is nested deeper than {MAX_DEPTH} levels of objects and lists, more than anything"
+    " Ariane reads: flatten it"
+)
+_LARGEST = 2**63 - 1
 
 
 def _invalid(field: str, fault: str) -> HTTPException:
@@ -26,24 +40,51 @@ def _invalid(field: str, fault: str) -> HTTPException:
     return HTTPException(422, detail=detail)
 
 
-def _fault(text: str) -> str | None:
-    """What makes a text unfit to store, if anything."""
+def _text_fault(text: str) -> str | None:
     if "\0" in text:
         return "holds a NUL character (\\u0000), which Ariane does not store: remove it"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as error:
+            return (
+                f"holds a lone surrogate (\\u{ord(text[error.start]):04x}), which is not a"
+                " character: send text as valid UTF-8"
+            )
+    return None
+
+
+def _number_fault(number: int | float) -> str | None:
+    if isinstance(number, int):
+        if -_LARGEST - 1 <= number <= _LARGEST:
+            return None
+        return f"is a whole number beyond 64 bits (more than {_LARGEST:,} in size)"
+    if math.isfinite(number):
+        return None
+    return "is NaN or infinite, which JSON does not have: send a number"
+
+
+def _value_fault(value: Any) -> str | None:
+    """What makes a JSON value other than an object or a list unfit to store, if anything."""
+    if isinstance(value, str):
+        return _text_fault(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _number_fault(value)
     return None
 
 
 def _check_text(text: str, field: str) -> None:
-    fault = _fault(text)
+    fault = _text_fault(text)
     if fault is not None:
         raise _invalid(field, fault)
 
 
 def _check_document(document: Any) -> None:
-    """Every string of a JSON document, keys included; fields are named as definitions
+    """Every value of a JSON document, keys included; fields are named as definitions
     name them (`condition.all[1].value`), from the top of the body."""
-    if isinstance(document, str):
-        _check_text(document, "body")
+    fault = _value_fault(document)
+    if fault is not None:
+        raise _invalid("body", fault)
     # Depth first, without recursion; a field's name is made only for a faulty one.
     pending: list[tuple[Any, tuple[str | int, ...]]] = (
         [(document, ())] if isinstance(document, dict | list) else []
@@ -52,13 +93,14 @@ def _check_document(document: Any) -> None:
         container, trail = pending.pop()
         items = container.items() if isinstance(container, dict) else enumerate(container)
         for key, item in items:
-            if isinstance(key, str) and (fault := _fault(key)) is not None:
+            if isinstance(key, str) and (fault := _text_fault(key)) is not None:
                 raise _invalid(_field((*trail, key)), fault)
-            if isinstance(item, str):
-                if (fault := _fault(item)) is not None:
-                    raise _invalid(_field((*trail, key)), fault)
-            elif isinstance(item, dict | list):
+            if isinstance(item, dict | list):
+                if len(trail) + 2 > MAX_DEPTH:
+                    raise _invalid(_field((*trail, key)), _TOO_DEEP)
                 pending.append((item, (*trail, key)))
+            elif (fault := _value_fault(item)) is not None:
+                raise _invalid(_field((*trail, key)), fault)
 
 
 def _field(trail: tuple[str | int, ...]) -> str:
@@ -70,7 +112,10 @@ def _field(trail: tuple[str | int, ...]) -> str:
 
 class _CheckedRequest(Request):
     async def json(self) -> Any:
-        document = await super().json()
+        try:
+            document = await super().json()
+        except RecursionError:
+            raise _invalid("body", _TOO_DEEP) from None
         _check_document(document)
         return document
 
