@@ -396,3 +396,41 @@ def test_text_that_is_not_text_and_numbers_no_database_holds_are_422_naming_the_
     assert response.status_code == 422, response.text
     assert (response.json()["code"], response.json()["field"]) == ("invalid", field)
     assert said in response.json()["message"]
+
+
+# --- 5. reads that are POSTs ------------------------------------------------------------------
+
+
+def test_an_analyst_previews_segments_and_simulates_earning_but_changes_nothing(
+    admin: Admin, container: Container, analyst_token: dict[str, str]
+) -> None:
+    container.programmes.apply(
+        {"id": "club", "earn_rules": [{"id": "reviews", "event": "Review Posted", "points": 5}]}
+    )
+    ada = admin.person("ada", plan="trial")
+    client = admin.client
+    condition = {"trait": "plan", "op": "eq", "value": "trial"}
+    preview = client.post(
+        "/api/segments/preview", json={"condition": condition}, headers=analyst_token
+    )
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["sample"] == [ada]
+    simulated = client.post(
+        "/api/loyalty/simulate",
+        json={"programme": "club", "event": "Review Posted", "profile_id": ada},
+        headers=analyst_token,
+    )
+    assert simulated.status_code == 200, simulated.text
+    assert simulated.json()["points"] == 5
+    # What changes something stays an admin's.
+    saved = client.post(
+        "/api/segments", json={"name": "trial", "condition": condition}, headers=analyst_token
+    )
+    assert saved.status_code == 403, saved.text
+    earned = client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/events",
+        json={"event": "Review Posted"},
+        headers={**analyst_token, "Idempotency-Key": "review-1"},
+    )
+    assert earned.status_code == 403, earned.text
+    assert container.loyalty.balance("club", ada)["available"] == 0

@@ -1,7 +1,8 @@
 """Bearer tokens with roles: analysts read, admins read and change.
 
 Every /api route takes `read_access` or `write_access`; a test walks the routes to make
-sure none forgets.
+sure none forgets. Reads are GETs, and the POSTs that change nothing (a segment's
+preview, a loyalty simulation), whose conditions do not fit in a query string.
 """
 
 from __future__ import annotations

@@ -323,10 +323,10 @@ def merge_members(
 
 @router.post("/simulate", responses=_MOVEMENT_ERRORS)
 def simulate(
-    body: SimulateBody, app: Container = Depends(container), _: Token = Depends(write_access)
+    body: SimulateBody, app: Container = Depends(container), _: Token = Depends(read_access)
 ) -> Any:
-    """What an event would earn under a programme's rules, changing nothing (admin only,
-    as a segment's preview: it reads any member's data)."""
+    """What an event would earn under a programme's rules, changing nothing (a read: an
+    analyst may, as for a segment's preview)."""
     return app.earning.simulate(body.programme, body.event, body.properties, body.profile_id)
 
 

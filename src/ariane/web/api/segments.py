@@ -116,9 +116,10 @@ def create_segment(
 
 @router.post("/segments/preview", responses=_SEGMENT_ERRORS)
 def preview(
-    body: PreviewBody, app: Container = Depends(container), _: Token = Depends(write_access)
+    body: PreviewBody, app: Container = Depends(container), _: Token = Depends(read_access)
 ) -> Any:
-    """How many profiles a condition holds now, and a sample of them; nothing is saved."""
+    """How many profiles a condition holds now, and a sample of them; nothing is saved
+    (a read: an analyst may)."""
     return app.segments.preview(body.condition, body.sample)
 
 
