@@ -434,3 +434,40 @@ def test_an_analyst_previews_segments_and_simulates_earning_but_changes_nothing(
     )
     assert earned.status_code == 403, earned.text
     assert container.loyalty.balance("club", ada)["available"] == 0
+
+
+# --- 3. numbers too large -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("points", [10**12 + 1, 2**63, 2**70])
+@pytest.mark.parametrize("movement", ["earn", "spend", "adjust", "transfer"])
+def test_points_beyond_the_most_one_movement_moves_are_422_naming_points(
+    admin: Admin, container: Container, movement: str, points: int
+) -> None:
+    container.programmes.apply(PROGRAMME)
+    ada = admin.person("ada")
+    bob = admin.person("bob")
+    signed = -points if movement == "adjust" else points
+    response = admin.client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/{movement}",
+        json={"points": signed, "to": bob} if movement == "transfer" else {"points": signed},
+        headers={**admin.headers, "Idempotency-Key": f"{movement}-{points}"},
+    )
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["field"]) == ("invalid", "points")
+    assert container.loyalty.balance("club", ada)["available"] == 0
+
+
+def test_the_most_points_one_movement_moves_can_be_given_and_taken(
+    admin: Admin, container: Container
+) -> None:
+    container.programmes.apply(PROGRAMME)
+    ada = admin.person("ada")
+    for movement, points in (("earn", 10**12), ("adjust", 10**12), ("adjust", -(10**12))):
+        response = admin.client.post(
+            f"/api/loyalty/programmes/club/members/{ada}/{movement}",
+            json={"points": points},
+            headers={**admin.headers, "Idempotency-Key": f"{movement}-{points}"},
+        )
+        assert response.status_code == 200, response.text
+    assert container.loyalty.balance("club", ada)["available"] == 10**12

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ariane.bootstrap import Container
 from ariane.domain.errors import DomainError
+from ariane.domain.programmes import MAX_POINTS
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
 from ariane.web.api.checks import CheckedRoute
@@ -64,7 +65,9 @@ class CodesBody(BaseModel):
 class PointsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    points: int = Field(description="A whole number above 0.", examples=[120])
+    points: int = Field(
+        gt=0, le=MAX_POINTS, description="A whole number from 1 to 10**12.", examples=[120]
+    )
     reference: str | None = Field(
         None, max_length=200, description="What the movement is for: a receipt, an order id."
     )
@@ -110,7 +113,12 @@ class SimulateBody(EventBody):
 class AdjustBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    points: int = Field(description="Given (above 0) or taken (below 0).", examples=[200])
+    points: int = Field(
+        ge=-MAX_POINTS,
+        le=MAX_POINTS,
+        description="Given (above 0) or taken (below 0), at most 10**12 either way.",
+        examples=[200],
+    )
     reason: str | None = Field(
         None, max_length=200, description="Why, for the history.", examples=["delivery late"]
     )
@@ -120,7 +128,9 @@ class TransferBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to: str = Field(description="The profile id of the member who receives them.")
-    points: int = Field(description="A whole number above 0.", examples=[300])
+    points: int = Field(
+        gt=0, le=MAX_POINTS, description="A whole number from 1 to 10**12.", examples=[300]
+    )
     reference: str | None = Field(None, max_length=200)
 
 
