@@ -145,4 +145,6 @@ def test_names_with_control_characters_are_refused(
     response = client.post("/api/sources", json={"name": name}, headers=admin_token)
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "name"
-    assert "control character" in response.json()["message"]
+    # A NUL is refused before the route reads the body, as anywhere in the admin API.
+    said = "NUL character" if "\x00" in name else "control character"
+    assert said in response.json()["message"]
