@@ -12,6 +12,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
+from ariane.domain.predicates import InvalidDefinition
 from ariane.web.api.checks import CheckedRoute
 from tests.integration.test_admin_api import DOCUMENTATION, basic
 
@@ -471,3 +472,62 @@ def test_the_most_points_one_movement_moves_can_be_given_and_taken(
         )
         assert response.status_code == 200, response.text
     assert container.loyalty.balance("club", ada)["available"] == 10**12
+
+
+# --- 4. rules naming what does not exist ------------------------------------------------------
+
+PURCHASES = {"id": "purchases", "event": "Order Completed", "points_per_unit": 1}
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "named"),
+    [
+        (
+            {
+                **PURCHASES,
+                "multipliers": [
+                    {"category": "rings", "factor": 2},
+                    {"segment": "vips", "factor": 2},
+                ],
+            },
+            "earn_rules[1].multipliers[1].segment",
+            "'vips'",
+        ),
+        (
+            {"id": "reviews", "event": "Review Posted", "points": 5, "when": {"segment": "vips"}},
+            "earn_rules[1].when.segment",
+            "'vips'",
+        ),
+        (
+            {
+                "id": "reviews",
+                "event": "Review Posted",
+                "points": 5,
+                "when": {"computed": "orders_30d", "op": "gte", "value": 2},
+            },
+            "earn_rules[1].when.computed",
+            "'orders_30d'",
+        ),
+    ],
+)
+def test_a_rule_naming_a_segment_or_computed_trait_that_does_not_exist_is_refused(
+    admin: Admin, container: Container, rule: dict[str, Any], field: str, named: str
+) -> None:
+    admin.client.post(
+        "/api/segments",
+        json={"name": "vip", "condition": {"trait": "vip", "op": "eq", "value": True}},
+        headers=admin.headers,
+    )
+    rules = [{**PURCHASES, "id": "base", "multipliers": [{"segment": "vip", "factor": 2}]}, rule]
+    put = admin.client.put(
+        "/api/loyalty/programmes/club", json={"earn_rules": rules}, headers=admin.headers
+    )
+    assert put.status_code == 422, put.text
+    assert (put.json()["code"], put.json()["field"]) == ("invalid_definition", field)
+    assert named in put.json()["message"]
+    # As `ariane loyalty apply` reads a file: the path names the programme in it.
+    with pytest.raises(InvalidDefinition) as refused:
+        container.programmes.apply({"programmes": [{"id": "club", "earn_rules": rules}]})
+    assert refused.value.field == f"programmes[0].{field}"
+    listed = admin.client.get("/api/loyalty/programmes", headers=admin.headers)
+    assert listed.json() == []

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ariane.domain.conditions import Names
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.predicates import InvalidDefinition
 from ariane.domain.programmes import Programme, check_code, check_id, parse_programme
@@ -102,7 +103,7 @@ class ProgrammeService:
         if isinstance(document, dict):
             document = {**document, "id": programme_id}
         try:
-            programme = parse_programme(document, "body")
+            programme = parse_programme(document, "body", self._names())
         except InvalidDefinition as error:
             # Named as in the body: `rewards[0].cost`.
             field = (error.field or "").removeprefix("body").removeprefix(".") or "body"
@@ -121,11 +122,23 @@ class ProgrammeService:
         else:
             items, paths = [document], ["programme"]
         # All checked before any is saved, so that a fault names its place in the file.
-        parsed = [parse_programme(item, path) for item, path in zip(items, paths, strict=True)]
+        names = self._names()
+        parsed = [
+            parse_programme(item, path, names) for item, path in zip(items, paths, strict=True)
+        ]
         ids = [programme.id for programme in parsed]
         if len(set(ids)) != len(ids):
             raise InvalidDefinition("a programme is declared twice", field="programmes")
         return [self._save(programme) for programme in parsed]
+
+    def _names(self) -> Names:
+        """The segments and computed traits a rule given now may name: those that exist.
+        (A segment deleted later leaves the rule finding no one in it.)"""
+        with self.db.read() as conn:
+            return Names(
+                segments={row["name"] for row in segment_store.segment_rows(conn)},
+                computed={row["name"] for row in segment_store.computed_rows(conn)},
+            )
 
     def _save(self, programme: Programme) -> dict[str, Any]:
         definition = programme.to_json()
