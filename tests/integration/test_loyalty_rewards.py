@@ -369,7 +369,7 @@ def test_the_api_moves_points_with_an_idempotency_key(
     assert balance["coupons"][0]["code"] == bought.json()["coupon"]["code"]
     history = client.get(f"{url}/history?limit=1", headers=admin_token).json()
     assert [e["kind"] for e in history["entries"]] == ["spend"]
-    rest = client.get(f"{url}/history?before={history['next_before']}", headers=admin_token).json()
+    rest = client.get(f"{url}/history?cursor={history['next_cursor']}", headers=admin_token).json()
     assert [(e["kind"], e["points"]) for e in rest["entries"]] == [("earn", 120)]
 
 
@@ -456,7 +456,7 @@ def test_the_last_page_of_history_says_so(container: Container, club: dict[str, 
     container.loyalty.spend("club", ada, 1, "s1")
     page = container.loyalty.history("club", ada, limit=2)
     assert len(page["entries"]) == 2
-    assert page["next_before"] is None
+    assert page["next_cursor"] is None
 
 
 def test_the_same_programme_applied_at_once_makes_one_version(container: Container) -> None:

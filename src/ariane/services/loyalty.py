@@ -24,6 +24,7 @@ from ariane.domain.loyalty import (
 )
 from ariane.domain.programmes import Programme, Reward
 from ariane.domain.tiers import Standing, earned, stand
+from ariane.services import paging
 from ariane.services.coupons import status as coupon_status
 from ariane.services.programmes import ProgrammeService
 from ariane.storage import loyalty as store
@@ -545,19 +546,20 @@ class LoyaltyService:
         return len(due)
 
     def history(
-        self, programme: str, profile_id: str, *, limit: int = 50, before: int | None = None
+        self, programme: str, profile_id: str, *, limit: int = 50, cursor: str | None = None
     ) -> dict[str, Any]:
         """The member's ledger, newest first, a page at a time."""
+        before = None if cursor is None else paging.decode_id(paging.LOYALTY_HISTORY, cursor)
         with self.db.read() as conn:
             self.programmes.load(conn, programme)
             member = self._member(conn, profile_id)
             found = store.entries(conn, programme, member, limit=limit + 1, before=before)
-        page = found[:limit]
+        page, more = found[:limit], len(found) > limit
         return {
             "profile_id": member,
             "programme": programme,
             "entries": page,
-            "next_before": page[-1]["id"] if len(found) > limit else None,
+            "next_cursor": paging.encode(paging.LOYALTY_HISTORY, page[-1]["id"]) if more else None,
         }
 
     def discrepancies(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +15,7 @@ from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.identity import Merge, normalise, normalise_type
 from ariane.domain.profiles import ProfileState, merge_profiles
 from ariane.domain.segments import Touch
+from ariane.services import paging
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
 from ariane.storage import consents as consent_store
@@ -27,8 +26,6 @@ from ariane.storage.database import Database
 from ariane.storage.tables import identities, profiles
 
 MAX_PAGE = 1000
-# Event ids are 64-bit integers on both databases.
-_MAX_EVENT_ID = 2**63 - 1
 # Audience events are named by their message id (`storage.segments.transition_rows`).
 _MESSAGE_ID_WIDTH = 200
 # A grant meant never to lapse has no expiry; a later one is a mistake, and one past the
@@ -41,31 +38,22 @@ MAX_CONSENT_YEARS = 100
 Position = tuple[datetime, int | str]
 
 
-def encode_cursor(timestamp: datetime, key: int | str) -> str:
-    return base64.urlsafe_b64encode(f"{iso(timestamp)}|{key}".encode()).decode().rstrip("=")
+def timeline_cursor(timestamp: datetime, key: int | str) -> str:
+    return paging.encode(paging.TIMELINE, iso(timestamp), key)
 
 
-def decode_cursor(cursor: str) -> Position:
+def timeline_position(cursor: str) -> Position:
+    at_text, key = paging.decode(paging.TIMELINE, cursor, 2)
+    if not isinstance(at_text, str):
+        raise paging.invalid_cursor()
+    if isinstance(key, str) and (
+        not key.startswith(segment_store.AUDIENCE_PREFIX) or len(key) > _MESSAGE_ID_WIDTH
+    ):
+        raise paging.invalid_cursor()
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at_text, key_text = text.split("|")
-        at = parse_timestamp(at_text)
-        key: int | str
-        if (
-            key_text.startswith(segment_store.AUDIENCE_PREFIX)
-            and len(key_text) <= _MESSAGE_ID_WIDTH
-        ):
-            key = key_text
-        else:
-            key = int(key_text)
-            if not 1 <= key <= _MAX_EVENT_ID:
-                raise ValueError(f"no event has the id {key}")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise DomainError(
-            "cursor is not one this API returned; pass next_cursor from the previous page",
-            field="cursor",
-        ) from None
-    return at, key
+        return parse_timestamp(at_text), key
+    except ValueError:
+        raise paging.invalid_cursor() from None
 
 
 def live_profile_id(conn: Connection, profile_id: str) -> str:
@@ -159,7 +147,7 @@ class ProfileService:
         """One page of the timeline, newest first; `next_cursor` is None on the last page."""
         if not 1 <= limit <= MAX_PAGE:
             raise DomainError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
-        before = decode_cursor(cursor) if cursor else None
+        before = timeline_position(cursor) if cursor is not None else None
         after_event = after_audience = None
         if before is not None:
             at, key = before
@@ -183,7 +171,7 @@ class ProfileService:
         return {
             "profile_id": live,
             "events": [entry[3] for entry in page],
-            "next_cursor": encode_cursor(last[0], last[2]) if last else None,
+            "next_cursor": timeline_cursor(last[0], last[2]) if last else None,
         }
 
     def set_consent(

@@ -46,6 +46,7 @@ from ariane.domain.segments import (
     due_at,
     memberships,
 )
+from ariane.services import paging
 from ariane.storage import consents as consent_store
 from ariane.storage import profiles as profile_store
 from ariane.storage import segment_sql
@@ -586,9 +587,10 @@ class SegmentService:
             )
         return {"count": count, "sample": ids, "condition": to_json(node)}
 
-    def members(self, key: str, *, limit: int = 100, after: str | None = None) -> dict[str, Any]:
+    def members(self, key: str, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_PAGE:
             raise DomainError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        after = None if cursor is None else paging.decode_text(paging.SEGMENT_MEMBERS, cursor)
         self.catch_up()
         with self.db.read() as conn:
             row = self._require(conn, key)
@@ -600,7 +602,7 @@ class SegmentService:
             "segment_id": row["id"],
             "total": total,
             "members": [{"profile_id": p, "entered_at": at} for p, at in page],
-            "next_cursor": page[-1][0] if more else None,
+            "next_cursor": paging.encode(paging.SEGMENT_MEMBERS, page[-1][0]) if more else None,
         }
 
     def all_members(self, key: str) -> Iterator[tuple[str, datetime]]:
@@ -615,9 +617,10 @@ class SegmentService:
                     return
                 after = page[-1][0]
 
-    def history(self, key: str, *, limit: int = 100, before: int | None = None) -> dict[str, Any]:
+    def history(self, key: str, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
         if not 1 <= limit <= MAX_PAGE:
             raise DomainError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        before = None if cursor is None else paging.decode_id(paging.SEGMENT_HISTORY, cursor)
         self.catch_up()
         with self.db.read() as conn:
             row = self._require(conn, key)
@@ -636,7 +639,7 @@ class SegmentService:
                 }
                 for h in page
             ],
-            "next_cursor": page[-1]["id"] if more else None,
+            "next_cursor": paging.encode(paging.SEGMENT_HISTORY, page[-1]["id"]) if more else None,
         }
 
     def profile_view(self, conn: Connection, state: ProfileState, now: datetime) -> dict[str, Any]:

@@ -253,12 +253,12 @@ def history(
     programme: str,
     profile_id: str,
     limit: int = Query(50, ge=1, le=500),
-    before: int | None = Query(None, description="next_before from the previous page"),
+    cursor: str | None = Query(None, description="next_cursor from the previous page"),
     app: Container = Depends(container),
     _: Token = Depends(read_access),
 ) -> Any:
     """The member's ledger entries, newest first."""
-    return app.loyalty.history(programme, profile_id, limit=limit, before=before)
+    return app.loyalty.history(programme, profile_id, limit=limit, cursor=cursor)
 
 
 @router.post("/programmes/{programme}/members/{profile_id}/earn", responses=_MOVEMENT_ERRORS)

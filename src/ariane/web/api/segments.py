@@ -162,21 +162,19 @@ def members(
     _: Token = Depends(read_access),
 ) -> Any:
     """The current members, by profile id, one page at a time."""
-    return app.segments.members(segment, limit=limit, after=cursor)
+    return app.segments.members(segment, limit=limit, cursor=cursor)
 
 
 @router.get("/segments/{segment}/history", responses=_SEGMENT_ERRORS)
 def history(
     segment: str,
     limit: int = Query(100, ge=1, le=MAX_PAGE),
-    cursor: int | None = Query(
-        None, ge=1, le=2**63 - 1, description="next_cursor from the previous page"
-    ),
+    cursor: str | None = Query(None, description="next_cursor from the previous page"),
     app: Container = Depends(container),
     _: Token = Depends(read_access),
 ) -> Any:
     """Entries and exits, newest first, one page at a time."""
-    return app.segments.history(segment, limit=limit, before=cursor)
+    return app.segments.history(segment, limit=limit, cursor=cursor)
 
 
 # --- computed traits ------------------------------------------------------------------------
