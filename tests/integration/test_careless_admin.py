@@ -531,3 +531,27 @@ def test_a_rule_naming_a_segment_or_computed_trait_that_does_not_exist_is_refuse
     assert refused.value.field == f"programmes[0].{field}"
     listed = admin.client.get("/api/loyalty/programmes", headers=admin.headers)
     assert listed.json() == []
+
+
+def test_a_computed_trait_an_earn_rule_reads_cannot_be_deleted(
+    admin: Admin, container: Container
+) -> None:
+    trait = {"name": "orders", "kind": "count", "event": "Order Completed"}
+    created = admin.client.post("/api/computed-traits", json=trait, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    when = {"computed": "orders", "op": "gte", "value": 0}
+    rule = {"id": "loyal-reviews", "event": "Review Posted", "points": 5, "when": when}
+    container.programmes.apply({"id": "club", "earn_rules": [rule]})
+    deleted = admin.client.delete("/api/computed-traits/orders", headers=admin.headers)
+    assert deleted.status_code == 409, deleted.text
+    assert deleted.json()["field"] == "name"
+    assert "club" in deleted.json()["message"]
+    assert "loyal-reviews" in deleted.json()["message"]
+    ada = admin.person("ada")
+    earned = admin.client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/events",
+        json={"event": "Review Posted"},
+        headers={**admin.headers, "Idempotency-Key": "review-1"},
+    )
+    assert earned.status_code == 200, earned.text
+    assert earned.json()["points"] == 5

@@ -133,7 +133,8 @@ class ProgrammeService:
 
     def _names(self) -> Names:
         """The segments and computed traits a rule given now may name: those that exist.
-        (A segment deleted later leaves the rule finding no one in it.)"""
+        (A segment deleted later leaves the rule finding no one in it; a computed trait a
+        rule reads cannot be deleted.)"""
         with self.db.read() as conn:
             return Names(
                 segments={row["name"] for row in segment_store.segment_rows(conn)},

@@ -38,6 +38,7 @@ from ariane.domain.consent import ConsentDecision, latest_decisions
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.predicates import MISSING, InvalidDefinition
 from ariane.domain.profiles import ProfileState
+from ariane.domain.programmes import parse_programme
 from ariane.domain.segments import (
     Catalogue,
     SegmentDefinition,
@@ -49,6 +50,7 @@ from ariane.domain.segments import (
 from ariane.services import paging
 from ariane.storage import consents as consent_store
 from ariane.storage import profiles as profile_store
+from ariane.storage import rewards as reward_store
 from ariane.storage import segment_sql
 from ariane.storage import segments as store
 from ariane.storage.database import Database
@@ -377,6 +379,16 @@ class SegmentService:
             version = store.bump_version(conn, self.db.dialect)
             catalogue = self._build(conn, version)
             users = [s.name for s in catalogue.order if name in _computed_refs(s)]
+            # An earn rule's condition reads it as a segment's does.
+            programmes = [
+                parse_programme(r["definition"]) for r in reward_store.programme_rows(conn)
+            ]
+            users += [
+                f"earn rule {rule.id!r} of programme {programme.id!r}"
+                for programme in programmes
+                for rule in programme.earn_rules
+                if rule.when is not None and name in computed_references(rule.when)
+            ]
             if users:
                 raise Conflict(
                     f"computed trait {name!r} is used by {', '.join(users)}; change those first",
