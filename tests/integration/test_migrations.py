@@ -306,3 +306,65 @@ def test_0017_deletes_the_loyalty_and_earn_messages_marked_sent(db_url: str) -> 
         with db.engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM outbox"))
         db.dispose()
+
+
+def test_0018_fills_the_search_keys_and_puts_identifiers_in_code_order(db_url: str) -> None:
+    """The name and email traits of every live profile get their search keys; identifier
+    values sort by character code on both databases, whatever PostgreSQL's locale."""
+    db = Database(db_url)
+    at = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+
+    def trait(value: Any) -> dict[str, Any]:
+        return {"value": value, "at": "2026-11-26T09:00:00.000000Z", "source": "s"}
+
+    rows = [
+        ("p1", None, {"name": trait("Ada Lovelace"), "email": trait("Ada@Example.org")}),
+        ("p2", None, {"name": trait(" Émile Straße "), "plan": trait("trial")}),
+        ("p3", None, {"name": trait(42), "email": trait("")}),
+        ("p4", "p1", {}),
+    ]
+    try:
+        migrate(db, command.downgrade, "0017")
+        with db.engine.begin() as conn:
+            for profile_id, merged_into, traits in rows:
+                conn.execute(
+                    profiles.insert().values(
+                        id=profile_id,
+                        merged_into=merged_into,
+                        traits=traits,
+                        computed={},
+                        created_at=at,
+                        updated_at=at,
+                    )
+                )
+            for value in ("b", "B", "é", "a"):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO identities (value, type, profile_id, created_at)"
+                        " VALUES (:value, 'user_id', 'p1', :at)"
+                    ),
+                    {"value": value, "at": at},
+                )
+        migrate(db, command.upgrade, "0018")
+        with db.engine.connect() as conn:
+            keys = conn.execute(
+                sa.text("SELECT id, search_name, search_email FROM profiles ORDER BY id")
+            ).all()
+            assert [tuple(row) for row in keys] == [
+                ("p1", "ada lovelace", "ada@example.org"),
+                ("p2", "émile strasse", None),
+                ("p3", None, None),
+                ("p4", None, None),
+            ]
+            ordered = conn.execute(sa.text("SELECT value FROM identities ORDER BY value"))
+            assert list(ordered.scalars()) == ["B", "a", "b", "é"]
+        migrate(db, command.downgrade, "0017")
+        with db.engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("profiles")}
+            assert not {"search_name", "search_email"} & columns
+    finally:
+        upgrade(db)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM identities"))
+            conn.execute(sa.text("DELETE FROM profiles"))
+        db.dispose()

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from ariane.bootstrap import Container
 from tests.integration.test_admin_api import basic
 
-ROUTES = ["timeline", "segment members", "segment history", "loyalty history"]
+ROUTES = ["profiles", "timeline", "segment members", "segment history", "loyalty history"]
 
 
 class Lists:
@@ -43,6 +43,7 @@ class Lists:
         container.loyalty.earn("club", ada, 10, "first")
         container.loyalty.earn("club", ada, 20, "second")
         self.paths = {
+            "profiles": "/api/profiles",
             "timeline": f"/api/profiles/{ada}/events",
             "segment members": "/api/segments/openers/members",
             "segment history": "/api/segments/openers/history",

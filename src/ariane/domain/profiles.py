@@ -7,12 +7,16 @@ field, the most recent value.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ariane.domain.messages import Message
+
+# How much of a name or an email a search compares (see `search_key`).
+SEARCH_KEY_LENGTH = 200
 
 
 @dataclass(slots=True)
@@ -25,6 +29,26 @@ class ProfileState:
 
     def trait_values(self) -> dict[str, Any]:
         return {key: cell["value"] for key, cell in self.traits.items()}
+
+    def search_keys(self) -> tuple[str | None, str | None]:
+        """The `name` and `email` traits as a search compares them (`search_key`)."""
+        name, email = (self.traits.get(key, {}).get("value") for key in ("name", "email"))
+        return search_key(name), search_key(email)
+
+
+def search_key(text: Any) -> str | None:
+    """A text as a search for names compares it, by prefix: without case (`Ada`, `ADA`,
+    `ada`), one form of each character (NFKC), outer spaces left out, and at most
+    SEARCH_KEY_LENGTH characters; None for an empty text or for anything but text."""
+    if not isinstance(text, str):
+        return None
+    # Written with every profile: most names and emails are ASCII, which NFKC leaves
+    # as they are and which casefold() lowers as lower() does, faster.
+    if text.isascii():
+        key = text.lower().strip()
+    else:
+        key = unicodedata.normalize("NFKC", text).casefold().strip()
+    return key[:SEARCH_KEY_LENGTH] or None
 
 
 def set_trait(

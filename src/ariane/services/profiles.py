@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,10 +12,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso, parse_timestamp
+from ariane.domain.conditions import AllOf, Node, TraitIs
 from ariane.domain.consent import ConsentDecision, check_purpose, check_status, current_consents
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.identity import Merge, normalise, normalise_type
-from ariane.domain.profiles import ProfileState, merge_profiles
+from ariane.domain.predicates import InvalidDefinition, Test, parse_path
+from ariane.domain.profiles import SEARCH_KEY_LENGTH, ProfileState, merge_profiles
 from ariane.domain.segments import Touch
 from ariane.services import paging
 from ariane.services.segments import SegmentService
@@ -31,6 +35,17 @@ _MESSAGE_ID_WIDTH = 200
 # A grant meant never to lapse has no expiry; a later one is a mistake, and one past the
 # year 9999 cannot be stored.
 MAX_CONSENT_YEARS = 100
+
+
+# What each profile of a list shows: its first identifiers of each type and these traits;
+# its 360° view shows everything.
+IDENTIFIERS_SHOWN = 3
+SUMMARY_TRAITS = ("name", "first_name", "last_name", "email", "phone")
+MAX_TRAIT_FILTERS = 20
+MAX_TRAIT_VALUE = 1000
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_EXACT_DOUBLE = 2**53
 
 
 # Where a page of the timeline ended: an event's timestamp and id, or an Audience
@@ -54,6 +69,50 @@ def timeline_position(cursor: str) -> Position:
         return parse_timestamp(at_text), key
     except ValueError:
         raise paging.invalid_cursor() from None
+
+
+def _check_text(field: str, text: str, longest: int, otherwise: str) -> None:
+    if not text.strip():
+        raise DomainError(f"{field} is empty: {otherwise}", field=field)
+    if len(text) > longest:
+        raise DomainError(f"{field} takes at most {longest} characters", field=field)
+    if "\x00" in text:
+        raise DomainError(f"{field} may not hold a NUL character", field=field)
+
+
+def _traits_condition(traits: Mapping[str, str]) -> Node | None:
+    """Every trait of `traits` holds its value: the text itself, or the number or the
+    true or false the text spells (`age=42` finds 42 and "42")."""
+    if len(traits) > MAX_TRAIT_FILTERS:
+        raise DomainError(
+            f"at most {MAX_TRAIT_FILTERS} trait filters; narrow the list with a segment",
+            field="trait",
+        )
+    tests: list[Node] = []
+    for name, text in sorted(traits.items()):
+        field = f"trait.{name}"
+        try:
+            path = parse_path(name, field)
+        except InvalidDefinition as error:
+            raise DomainError(error.message, field=field) from None
+        if len(text) > MAX_TRAIT_VALUE or "\x00" in text:
+            raise DomainError(
+                f"{field} takes a text of at most {MAX_TRAIT_VALUE} characters, without NUL",
+                field=field,
+            )
+        tests.append(TraitIs(path, Test("in", [text, *_spelled(text)])))
+    return AllOf(tuple(tests)) if tests else None
+
+
+def _spelled(text: str) -> list[Any]:
+    """The JSON number, true or false that `text` is written as, if any."""
+    if text in ("true", "false"):
+        return [text == "true"]
+    if not _NUMBER.fullmatch(text):
+        return []
+    number = int(text) if _INTEGER.fullmatch(text) else float(text)
+    # Beyond, a double no longer holds every integer: compared as one, it would match others.
+    return [number] if math.isfinite(number) and abs(number) <= _EXACT_DOUBLE else []
 
 
 def live_profile_id(conn: Connection, profile_id: str) -> str:
@@ -116,6 +175,71 @@ class ProfileService:
             "merged_ids": sorted(merged),
             "created_at": row.created_at,
             "updated_at": row.updated_at,
+        }
+
+    def search(
+        self,
+        *,
+        segment: str | None = None,
+        traits: Mapping[str, str] | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the live profiles, in id order, that meet every filter given: in
+        `segment` now, each trait of `traits` of that value, and an identifier, name or
+        email starting with `q`. `next_cursor` is None on the last page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise DomainError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        after = None if cursor is None else paging.decode_text(paging.PROFILES, cursor)
+        condition = _traits_condition(traits or {})
+        if q is not None:
+            _check_text("q", q, SEARCH_KEY_LENGTH, "leave q out to list every profile")
+        if segment is not None:
+            _check_text("segment", segment, 200, "name a segment, or leave segment out")
+            # Members are read from the memberships, as GET /api/segments/{segment}/members.
+            self.segments.catch_up()
+        with self.db.read() as conn:
+            segment_id = None
+            if segment is not None:
+                found = segment_store.segment_row(conn, segment)
+                if found is None:
+                    raise DomainError(
+                        f"no segment has the id or name {segment!r}; GET /api/segments lists them",
+                        field="segment",
+                    )
+                segment_id = found["id"]
+            rows = profile_store.search(
+                conn,
+                self.db.dialect,
+                limit=limit + 1,
+                after=after,
+                segment_id=segment_id,
+                condition=condition,
+                prefix=q,
+                now=self.clock(),
+            )
+            page, more = rows[:limit], len(rows) > limit
+            held = profile_store.identifiers_of(
+                conn, self.db.dialect, [row["id"] for row in page], per_type=IDENTIFIERS_SHOWN
+            )
+        return {
+            "profiles": [
+                {
+                    "id": row["id"],
+                    "identifiers": held[row["id"]],
+                    "traits": {
+                        key: row["traits"][key]["value"]
+                        for key in SUMMARY_TRAITS
+                        if key in row["traits"]
+                    },
+                    "first_seen": row["first_seen"],
+                    "last_seen": row["last_seen"],
+                    "created_at": row["created_at"],
+                }
+                for row in page
+            ],
+            "next_cursor": paging.encode(paging.PROFILES, page[-1]["id"]) if more else None,
         }
 
     def lookup(self, id_type: str, value: str) -> str:

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
+from ariane.domain.profiles import SEARCH_KEY_LENGTH
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -54,6 +56,14 @@ LOYALTY_SOURCE = "loyalty"
 JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+
+def code_ordered(length: int) -> sa.types.TypeEngine[str]:
+    """Text ordered character code by character code on PostgreSQL too (COLLATE "C"),
+    whatever the database's locale, as SQLite orders it: the texts that start with a
+    prefix are then one range of an index (`storage.profiles.search`)."""
+    return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
+
+
 sources = sa.Table(
     "sources",
     metadata,
@@ -91,11 +101,29 @@ profiles = sa.Table(
     # in the profile's row, which is written anyway, rather than in a table of its own.
     # Indexed only where set: where no segment depends on time, no profile pays for it.
     sa.Column("due_at", UTCDateTime, nullable=True),
+    # The `name` and `email` traits as a search compares them (`domain.profiles.search_key`),
+    # for `q` of the profile list: columns of their own rather than an index over `traits`,
+    # so that a write changing other traits leaves these indexes alone (and on PostgreSQL
+    # stays a HOT update).
+    sa.Column("search_name", code_ordered(SEARCH_KEY_LENGTH), nullable=True),
+    sa.Column("search_email", code_ordered(SEARCH_KEY_LENGTH), nullable=True),
     sa.Index(
         "ix_profiles_due_at",
         "due_at",
         sqlite_where=sa.text("due_at IS NOT NULL"),
         postgresql_where=sa.text("due_at IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_profiles_search_name",
+        "search_name",
+        sqlite_where=sa.text("search_name IS NOT NULL"),
+        postgresql_where=sa.text("search_name IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_profiles_search_email",
+        "search_email",
+        sqlite_where=sa.text("search_email IS NOT NULL"),
+        postgresql_where=sa.text("search_email IS NOT NULL"),
     ),
 )
 
@@ -103,8 +131,9 @@ identities = sa.Table(
     "identities",
     metadata,
     # The value leads the key: lookups give many values and few types, and a key led by
-    # the type makes PostgreSQL scan every identifier of that type.
-    sa.Column("value", sa.String(512), primary_key=True),
+    # the type makes PostgreSQL scan every identifier of that type. In code order, so that
+    # the values starting with a prefix are a range of the key.
+    sa.Column("value", code_ordered(512), primary_key=True),
     sa.Column("type", sa.String(64), primary_key=True),
     sa.Column("profile_id", sa.String(32), nullable=False, index=True),
     sa.Column("source_id", sa.String(32), nullable=True),

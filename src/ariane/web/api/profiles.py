@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ariane.bootstrap import Container
+from ariane.domain.errors import DomainError
 from ariane.services.profiles import MAX_PAGE
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
-
 from ariane.web.api.checks import CheckedRoute
+
 router = APIRouter(prefix="/api/profiles", tags=["profiles"], route_class=CheckedRoute)
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such profile."}}
@@ -32,6 +33,45 @@ class ConsentBody(BaseModel):
         max_length=200,
         description="Where the person decided, e.g. preference_centre; default: the token.",
     )
+
+
+# The parameters of the profile list other than the trait filters (`trait.NAME`).
+_LIST_PARAMETERS = frozenset({"segment", "q", "limit", "cursor"})
+_TRAIT_PREFIX = "trait."
+
+
+@router.get("")
+def list_profiles(
+    request: Request,
+    segment: str | None = Query(None, description="a segment's id or name: its members now"),
+    q: str | None = Query(
+        None,
+        description="the start of an identifier (as stored), or of the name or email trait"
+        " (in any case)",
+    ),
+    limit: int = Query(50, ge=1, le=MAX_PAGE),
+    cursor: str | None = Query(None, description="next_cursor from the previous page"),
+    app: Container = Depends(container),
+    _: Token = Depends(read_access),
+) -> Any:
+    """Live profiles in id order, one page at a time, that meet every filter given:
+    `segment`, `q`, and `trait.NAME=value` for any trait (`trait.plan=trial`,
+    `trait.address.city=Paris`; `trait.age=42` finds 42 and "42")."""
+    traits: dict[str, str] = {}
+    given: set[str] = set()
+    for key, value in request.query_params.multi_items():
+        if key in given:
+            raise DomainError(f"{key} is given twice; give it once", field=key)
+        given.add(key)
+        if key.startswith(_TRAIT_PREFIX):
+            traits[key.removeprefix(_TRAIT_PREFIX)] = value
+        elif key not in _LIST_PARAMETERS:
+            raise DomainError(
+                f"unknown parameter {key!r}: filter with segment, q and trait.NAME, page with"
+                " limit and cursor",
+                field=key,
+            )
+    return app.profiles.search(segment=segment, traits=traits, q=q, limit=limit, cursor=cursor)
 
 
 @router.get("/lookup", responses=_NOT_FOUND)
