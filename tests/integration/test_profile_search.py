@@ -1,5 +1,6 @@
 """GET /api/profiles on both databases: the live profiles, filtered by segment, trait
-and the start of an identifier, name or email, in pages."""
+and the start of an identifier, name or email, in pages; and lookups by a type Ariane
+does not know."""
 
 from __future__ import annotations
 
@@ -262,3 +263,49 @@ def test_a_merged_profile_is_not_listed(people: People, container: Container) ->
 def test_a_bad_parameter_is_422_naming_it(people: People, params: Any, field: str) -> None:
     people.identify("someone", plan="trial")
     assert people.error(params)["field"] == field
+
+
+def test_lookup_of_a_type_ariane_does_not_know_is_422_listing_the_known_types(
+    people: People,
+) -> None:
+    people.identify("ada", loyalty_card="LC-1")
+    response = people.client.get(
+        "/api/profiles/lookup", params={"type": "nosuch", "value": "x"}, headers=people.token
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert (body["code"], body["field"]) == ("invalid", "type")
+    # Ariane's own types and those configured (tests configure loyalty_card).
+    for known in ("user_id", "anonymous_id", "email", "phone", "device_id", "loyalty_card"):
+        assert known in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("id_type", "value"), [("email", "nobody@example.org"), ("loyalty_card", "LC-9")]
+)
+def test_lookup_of_a_known_type_that_no_one_holds_is_404(
+    people: People, id_type: str, value: str
+) -> None:
+    people.identify("ada", loyalty_card="LC-1")
+    response = people.client.get(
+        "/api/profiles/lookup", params={"type": id_type, "value": value}, headers=people.token
+    )
+    assert response.status_code == 404
+    assert response.json()["field"] == "value"
+
+
+def test_a_type_sent_only_in_external_ids_is_known_by_the_identifiers_stored(
+    people: People,
+) -> None:
+    people.send(
+        {
+            "type": "identify",
+            "userId": "ada",
+            "context": {"externalIds": [{"type": "crm_id", "id": "CRM-1"}]},
+        }
+    )
+    assert people.lookup("crm_id", "CRM-1") == people.lookup("user_id", "ada")
+    missing = people.client.get(
+        "/api/profiles/lookup", params={"type": "crm_id", "value": "CRM-2"}, headers=people.token
+    )
+    assert missing.status_code == 404

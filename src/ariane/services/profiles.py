@@ -15,7 +15,7 @@ from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.conditions import AllOf, Node, TraitIs
 from ariane.domain.consent import ConsentDecision, check_purpose, check_status, current_consents
 from ariane.domain.errors import Conflict, DomainError, NotFound
-from ariane.domain.identity import Merge, normalise, normalise_type
+from ariane.domain.identity import BUILTIN_TYPES, Merge, normalise, normalise_type
 from ariane.domain.predicates import InvalidDefinition, Test, parse_path
 from ariane.domain.profiles import SEARCH_KEY_LENGTH, ProfileState, merge_profiles
 from ariane.domain.segments import Touch
@@ -256,14 +256,24 @@ class ProfileService:
                 field="value",
             )
         with self.db.read() as conn:
-            owner = conn.execute(
-                sa.select(identities.c.profile_id).where(
-                    identities.c.type == ident.type, identities.c.value == ident.value
+            owners = profile_store.find_owners(conn, self.db.dialect, [ident.key])
+            # A type sent only in context.externalIds is known by the identifiers stored.
+            known = self.known_types()
+            if not owners and id_type not in known and not profile_store.type_in_use(conn, id_type):
+                raise DomainError(
+                    f"no identifier type {id_type!r}; the types are {', '.join(known)} (add"
+                    " your own to identity.custom_types)",
+                    field="type",
                 )
-            ).scalar()
-        if owner is None:
+        if not owners:
             raise NotFound(f"no profile holds {id_type} {ident.value!r}", field="value")
-        return str(owner)
+        return owners[0][2]
+
+    def known_types(self) -> list[str]:
+        """The identifier types Ariane reads: its own, then those configured."""
+        identity = self.settings.identity
+        configured = [*identity.custom_types, *identity.limits, *identity.priorities]
+        return list(dict.fromkeys([*BUILTIN_TYPES, *sorted(map(normalise_type, configured))]))
 
     def events(
         self, profile_id: str, *, limit: int = 50, cursor: str | None = None

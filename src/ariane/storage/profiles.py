@@ -447,3 +447,10 @@ def identifiers_of(
         if len(values) < per_type:
             values.append(value)
     return held
+
+
+def type_in_use(conn: Connection, id_type: str) -> bool:
+    """Whether any profile holds an identifier of the type. No index leads with the type:
+    where none does, every identifier is read."""
+    query = sa.select(identities.c.profile_id).where(identities.c.type == id_type).limit(1)
+    return conn.execute(query).first() is not None
