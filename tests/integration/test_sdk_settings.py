@@ -3,11 +3,15 @@ Ariane: the SDKs are pointed at the Ariane they asked, and at nothing else."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
 from ariane.web.app import create_app
 from ariane.web.sdk_settings import ANALYTICS_NEXT
+from tests.integration.test_cross_origin import database_locked_error, unreachable_postgres_error
 
 SITE = "https://shop.example"
 
@@ -103,3 +107,30 @@ def test_analytics_next_is_served_as_the_snippet_loads_it_gzipped_when_accepted(
     assert "immutable" in served.headers["cache-control"]
     for name in ["README.md", "LICENSE.MD", "..%2F..%2Fsdk_settings.py", "nothing.js"]:
         assert client.get(f"/analytics-next/bundles/{name}").status_code == 404, name
+
+
+def test_settings_the_database_cannot_give_now_are_a_503_the_page_can_read(
+    client: TestClient, container: Container, write_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if container.db.dialect.name == "sqlite":
+        failure = database_locked_error(container.settings.database_url.removeprefix("sqlite:///"))
+    else:
+        failure = unreachable_postgres_error()
+
+    def unavailable(*_: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(container.access, "source_for_key", unavailable)
+    for path in [f"/v1/projects/{write_key}/settings", f"/sourceConfig/?writeKey={write_key}"]:
+        answer = client.get(path, headers={"Origin": SITE})
+        assert (answer.status_code, answer.json()["code"]) == (503, "unavailable"), path
+        assert answer.headers["retry-after"] == "1"
+        assert answer.headers["access-control-allow-origin"] == SITE
+
+    def broken(*_: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(container.access, "source_for_key", broken)
+    answer = client.get(f"/v1/projects/{write_key}/settings", headers={"Origin": SITE})
+    assert (answer.status_code, answer.json()["code"]) == (500, "internal")
+    assert answer.headers["access-control-allow-origin"] == SITE

@@ -54,8 +54,10 @@ def _source(app: Container, write_key: str, status: int) -> Source | Response:
     try:
         source = app.access.source_for_key(write_key)
     except Exception as failure:
+        # Answered here rather than by the app's handler, so that CORS covers it.
         if not app.db.is_unavailable(failure):
-            raise
+            log.exception("SDK settings: unexpected error", exc_info=failure)
+            return error(500, "internal", "unexpected error; the server log has the details")
         log.warning("SDK settings: the database cannot be read now: %s", failure)
         return error(
             503,
