@@ -555,3 +555,98 @@ def test_a_computed_trait_an_earn_rule_reads_cannot_be_deleted(
     )
     assert earned.status_code == 200, earned.text
     assert earned.json()["points"] == 5
+
+
+# --- 6. conditions of a thousand tests --------------------------------------------------------
+
+
+def plan_is(plan: str) -> dict[str, Any]:
+    return {"trait": "plan", "op": "eq", "value": plan}
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"any": [plan_is(plan) for plan in PLANS[:1000]]},
+        {
+            "all": [
+                {"trait": "plan", "op": "starts_with", "value": "plan-"},
+                *({"not": plan_is(plan)} for plan in PLANS[1:1000]),
+            ]
+        },
+        {
+            "any": [
+                {"all": [plan_is(plan), {"trait": "plan", "op": "exists"}]} for plan in PLANS[:333]
+            ]
+        },
+        {
+            "event": "Review Posted",
+            "where": [{"property": "stars", "op": "ne", "value": n} for n in range(999)],
+        },
+    ],
+    ids=["any", "all", "nested", "where"],
+)
+def test_a_condition_of_a_thousand_tests_previews_as_the_saved_segment(
+    admin: Admin, condition: dict[str, Any]
+) -> None:
+    ada = admin.person("ada", plan="plan-0")
+    admin.person("bob", plan="free")
+    sent = admin.client.post(
+        "/v1/batch",
+        json={
+            "batch": [
+                {
+                    "type": "track",
+                    "userId": "ada",
+                    "event": "Review Posted",
+                    "properties": {"stars": 1000},
+                }
+            ]
+        },
+        headers=basic(admin.write_key),
+    )
+    assert sent.status_code == 200, sent.text
+    preview = admin.preview(condition)
+    saved = admin.client.post(
+        "/api/segments", json={"name": "large", "condition": condition}, headers=admin.headers
+    )
+    assert saved.status_code == 201, saved.text
+    assert set(preview["sample"]) == admin.members("large") == {ada}
+
+
+@pytest.mark.parametrize(
+    ("condition", "field"),
+    [
+        ({"any": [plan_is(plan) for plan in PLANS[:1001]]}, "condition"),
+        ({"any": [plan_is(f"p{n}") for n in range(12000)]}, "condition"),
+        (
+            {
+                "all": [
+                    {"trait": "plan", "op": "exists"},
+                    {
+                        "event": "E",
+                        "where": [{"property": "p", "op": "ne", "value": n} for n in range(1000)],
+                    },
+                ]
+            },
+            "condition",
+        ),
+    ],
+)
+def test_a_condition_of_more_than_a_thousand_tests_is_refused_before_it_is_saved(
+    admin: Admin, container: Container, condition: dict[str, Any], field: str
+) -> None:
+    for path, body in (
+        ("/api/segments/preview", {"condition": condition}),
+        ("/api/segments", {"name": "large", "condition": condition}),
+    ):
+        refused = admin.client.post(path, json=body, headers=admin.headers)
+        assert refused.status_code == 422, refused.text
+        assert (refused.json()["code"], refused.json()["field"]) == ("invalid_definition", field)
+        assert "at most 1,000 tests" in refused.json()["message"]
+    rule = {"id": "large", "event": "Review Posted", "points": 5, "when": condition}
+    put = admin.client.put(
+        "/api/loyalty/programmes/club", json={"earn_rules": [rule]}, headers=admin.headers
+    )
+    assert put.status_code == 422, put.text
+    assert put.json()["field"] == "earn_rules[0].when"

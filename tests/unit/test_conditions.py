@@ -14,11 +14,14 @@ from ariane.domain import computed as comp
 from ariane.domain.clock import iso
 from ariane.domain.computed import parse_feature
 from ariane.domain.conditions import (
+    MAX_TESTS,
     Facts,
     Names,
+    check_size,
     evaluate,
     find_cycle,
     parse_condition,
+    size,
     to_json,
 )
 from ariane.domain.predicates import (
@@ -115,6 +118,31 @@ def test_conditions_nest_at_most_32_levels() -> None:
     with pytest.raises(InvalidDefinition) as refused:
         parse_condition(deeper, NAMES)
     assert refused.value.field == "condition.all[1]" + ".not" * 31
+
+
+def test_a_condition_makes_at_most_a_thousand_tests_and_a_list_is_one() -> None:
+    where = [{"property": "stars", "op": "in", "value": list(range(5000))}] * 3
+    leaves: list[dict[str, Any]] = [
+        {"trait": "plan", "op": "in", "value": [f"plan-{n}" for n in range(5000)]},
+        {"not": {"event": "Review Posted", "where": where}},
+        {"segment": "subscribers"},
+        {"consent": "email"},
+        {"computed": "orders_30d", "op": "gte", "value": 2},
+    ]
+    model = {
+        "features": [{"event": f"E{n}", "within": "P3D"} for n in range(10)],
+        "center": [0] * 10,
+        "scale": [1] * 10,
+        "centroids": {"a": [0] * 10, "b": [1] * 10},
+    }
+    condition = {"any": [*leaves, {"behaviour": model, "group": "a"}]}
+    assert size(parse_condition(condition, NAMES)) == 1 + 4 + 3 + 30
+    largest = {"all": [leaves[0]] * MAX_TESTS}
+    assert check_size(parse_condition(largest, NAMES)) is not None
+    with pytest.raises(InvalidDefinition) as refused:
+        check_size(parse_condition({"all": [*largest["all"], leaves[0]]}, NAMES), "rule.when")
+    assert refused.value.field == "rule.when"
+    assert "1,001" in refused.value.message
 
 
 def test_a_cycle_between_segments_is_named() -> None:

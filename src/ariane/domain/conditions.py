@@ -354,6 +354,41 @@ def computed_references(node: Node) -> set[str]:
     return {item.name for item in walk(node) if isinstance(item, ComputedIs)}
 
 
+# More tests than a person writes (a long list of values is one `in` test), and few enough
+# for one SQL statement: each test is a few bound parameters, and PostgreSQL takes 65,535 at
+# most in a statement. Checked where a condition is given (`check_size`), not where one
+# stored is read: a stored one stays in force.
+MAX_TESTS = 1_000
+
+
+def size(node: Node) -> int:
+    """How many tests the condition makes: one per trait, computed trait, event, segment
+    and consent condition, one per property test of an event's `where`, and for a
+    behaviour model one per feature and group, and one more per feature."""
+    found = 0
+    for item in walk(node):
+        if isinstance(item, EventCount):
+            found += 1 + len(item.feature.where)
+        elif isinstance(item, Behaviour):
+            found += len(item.features) * (len(item.centroids) + 1)
+        elif not isinstance(item, AllOf | AnyOf | Not):
+            found += 1
+    return found
+
+
+def check_size(node: Node, path: str = "condition") -> Node:
+    """The condition, if it makes at most `MAX_TESTS` tests."""
+    tests = size(node)
+    if tests > MAX_TESTS:
+        raise InvalidDefinition(
+            f"a condition makes at most {MAX_TESTS:,} tests, and this one {tests:,}: test a"
+            " value against a list with one `in` (of any length), or split the condition"
+            " into segments of their own",
+            field=path,
+        )
+    return node
+
+
 def find_cycle(graph: Mapping[str, Collection[str]]) -> list[str] | None:
     """A cycle of segments referring to each other, as the names along it, if any."""
     state: dict[str, int] = {}

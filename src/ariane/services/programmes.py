@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ariane.domain.conditions import Names
+from ariane.domain.conditions import Names, check_size
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.predicates import InvalidDefinition
 from ariane.domain.programmes import Programme, check_code, check_id, parse_programme
@@ -103,7 +103,7 @@ class ProgrammeService:
         if isinstance(document, dict):
             document = {**document, "id": programme_id}
         try:
-            programme = parse_programme(document, "body", self._names())
+            programme = self._parse(document, "body", self._names())
         except InvalidDefinition as error:
             # Named as in the body: `rewards[0].cost`.
             field = (error.field or "").removeprefix("body").removeprefix(".") or "body"
@@ -123,13 +123,20 @@ class ProgrammeService:
             items, paths = [document], ["programme"]
         # All checked before any is saved, so that a fault names its place in the file.
         names = self._names()
-        parsed = [
-            parse_programme(item, path, names) for item, path in zip(items, paths, strict=True)
-        ]
+        parsed = [self._parse(item, path, names) for item, path in zip(items, paths, strict=True)]
         ids = [programme.id for programme in parsed]
         if len(set(ids)) != len(ids):
             raise InvalidDefinition("a programme is declared twice", field="programmes")
         return [self._save(programme) for programme in parsed]
+
+    def _parse(self, document: Any, path: str, names: Names) -> Programme:
+        """A programme given now: its rules' conditions no larger than a condition given
+        to a segment (`conditions.check_size`)."""
+        programme = parse_programme(document, path, names)
+        for index, rule in enumerate(programme.earn_rules):
+            if rule.when is not None:
+                check_size(rule.when, f"{path}.earn_rules[{index}].when")
+        return programme
 
     def _names(self) -> Names:
         """The segments and computed traits a rule given now may name: those that exist.

@@ -27,6 +27,7 @@ from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.computed import Feature, parse_feature
 from ariane.domain.conditions import (
     Names,
+    check_size,
     computed_references,
     evaluation_order,
     find_cycle,
@@ -285,7 +286,7 @@ class SegmentService:
                     field="name",
                 )
             others = {s for s in old.segments if existing is None or s != existing["name"]}
-            node = parse_condition(condition, Names(others | {name}, set(old.computed)))
+            node = check_size(parse_condition(condition, Names(others | {name}, set(old.computed))))
             canonical = to_json(node)
             row = {
                 "name": name,
@@ -548,7 +549,8 @@ class SegmentService:
             set(known_traits) | {str(t.get("name")).strip() for t in traits},
         )
         for index, item in enumerate(segments):
-            parse_condition(item.get("condition"), names, f"segments[{index}].condition")
+            path = f"segments[{index}].condition"
+            check_size(parse_condition(item.get("condition"), names, path), path)
         for name in _declaration_order(declared):
             item = declared[name]
             row = known_segments.get(name)
@@ -586,8 +588,8 @@ class SegmentService:
         self.catch_up()
         with self.db.read() as conn:
             catalogue = self.catalogue(conn)
-            node = parse_condition(
-                condition, Names(set(catalogue.segments), set(catalogue.computed))
+            node = check_size(
+                parse_condition(condition, Names(set(catalogue.segments), set(catalogue.computed)))
             )
             count, ids = segment_sql.preview(
                 conn,

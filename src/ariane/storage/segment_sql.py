@@ -127,6 +127,25 @@ def _divide(dividend: Expr, divisor: Expr) -> Expr:
     return dividend.op("/", precedence=100, return_type=sa.Double)(divisor)
 
 
+# Terms joined in one chain: `a AND b AND c` is nested one level per term in SQLite, which
+# refuses an expression nested 1,000 deep. Longer lists are joined in halves.
+_CHAIN = 8
+
+
+def _joined(join: Callable[..., Bool], clauses: Sequence[Bool]) -> Bool:
+    """`join(*clauses)` (`sa.and_` or `sa.or_`), nested as deep as the log of their number."""
+    if len(clauses) <= _CHAIN:
+        return join(*clauses)
+    half = len(clauses) // 2
+    # type_coerce keeps SQLAlchemy from flattening the halves back into one chain.
+    return join(
+        *(
+            sa.type_coerce(_joined(join, part), sa.Boolean).self_group()
+            for part in (clauses[:half], clauses[half:])
+        )
+    )
+
+
 def _compare(op: str, left: Expr, right: Expr) -> Bool:
     if op == "eq":
         return left == right
@@ -152,9 +171,9 @@ class _Compiler:
 
     def condition(self, node: Node) -> Bool:
         if isinstance(node, AllOf):
-            return sa.and_(*(self.condition(child) for child in node.children))
+            return _joined(sa.and_, [self.condition(child) for child in node.children])
         if isinstance(node, AnyOf):
-            return sa.or_(*(self.condition(child) for child in node.children))
+            return _joined(sa.or_, [self.condition(child) for child in node.children])
         if isinstance(node, Not):
             return sa.not_(self.condition(node.child))
         if isinstance(node, TraitIs):
@@ -366,7 +385,7 @@ class _Compiler:
         if feature.property_path is not None:
             kind = "number" if feature.kind in NUMERIC_KINDS else "string"
             clauses.append(self.dialect.json_is(*self.property(feature.property_path), kind))
-        return sa.and_(*clauses)
+        return _joined(sa.and_, clauses)
 
     def property(self, path: Sequence[str]) -> tuple[Expr, tuple[str, ...]]:
         return events.c.payload, ("properties", *path)
