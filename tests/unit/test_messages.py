@@ -5,11 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.errors import InvalidEvent
-from ariane.domain.messages import check_batch, parse_message
+from ariane.domain.messages import (
+    MAX_DEPTH,
+    check_batch,
+    check_storable,
+    parse_message,
+)
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC)
 
@@ -273,3 +279,100 @@ def test_a_far_future_event_with_sent_at_is_told_to_check_both() -> None:
         )
     assert caught.value.field == "timestamp"
     assert "sentAt is earlier" in caught.value.message
+
+
+def nested(levels: int, leaf: Any = 1) -> Any:
+    """Objects `levels` deep: {"a": {"a": ... leaf}}."""
+    for _ in range(levels):
+        leaf = {"a": leaf}
+    return leaf
+
+
+def refusal(**raw: Any) -> InvalidEvent:
+    with pytest.raises(InvalidEvent) as caught:
+        parse(**raw)
+    # Whatever was sent, the message and the field can be written back as JSON.
+    orjson.dumps([caught.value.message, caught.value.field])
+    return caught.value
+
+
+def test_each_field_may_nest_objects_and_arrays_up_to_the_limit() -> None:
+    parse(properties=nested(MAX_DEPTH))
+    parse(properties={"list": [nested(MAX_DEPTH - 2)]})
+    # Many objects side by side are not deep.
+    parse(properties={"products": [{"sku": {"id": i}} for i in range(100)]})
+    for properties in (nested(MAX_DEPTH + 1), {"list": [nested(MAX_DEPTH - 1)]}):
+        problem = refusal(properties=properties)
+        assert problem.field == "properties"
+        assert problem.message == (
+            f"properties nests objects and arrays more than {MAX_DEPTH} levels deep;"
+            f" flatten it to {MAX_DEPTH} at most"
+        )
+
+
+def test_depth_is_told_whatever_brackets_and_quotes_the_strings_hold() -> None:
+    # Keys and values that look like structure in the JSON text.
+    for text in ("}", "{}", "][", '"', '\\"}'):
+        problem = refusal(properties=nested(MAX_DEPTH + 1, leaf=text))
+        assert problem.field == "properties"
+        deep: dict[str, Any] = {"x": text}
+        for _ in range(MAX_DEPTH + 1):
+            deep = {text: deep, "y": text}
+        assert refusal(properties=deep).field == "properties"
+        wide = [{"name": text, "tags": [text]} for _ in range(100)]
+        parse(properties={"products": wide})
+        parse(properties=nested(MAX_DEPTH, leaf=text))
+
+
+@pytest.mark.parametrize("levels", [254, 300, 1022])
+def test_a_field_deeper_than_json_can_be_written_is_refused_naming_it(levels: int) -> None:
+    assert refusal(context={"page": nested(levels)}).field == "context"
+    assert refusal(traits=nested(levels), type="identify").field == "traits"
+
+
+def test_a_nul_or_a_lone_surrogate_is_refused_with_where_it_is() -> None:
+    cases: list[tuple[dict[str, Any], str, str | None]] = [
+        (
+            {"properties": {"items": [{"name": "a\x00"}]}},
+            "properties",
+            "properties.items[0].name holds a NUL character (\\u0000), which cannot be"
+            " stored; remove it",
+        ),
+        (
+            {"properties": {"n\ud800": 1}},
+            "properties",
+            "properties.n\\ud800 holds a lone surrogate (\\ud800), which is not valid"
+            " Unicode; send UTF-8 text",
+        ),
+        (
+            {"userId": "\udfffu"},
+            "userId",
+            "userId holds a lone surrogate (\\udfff), which is not valid Unicode; send UTF-8 text",
+        ),
+        (
+            {"properties": {"n": [2**64]}},
+            "properties",
+            "properties.n[0] holds a whole number beyond 64 bits, which JSON columns do not"
+            " hold; send text",
+        ),
+        ({"event": "Bought\x00"}, "event", None),
+        ({"context": {"ip": "\ud800"}}, "context", None),
+    ]
+    for raw, field, message in cases:
+        problem = refusal(**raw)
+        assert problem.field == field
+        assert message is None or problem.message == message
+
+
+def test_what_no_database_stores_is_refused_for_the_loyalty_api_too() -> None:
+    check_storable({"event": "Order Completed", "properties": nested(MAX_DEPTH)})
+    for properties in (nested(300), {"note": "\x00"}, {"note": "\ud800"}):
+        with pytest.raises(InvalidEvent) as caught:
+            check_storable({"event": "Order Completed", "properties": properties})
+        assert caught.value.field == "properties"
+
+
+def test_a_batch_context_nested_too_deep_is_refused() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        check_batch({"page": nested(300)}, None)
+    assert caught.value.field == "context"

@@ -81,6 +81,11 @@ def normalise(
         return None
     value = str(raw)
     if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate: not valid Unicode, and no database stores it.
+            return None
         value = unicodedata.normalize("NFC", value)
     value = value.strip()
     if not value or len(value) > MAX_VALUE_LENGTH or is_blocked(value) or "\x00" in value:

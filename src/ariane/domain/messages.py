@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,10 @@ MAX_NAME_LENGTH = 200
 # An event dated further ahead of its receipt than this comes from a clock that is wrong:
 # kept, it would hold a trait or a consent against every later change.
 MAX_AHEAD = timedelta(days=1)
+# How deep each field of an event may nest objects and arrays (`{"a": {"b": 1}}` is two
+# levels): more than any real payload needs, and far within the 254 levels orjson writes,
+# which every answer wrapping an event (a timeline page, a webhook) must stay within.
+MAX_DEPTH = 64
 _OBJECT_FIELDS = ("context", "traits", "properties", "integrations")
 
 
@@ -83,34 +88,135 @@ def _timestamp(raw: dict[str, Any], key: str) -> datetime | None:
         ) from None
 
 
-def _holds_nul(value: Any) -> bool:
+def _printable(text: str) -> str:
+    """`text` with its NUL characters and lone surrogates written as escapes, for a
+    message that names where they are."""
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text.replace("\x00", "\\u0000")
+
+
+def _text_flaw(text: str) -> str | None:
+    if "\x00" in text:
+        return "a NUL character (\\u0000), which cannot be stored; remove it"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            lone = _printable(text[exc.start : exc.end])
+            return f"a lone surrogate ({lone}), which is not valid Unicode; send UTF-8 text"
+    return None
+
+
+# What `_flaw` says of a value nested too deep.
+_TOO_DEEP = "too deep"
+# The whole numbers orjson writes.
+_SMALLEST, _LARGEST = -(2**63), 2**64 - 1
+
+
+def _flaw(value: Any, levels: int) -> tuple[list[Any], str] | None:
+    """What in `value`, found `levels` deep, no database can store: the path to it, from
+    the innermost key, and why; None when it is all storable."""
     if isinstance(value, str):
-        return "\x00" in value
+        flaw = _text_flaw(value)
+        return None if flaw is None else ([], flaw)
+    if isinstance(value, int) and not _SMALLEST <= value <= _LARGEST:
+        return [], "a whole number beyond 64 bits, which JSON columns do not hold; send text"
+    items: Any
     if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    if levels == MAX_DEPTH:
+        return [], _TOO_DEEP
+    for key, item in items:
+        flaw = _text_flaw(key) if isinstance(key, str) else None
+        if flaw is not None:
+            return [key], flaw
+        found = _flaw(item, levels + 1)
+        if found is not None:
+            found[0].append(key)
+            return found
+    return None
 
 
-def _refuse_nul(parts: dict[str, Any], encoded: bytes) -> None:
-    # orjson writes a NUL character as \u0000, so a fast search of the encoded JSON finds
-    # every candidate; the walk confirms it (a literal backslash-u0000 text matches too).
-    # PostgreSQL can store a NUL in no text or JSON column.
-    if b"\\u0000" not in encoded:
-        return
+def _refuse_unstorable(parts: Mapping[str, Any]) -> None:
+    """Raise `InvalidEvent` naming the first field of `parts` that holds what no database
+    can store: a NUL character (PostgreSQL takes none in text or JSON), a lone surrogate
+    (not valid Unicode), or objects and arrays nested more than `MAX_DEPTH` levels deep."""
     for key, value in parts.items():
-        if _holds_nul(key) or _holds_nul(value):
+        field = _printable(key) or "(event)"
+        flaw = _text_flaw(key)
+        found = ([], flaw) if flaw is not None else _flaw(value, 0)
+        if found is None:
+            continue
+        path, why = found
+        if why == _TOO_DEEP:
             raise InvalidEvent(
-                "a value contains a NUL character (\\u0000), which cannot be stored; remove it",
-                field=key.replace("\x00", "") or "(event)",
+                f"{field} nests objects and arrays more than {MAX_DEPTH} levels deep;"
+                f" flatten it to {MAX_DEPTH} at most",
+                field=field,
             )
+        where = field + "".join(
+            f"[{step}]" if isinstance(step, int) else f".{_printable(str(step))}"
+            for step in reversed(path)
+        )
+        raise InvalidEvent(f"{where[:200]} holds {why}", field=field)
+
+
+# JSON text reduced to its quotes and brackets, then to one kind of bracket.
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+_ONE_KIND = bytes.maketrans(b"[]", b"{}")
+
+
+def _deeper_than(encoded: bytes, levels: int) -> bool | None:
+    """Whether JSON text as orjson writes it nests objects and arrays more than `levels`
+    deep, told from its brackets at the speed of bytes methods; None when a string holds
+    a bracket or an escaped quote, which cannot be told from the structure that way."""
+    if encoded.count(b"{") + encoded.count(b"[") <= levels:
+        return False
+    if b'\\"' in encoded:
+        return None
+    # A string that holds no bracket leaves two quotes side by side, taken away here.
+    brackets = encoded.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in brackets:
+        return None
+    brackets = brackets.translate(_ONE_KIND)
+    for _ in range(levels):
+        # The innermost objects and arrays, taken away level by level.
+        brackets = brackets.replace(b"{}", b"")
+        if not brackets:
+            return False
+    return True
+
+
+def _encoded(parts: Mapping[str, Any]) -> bytes:
+    """`parts` as JSON, once checked that either database can store them."""
+    try:
+        encoded = orjson.dumps(parts)
+    except TypeError as exc:
+        # Nested beyond what orjson writes, or not valid Unicode: say where.
+        _refuse_unstorable(parts)
+        raise InvalidEvent(f"the event cannot be written as JSON: {exc}", field="(event)") from None
+    # Told from the text, and walked only when it may hold a flaw: a NUL is written as
+    # \u0000 (so is a literal backslash-u0000 text), and the fields of `parts` are one
+    # level below the text's own.
+    if b"\\u0000" in encoded or _deeper_than(encoded, MAX_DEPTH + 1) is not False:
+        _refuse_unstorable(parts)
+    return encoded
+
+
+def check_storable(parts: Mapping[str, Any]) -> None:
+    """Refuse, naming the field, what no database can store: a NUL character, a lone
+    surrogate, objects and arrays nested more than `MAX_DEPTH` levels deep."""
+    _encoded(parts)
 
 
 def check_batch(context: dict[str, Any] | None, integrations: dict[str, Any] | None) -> None:
     """What a batch merges into every one of its events, checked once for the batch."""
-    parts = {"context": context or {}, "integrations": integrations or {}}
-    _refuse_nul(parts, orjson.dumps(parts))
+    check_storable({"context": context or {}, "integrations": integrations or {}})
 
 
 def parse_message(
@@ -130,13 +236,12 @@ def parse_message(
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("each event must be a JSON object", field="(event)")
-    encoded = orjson.dumps(raw)
+    encoded = _encoded(raw)
     if len(encoded) > max_bytes:
         raise InvalidEvent(
             f"event is {len(encoded)} bytes; the limit is {max_bytes} bytes per event",
             field="(event)",
         )
-    _refuse_nul(raw, encoded)
     msg_type = raw.get("type", type_hint) if type_hint is None else type_hint
     if msg_type not in MESSAGE_TYPES:
         raise InvalidEvent(

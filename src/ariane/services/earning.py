@@ -26,6 +26,7 @@ from ariane.domain.conditions import Node
 from ariane.domain.earn_rules import Award, EarnRule, Member, award, purchase_amount
 from ariane.domain.errors import DomainError, NotFound
 from ariane.domain.loyalty import track
+from ariane.domain.messages import check_storable
 from ariane.domain.programmes import Programme
 from ariane.services.loyalty import LimitReached, LoyaltyService
 from ariane.services.outbox import taking
@@ -298,6 +299,8 @@ class EarnService:
             raise DomainError("event needs the name of a track event", field="event")
         if not isinstance(properties, Mapping):
             raise DomainError("properties must be an object", field="properties")
+        # Stored as an event, as any other: what no database stores is refused here.
+        check_storable({"event": event, "properties": properties})
         if not key or len(key) > 200:
             raise DomainError(
                 "send an Idempotency-Key header, the same for every retry of one sale",

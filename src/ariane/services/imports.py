@@ -188,7 +188,11 @@ def _count_rows(path: Path, file_format: str) -> int:
 def _with_message_id(row: Row) -> Any:
     event = row.event
     if isinstance(event, dict) and event.get("messageId") in (None, ""):
-        digest = hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS))
+        try:
+            digest = hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS))
+        except TypeError:
+            # Nested too deep or not valid Unicode: ingestion quarantines it, saying why.
+            return event
         digest.update(f"#{row.number}".encode())
         event = {**event, "messageId": f"import-{digest.hexdigest()[:32]}"}
     return event

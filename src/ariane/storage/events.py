@@ -10,7 +10,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ariane.domain.messages import Message
+from ariane.domain.messages import MAX_DEPTH, Message
 from ariane.storage.database import Dialect, RetryTransaction, chunked
 from ariane.storage.tables import events, quarantine, quarantine_identifiers
 
@@ -107,12 +107,51 @@ def insert_quarantine(
 # Widths of the quarantine's columns (storage.tables.quarantine).
 _IDENTIFIER_WIDTH = 512
 _FIELD_WIDTH = 200
+# The longest quarantined payload kept whole, in characters: more than any request the
+# tracking API takes, but not every line a file to import may hold.
+_PAYLOAD_WIDTH = 1_000_000
+_DEEPER = f"(nested more than {MAX_DEPTH} levels deep: not kept)"
 
 
 def _storable_text(value: str, width: int | None = None) -> str:
     # PostgreSQL refuses NUL in text columns; the JSON payload keeps it, escaped as \u0000.
+    # Neither database takes a lone surrogate: it is kept as its escape, \ud800.
+    if not value.isascii():
+        value = value.encode("utf-8", "backslashreplace").decode()
     text = value.replace("\x00", "").strip()
     return text if width is None else text[:width]
+
+
+def _pruned(value: Any, levels: int = 0) -> Any:
+    """`value` with what JSON cannot hold made storable: objects and arrays nested more
+    than `MAX_DEPTH` levels deep replaced by a note, lone surrogates by their escape, whole
+    numbers beyond 64 bits by their text."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return str(value)
+    if isinstance(value, dict | list) and levels > MAX_DEPTH:
+        return _DEEPER
+    if isinstance(value, dict):
+        return {_pruned(str(key)): _pruned(item, levels + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_pruned(item, levels + 1) for item in value]
+    return value
+
+
+def _storable_payload(raw: Any) -> str:
+    """The event as JSON text that either database stores and every reader of the
+    quarantine reads back (`_pruned`); over `_PAYLOAD_WIDTH` characters, a JSON string of
+    its start."""
+    kept = _pruned(raw)
+    if not isinstance(kept, str):
+        text = orjson.dumps(kept, default=str).decode()
+        if len(text) <= _PAYLOAD_WIDTH:
+            return text
+        kept = text
+    if len(kept) > _PAYLOAD_WIDTH:
+        kept = kept[:_PAYLOAD_WIDTH] + " (cut)"
+    return orjson.dumps(kept).decode()
 
 
 def quarantine_row(
@@ -135,7 +174,7 @@ def quarantine_row(
         "field": None if field is None else _storable_text(field, _FIELD_WIDTH),
         "user_id": ident("userId"),
         "anonymous_id": ident("anonymousId"),
-        "payload": orjson.dumps(raw, default=str).decode(),
+        "payload": _storable_payload(raw),
     }
 
 
