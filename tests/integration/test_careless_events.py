@@ -266,3 +266,19 @@ def test_a_lone_surrogate_anywhere_in_an_event_quarantines_it_and_keeps_its_batc
     assert "surrogate" in problem["reason"]
     assert "\\ud" in orjson.dumps(problem["payload"]).decode()
     assert counts(client, admin_token, "kept") == {"Fine": 1}
+
+
+# --- 3. an id too long to be one ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["userId", "anonymousId"])
+def test_a_10000_character_id_is_quarantined_as_too_long_not_as_missing(
+    client: TestClient, write_key: str, admin_token: dict[str, str], key: str
+) -> None:
+    event = {"type": "track", key: "u" * 10_000, "event": "E"}
+    response = client.post("/v1/batch", json={"batch": [event, good()]}, headers=basic(write_key))
+    assert response.status_code == 200, response.text
+    [problem] = quarantined(client, admin_token)
+    assert problem["field"] == key
+    assert problem["reason"] == f"{key} is 10000 characters long; at most 512"
+    assert counts(client, admin_token, "kept") == {"Fine": 1}

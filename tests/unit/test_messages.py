@@ -12,6 +12,7 @@ from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.errors import InvalidEvent
 from ariane.domain.messages import (
     MAX_DEPTH,
+    MAX_ID_LENGTH,
     check_batch,
     check_storable,
     parse_message,
@@ -376,3 +377,14 @@ def test_a_batch_context_nested_too_deep_is_refused() -> None:
     with pytest.raises(InvalidEvent) as caught:
         check_batch({"page": nested(300)}, None)
     assert caught.value.field == "context"
+
+
+def test_an_alias_previous_id_over_512_characters_is_refused_as_too_long() -> None:
+    parse(type="alias", previousId="p" * MAX_ID_LENGTH)
+    problem = refusal(type="alias", previousId="p" * 10_000)
+    assert problem.field == "previousId"
+    assert problem.message == f"previousId is 10000 characters long; at most {MAX_ID_LENGTH}"
+
+
+def test_a_message_id_keeps_its_own_limit() -> None:
+    assert refusal(messageId="m" * 300).message == "messageId is 300 characters long; at most 200"

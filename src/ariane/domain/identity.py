@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import phonenumbers
 
-from ariane.domain.messages import Message
+from ariane.domain.errors import InvalidEvent
+from ariane.domain.messages import MAX_ID_LENGTH, Message
 from ariane.settings import IdentitySettings
 
 BUILTIN_TYPES = ("user_id", "anonymous_id", "email", "phone", "device_id")
@@ -48,7 +49,7 @@ _TYPE_NAME = re.compile(r"[^a-z0-9]+")
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 # The widths of identities.type and identities.value: a longer one cannot be stored.
 MAX_TYPE_LENGTH = 64
-MAX_VALUE_LENGTH = 512
+MAX_VALUE_LENGTH = MAX_ID_LENGTH
 
 
 class Identifier(NamedTuple):
@@ -151,6 +152,21 @@ def extract_identifiers(message: Message, settings: IdentitySettings) -> list[Id
             found.append(ident)
     found.sort(key=lambda i: -settings.priority(i.type))
     return found
+
+
+def no_identifier(message: Message) -> InvalidEvent:
+    """Why an event that names no one is refused: a userId or anonymousId too long to be
+    an id, or ids that are missing or placeholders."""
+    for key, value in (("userId", message.user_id), ("anonymousId", message.anonymous_id)):
+        if value is not None and len(value) > MAX_VALUE_LENGTH:
+            return InvalidEvent(
+                f"{key} is {len(value)} characters long; at most {MAX_VALUE_LENGTH}", field=key
+            )
+    return InvalidEvent(
+        "no usable identifier: userId and anonymousId are missing or placeholders such as"
+        " 'undefined', 'null' or '0'; send the real id",
+        field="userId/anonymousId",
+    )
 
 
 def previous_identifiers(message: Message) -> list[Identifier]:

@@ -24,6 +24,8 @@ MAX_NAME_LENGTH = 200
 # An event dated further ahead of its receipt than this comes from a clock that is wrong:
 # kept, it would hold a trait or a consent against every later change.
 MAX_AHEAD = timedelta(days=1)
+# The width of identities.value (storage.tables): a longer id cannot be stored.
+MAX_ID_LENGTH = 512
 # How deep each field of an event may nest objects and arrays (`{"a": {"b": 1}}` is two
 # levels): more than any real payload needs, and far within the 254 levels orjson writes,
 # which every answer wrapping an event (a timeline page, a webhook) must stay within.
@@ -64,13 +66,15 @@ def _batch_iso(moment: datetime) -> str:
     return iso(moment)
 
 
-def _optional_id(raw: dict[str, Any], key: str) -> str | None:
+def _optional_id(raw: dict[str, Any], key: str, limit: int | None = None) -> str | None:
     value = raw.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InvalidEvent(f"{key} must be a string or a number", field=key)
     text = str(value).strip()
+    if limit is not None and len(text) > limit:
+        raise InvalidEvent(f"{key} is {len(text)} characters long; at most {limit}", field=key)
     return text or None
 
 
@@ -256,7 +260,7 @@ def parse_message(
     if msg_type == "alias":
         if user_id is None:
             raise InvalidEvent("alias needs userId, the id to link previousId to", field="userId")
-        if _optional_id(raw, "previousId") is None:
+        if _optional_id(raw, "previousId", MAX_ID_LENGTH) is None:
             raise InvalidEvent("alias needs previousId, the id being linked", field="previousId")
     elif user_id is None and anonymous_id is None:
         raise InvalidEvent(
@@ -309,12 +313,7 @@ def parse_message(
             field="timestamp",
         )
 
-    message_id = _optional_id(raw, "messageId") or f"ariane-{uuid.uuid4()}"
-    if len(message_id) > MAX_NAME_LENGTH:
-        raise InvalidEvent(
-            f"messageId is {len(message_id)} characters; at most {MAX_NAME_LENGTH}",
-            field="messageId",
-        )
+    message_id = _optional_id(raw, "messageId", MAX_NAME_LENGTH) or f"ariane-{uuid.uuid4()}"
 
     payload = dict(raw)
     payload["type"] = msg_type

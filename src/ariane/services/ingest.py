@@ -25,6 +25,7 @@ from ariane.domain.identity import (
     Resolver,
     extract_identifiers,
     identifiers_of_rejected,
+    no_identifier,
     previous_identifiers,
 )
 from ariane.domain.messages import Message, check_batch, parse_message
@@ -56,12 +57,6 @@ class _Planned:
     identifiers: list[Identifier]
     previous: list[Identifier]
     row: tuple[Any, ...] = ()
-
-
-_NO_IDENTIFIER = (
-    "no usable identifier: userId and anonymousId are missing or placeholders such as"
-    " 'undefined', 'null' or '0'; send the real id"
-)
 
 
 @dataclass(slots=True)
@@ -122,7 +117,7 @@ class IngestService:
                 previous = previous_identifiers(message)
                 if not identifiers and not previous:
                     # An event that names no one would make a profile of its own.
-                    raise InvalidEvent(_NO_IDENTIFIER, field="userId/anonymousId")
+                    raise no_identifier(message)
             except InvalidEvent as error:
                 result.problems.append(error)
                 rejected.append(
