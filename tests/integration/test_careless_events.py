@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
+from ariane.domain.clock import parse_timestamp
 from ariane.domain.messages import MAX_DEPTH
 from ariane.services.imports import EventImporter
 from ariane.services.ingest import Envelope
+from tests.conftest import FakeClock
 
 
 def basic(key: str) -> dict[str, str]:
@@ -282,3 +285,53 @@ def test_a_10000_character_id_is_quarantined_as_too_long_not_as_missing(
     assert problem["field"] == key
     assert problem["reason"] == f"{key} is 10000 characters long; at most 512"
     assert counts(client, admin_token, "kept") == {"Fine": 1}
+
+
+# --- 4. the year 1 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("timestamp", "0001-01-01T00:00:00Z"),
+        ("originalTimestamp", "0001-01-01T00:00:00Z"),
+        ("timestamp", "1970-01-01T00:00:00Z"),
+        ("timestamp", "1999-12-31T23:59:59.999Z"),
+    ],
+)
+def test_a_timestamp_before_2000_is_quarantined_and_not_the_first_seen(
+    client: TestClient, write_key: str, admin_token: dict[str, str], key: str, value: str
+) -> None:
+    batch = [
+        {"type": "track", "userId": "kept", "event": "Old", key: value},
+        good(),
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=basic(write_key))
+    assert response.status_code == 200, response.text
+    [problem] = quarantined(client, admin_token)
+    assert problem["field"] == key
+    assert "before 2000-01-01" in problem["reason"]
+    found = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "kept"}, headers=admin_token
+    ).json()
+    assert found["computed"]["event_counts"] == {"Fine": 1}
+    assert found["computed"]["first_seen"].startswith("2026-")
+
+
+def test_a_device_clock_reset_to_1970_is_corrected_by_sent_at(
+    client: TestClient, write_key: str, admin_token: dict[str, str], clock: FakeClock
+) -> None:
+    event = {
+        "type": "track",
+        "userId": "kept",
+        "event": "E",
+        "timestamp": "1970-01-01T00:00:10Z",
+        "sentAt": "1970-01-01T00:00:15Z",
+    }
+    response = client.post("/v1/batch", json={"batch": [event]}, headers=basic(write_key))
+    assert response.status_code == 200, response.text
+    assert quarantined(client, admin_token) == []
+    found = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "kept"}, headers=admin_token
+    ).json()
+    assert parse_timestamp(found["computed"]["first_seen"]) == clock() - timedelta(seconds=5)

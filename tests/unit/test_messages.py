@@ -11,6 +11,7 @@ import pytest
 from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.errors import InvalidEvent
 from ariane.domain.messages import (
+    EARLIEST,
     MAX_DEPTH,
     MAX_ID_LENGTH,
     check_batch,
@@ -388,3 +389,24 @@ def test_an_alias_previous_id_over_512_characters_is_refused_as_too_long() -> No
 
 def test_a_message_id_keeps_its_own_limit() -> None:
     assert refusal(messageId="m" * 300).message == "messageId is 300 characters long; at most 200"
+
+
+@pytest.mark.parametrize(
+    "value", ["0001-01-01T00:00:00Z", "1970-01-01T00:00:00.000Z", "1999-12-31T23:59:59Z"]
+)
+def test_a_time_before_2000_is_refused_naming_the_field_sent(value: str) -> None:
+    for key in ("timestamp", "originalTimestamp"):
+        problem = refusal(**{key: value})
+        assert problem.field == key
+        assert f"is before {EARLIEST.date()}" in problem.message
+        assert "leave it out for the time of receipt" in problem.message
+    assert parse(timestamp="2000-01-01T00:00:00Z").timestamp == EARLIEST
+
+
+def test_a_device_clock_reset_to_1970_is_corrected_by_sent_at() -> None:
+    message = parse(timestamp="1970-01-01T00:00:01Z", sentAt="1970-01-01T00:00:03Z")
+    assert message.timestamp == RECEIVED - timedelta(seconds=2)
+    # But sentAt cannot bring an event from before 2000 back into range by itself.
+    problem = refusal(timestamp="1990-01-01T00:00:00Z", sentAt="2024-05-01T12:00:30Z")
+    assert problem.field == "timestamp"
+    assert "check both" in problem.message

@@ -10,7 +10,7 @@ import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,6 +24,9 @@ MAX_NAME_LENGTH = 200
 # An event dated further ahead of its receipt than this comes from a clock that is wrong:
 # kept, it would hold a trait or a consent against every later change.
 MAX_AHEAD = timedelta(days=1)
+# An event dated before this comes from a clock or a field never set: the zero dates of
+# Go and .NET (0001-01-01) and of Unix time (1970-01-01).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 # The width of identities.value (storage.tables): a longer id cannot be stored.
 MAX_ID_LENGTH = 512
 # How deep each field of an event may nest objects and arrays (`{"a": {"b": 1}}` is two
@@ -286,7 +289,8 @@ def parse_message(
     elif msg_type == "group" and _optional_id(raw, "groupId") is None:
         raise InvalidEvent("group needs a groupId", field="groupId")
 
-    original = _timestamp(raw, "originalTimestamp") or _timestamp(raw, "timestamp")
+    time_key = "originalTimestamp" if raw.get("originalTimestamp") is not None else "timestamp"
+    original = _timestamp(raw, time_key)
     sent_at = _timestamp(raw, "sentAt") or batch_sent_at
     if original is None:
         timestamp = received_at
@@ -297,20 +301,32 @@ def parse_message(
             timestamp = received_at - (sent_at - original)
         except OverflowError:
             raise InvalidEvent(
-                "timestamp and sentAt are too far apart to correct the device clock",
-                field="timestamp",
+                f"{time_key} and sentAt are too far apart to correct the device clock",
+                field=time_key,
             ) from None
     else:
         timestamp = original
     if timestamp - received_at > MAX_AHEAD:
         raise InvalidEvent(
-            f"timestamp {iso(timestamp)} is more than {MAX_AHEAD.days} day ahead of its receipt;"
+            f"{time_key} {iso(timestamp)} is more than {MAX_AHEAD.days} day ahead of its"
+            " receipt;"
             + (
                 " sentAt is earlier than the event: check both"
                 if sent_at is not None
                 else " fix the sending clock, or send sentAt so that Ariane can correct it"
             ),
-            field="timestamp",
+            field=time_key,
+        )
+    if timestamp < EARLIEST:
+        raise InvalidEvent(
+            f"{time_key} {iso(timestamp)} is before {EARLIEST.date()}: a clock or a field"
+            " never set;"
+            + (
+                " sentAt is later than the event by as much: check both"
+                if sent_at is not None
+                else " send the time of the event, or leave it out for the time of receipt"
+            ),
+            field=time_key,
         )
 
     message_id = _optional_id(raw, "messageId", MAX_NAME_LENGTH) or f"ariane-{uuid.uuid4()}"
