@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
-from ariane.domain.clock import parse_timestamp
+from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.messages import MAX_DEPTH
 from ariane.services.imports import EventImporter
 from ariane.services.ingest import Envelope
@@ -335,3 +335,58 @@ def test_a_device_clock_reset_to_1970_is_corrected_by_sent_at(
         "/api/profiles/lookup", params={"type": "user_id", "value": "kept"}, headers=admin_token
     ).json()
     assert parse_timestamp(found["computed"]["first_seen"]) == clock() - timedelta(seconds=5)
+
+
+# --- 5. consent from a clock ahead -----------------------------------------------------------
+
+
+def grant_from_a_clock_a_day_ahead(
+    client: TestClient, write_key: str, admin_token: dict[str, str], clock: FakeClock
+) -> str:
+    event = {
+        "userId": "ada",
+        "event": "Opened",
+        "timestamp": iso(clock() + timedelta(days=1)),
+        "context": {"consent": {"categoryPreferences": {"marketing_email": True}}},
+    }
+    response = client.post("/v1/track", json=event, headers=basic(write_key))
+    assert response.status_code == 200, response.text
+    found = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
+    )
+    profile_id: str = found.json()["id"]
+    return profile_id
+
+
+def test_a_grant_dated_ahead_by_its_device_gives_way_to_a_later_withdrawal(
+    client: TestClient, write_key: str, admin_token: dict[str, str], clock: FakeClock
+) -> None:
+    ada = grant_from_a_clock_a_day_ahead(client, write_key, admin_token, clock)
+    history = client.get(f"/api/profiles/{ada}/consents", headers=admin_token).json()["history"]
+    # Dated when Ariane received it, not a day ahead.
+    assert [parse_timestamp(h["at"]) for h in history] == [clock()]
+    clock.advance(minutes=5)
+    withdrawn = client.put(
+        f"/api/profiles/{ada}/consents/marketing_email",
+        json={"status": "withdrawn"},
+        headers=admin_token,
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert withdrawn.json()["status"] == "withdrawn"
+    current = client.get(f"/api/profiles/{ada}/consents", headers=admin_token).json()["current"]
+    assert current["marketing_email"]["status"] == "withdrawn"
+
+
+def test_a_grant_dated_ahead_by_its_device_gives_way_to_a_later_denial_by_event(
+    client: TestClient, write_key: str, admin_token: dict[str, str], clock: FakeClock
+) -> None:
+    ada = grant_from_a_clock_a_day_ahead(client, write_key, admin_token, clock)
+    clock.advance(minutes=5)
+    denial = {
+        "userId": "ada",
+        "event": "Unsubscribed",
+        "context": {"consent": {"categoryPreferences": {"marketing_email": False}}},
+    }
+    assert client.post("/v1/track", json=denial, headers=basic(write_key)).status_code == 200
+    current = client.get(f"/api/profiles/{ada}/consents", headers=admin_token).json()["current"]
+    assert current["marketing_email"]["status"] == "denied"

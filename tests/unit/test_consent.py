@@ -98,14 +98,17 @@ def test_segment_category_preferences() -> None:
             }
         }
     }
-    found = consents_from_message(context, T0, "web")
+    found = consents_from_message(context, T0, "web", received_at=T0)
     assert found == [
         ConsentDecision("Advertising", "granted", T0, "web"),
         ConsentDecision("analytics", "denied", T0, "web"),
     ]
-    assert consents_from_message({}, T0, "web") == []
-    assert consents_from_message({"consent": {"categoryPreferences": []}}, T0, "web") == []
-    assert consents_from_message({"consent": "all"}, T0, "web") == []
+    assert consents_from_message({}, T0, "web", received_at=T0) == []
+    assert (
+        consents_from_message({"consent": {"categoryPreferences": []}}, T0, "web", received_at=T0)
+        == []
+    )
+    assert consents_from_message({"consent": "all"}, T0, "web", received_at=T0) == []
 
 
 def test_status_and_purpose_errors_name_the_field() -> None:

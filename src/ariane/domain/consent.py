@@ -90,9 +90,11 @@ def current_consents(
 
 
 def consents_from_message(
-    context: dict[str, Any], at: datetime, source: str
+    context: dict[str, Any], at: datetime, source: str, *, received_at: datetime
 ) -> list[ConsentDecision]:
-    """Segment's `context.consent.categoryPreferences`: {purpose: true|false}.
+    """Segment's `context.consent.categoryPreferences`: {purpose: true|false}, decided at
+    the event's time `at`, but never later than Ariane received it: dated ahead by a
+    device clock, a decision would hold against every later one until that date.
 
     Purposes that are not booleans, or whose names do not fit, are ignored: consent is
     never inferred from a value that does not plainly say yes or no.
@@ -103,6 +105,7 @@ def consents_from_message(
     preferences = consent.get("categoryPreferences")
     if not isinstance(preferences, dict):
         return []
+    at = min(at, received_at)
     return [
         ConsentDecision(str(purpose).strip(), "granted" if value else "denied", at, source)
         for purpose, value in preferences.items()

@@ -177,10 +177,7 @@ class IngestService:
     def _prepare(self, source_id: str, planned: list[_Planned]) -> _Batch | None:
         """The batch worked out from a snapshot, when it merges no stored profiles and
         records no consent: what it writes then depends on nothing but what it read."""
-        if not planned or any(
-            consents_from_message(p.message.context, p.message.timestamp, source_id)
-            for p in planned
-        ):
+        if not planned or any(_consents(p.message, source_id) for p in planned):
             return None
         with self.db.read() as conn:
             catalogue = self.segments.catalogue(conn)
@@ -421,7 +418,7 @@ class IngestService:
 
         for item, profile_id in zip(planned, batch.assigned, strict=True):
             message = item.message
-            for decision in consents_from_message(message.context, message.timestamp, source_id):
+            for decision in _consents(message, source_id):
                 batch.consent_updates.append((batch.final(profile_id), decision))
         return batch
 
@@ -547,6 +544,12 @@ class _Batch:
         if self.settlement is not None:
             dues.update(self.settlement.dues)
         return dues
+
+
+def _consents(message: Message, source_id: str) -> list[ConsentDecision]:
+    return consents_from_message(
+        message.context, message.timestamp, source_id, received_at=message.received_at
+    )
 
 
 def _fingerprints(states: Mapping[str, ProfileState]) -> dict[str, bytes]:
