@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -390,3 +391,40 @@ def test_a_grant_dated_ahead_by_its_device_gives_way_to_a_later_denial_by_event(
     assert client.post("/v1/track", json=denial, headers=basic(write_key)).status_code == 200
     current = client.get(f"/api/profiles/{ada}/consents", headers=admin_token).json()["current"]
     assert current["marketing_email"]["status"] == "denied"
+
+
+# --- 6. erasure of lines that are not JSON ---------------------------------------------------
+
+
+def test_an_import_line_that_is_not_json_goes_with_the_person_it_names(
+    client: TestClient, container: Container, admin_token: dict[str, str], tmp_path: Path
+) -> None:
+    lines = [
+        orjson.dumps({"type": "identify", "userId": "ada-1", "traits": {"email": "ada@ex.org"}}),
+        orjson.dumps({"type": "identify", "userId": "adam-2", "anonymousId": "anon-9"}),
+        b'{"userId": "ada-1", broken',
+        b"signed up: ADA@EX.ORG on the phone",
+        b'{"userId": "ada-10", broken',
+        b'{"userId": "adam-2", "anonymousId": "anon-9", broken',
+        b"call ada-1's manager",
+    ]
+    report = import_lines(container, tmp_path / f"{uuid.uuid4().hex}.jsonl", lines)
+    assert (report.accepted, report.quarantined) == (2, 5)
+    ada = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "ada-1"}, headers=admin_token
+    ).json()["id"]
+
+    export = client.get(f"/api/profiles/{ada}/export", headers=admin_token).json()
+    assert sorted(row["payload"] for row in export["data"]["quarantine"]) == [
+        "call ada-1's manager\n",
+        "signed up: ADA@EX.ORG on the phone\n",
+        '{"userId": "ada-1", broken\n',
+    ]
+    erased = client.delete(f"/api/profiles/{ada}", headers=admin_token)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["counts"]["quarantine"] == 3
+    # Another id that merely starts with hers, and somebody else's line, stay.
+    assert sorted(q["payload"] for q in quarantined(client, admin_token)) == [
+        '{"userId": "ada-10", broken\n',
+        '{"userId": "adam-2", "anonymousId": "anon-9", broken\n',
+    ]

@@ -4,11 +4,13 @@ A person is their live profile, the stubs of the profiles it absorbed, and the
 identifiers it holds. A row belongs to them when any column that holds a profile id
 names one of their profiles, or, in tables linked by identifiers (quarantined events
 never reached a profile; identity decisions name an identifier), when it carries one
-of their identifiers.
+of their identifiers. A quarantined event is also theirs when its text holds one of
+their identifier values: a line that was not JSON names no identifier Ariane could read.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.storage.database import Dialect, RetryTransaction
-from ariane.storage.tables import PERSONAL_DATA, identities, metadata, profiles
+from ariane.storage.tables import PERSONAL_DATA, identities, metadata, profiles, quarantine
 
 T = TypeVar("T")
 
@@ -85,6 +87,48 @@ def _named_in(conn: Connection, links: sa.Table, owner: str, person: Person) -> 
     return sorted(found)
 
 
+# Values looked for at once in quarantined events' text: each is a LIKE of its own, and
+# SQLite parses at most 1,000 levels of OR.
+_SEARCHED_AT_ONCE = 100
+
+
+def _as_in_json(value: str) -> str:
+    # As the value stands in JSON text: a quote or a backslash is escaped.
+    return orjson.dumps(value).decode()[1:-1]
+
+
+def _mention(identifiers: Sequence[tuple[str, str]]) -> re.Pattern[str]:
+    """A value standing on its own in text: not part of a longer id or word (`ada-1` is
+    not in `ada-10`, nor `42` in `12:00:42.5`), though a full stop may end it. Emails in
+    any case, as they are compared; other values as held."""
+    either = "|".join(
+        f"(?i:{re.escape(value)})" if id_type == "email" else re.escape(value)
+        for id_type, value in identifiers
+    )
+    return re.compile(rf"(?<![\w@+-])(?<!\w\.)(?:{either})(?![\w@+-])(?!\.\w)")
+
+
+def _mentioned_in_quarantine(conn: Connection, person: Person) -> list[int]:
+    """Ids of the quarantined events whose text holds one of the person's identifiers."""
+    text = quarantine.c.payload
+    found: set[int] = set()
+    for start in range(0, len(person.identifiers), _SEARCHED_AT_ONCE):
+        chunk = [
+            (id_type, _as_in_json(value))
+            for id_type, value in person.identifiers[start : start + _SEARCHED_AT_ONCE]
+        ]
+        # LIKE narrows down the rows in the database (a whole scan, as erasures are
+        # rare); the pattern decides.
+        near = sa.or_(
+            *(sa.func.lower(text).contains(value.lower(), autoescape=True) for _, value in chunk)
+        )
+        mention = _mention(chunk)
+        for row_id, payload in conn.execute(sa.select(quarantine.c.id, text).where(near)):
+            if mention.search(payload):
+                found.add(row_id)
+    return sorted(found)
+
+
 def _conditions(
     conn: Connection, person: Person, *, erasing: bool
 ) -> dict[str, list[sa.ColumnElement[bool]]]:
@@ -98,6 +142,9 @@ def _conditions(
         for name, link in PERSONAL_DATA.items()
         if "identified_by" in link
     }
+    named_in[quarantine.name] = sorted(
+        set(named_in[quarantine.name]).union(_mentioned_in_quarantine(conn, person))
+    )
     conditions: dict[str, list[sa.ColumnElement[bool]]] = {}
     for name, link in PERSONAL_DATA.items():
         table = metadata.tables[name]
