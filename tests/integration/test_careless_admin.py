@@ -650,3 +650,55 @@ def test_a_condition_of_more_than_a_thousand_tests_is_refused_before_it_is_saved
     )
     assert put.status_code == 422, put.text
     assert put.json()["field"] == "earn_rules[0].when"
+
+
+# --- 6. amounts no arithmetic holds ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"order_id": "R-1", "revenue": "1e9999999"},
+        {"order_id": "R-1", "total": "9e999999", "shipping": "-9e999999"},
+        {"order_id": "R-1", "products": [{"sku": "A", "price": "9e999999", "quantity": "9e999"}]},
+        {"order_id": "R-1", "products": [{"sku": "A", "price": "9e999999"}] * 20},
+    ],
+)
+def test_a_sale_worth_more_than_any_arithmetic_holds_is_422_naming_properties(
+    admin: Admin, container: Container, properties: dict[str, Any]
+) -> None:
+    container.programmes.apply({"id": "club", "earn_rules": [PURCHASES]})
+    ada = admin.person("ada")
+    sale = {"event": "Order Completed", "properties": properties}
+    for path, body in (
+        (f"/api/loyalty/programmes/club/members/{ada}/events", sale),
+        ("/api/loyalty/simulate", {**sale, "programme": "club", "profile_id": ada}),
+    ):
+        response = admin.client.post(
+            path, json=body, headers={**admin.headers, "Idempotency-Key": "sale-1"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == "properties"
+        assert "more than 1,000,000,000,000" in response.json()["message"]
+
+
+def test_a_return_worth_more_than_any_arithmetic_holds_takes_back_what_the_sale_earned(
+    admin: Admin, container: Container
+) -> None:
+    container.programmes.apply({"id": "club", "earn_rules": [PURCHASES]})
+    ada = admin.person("ada")
+    item = {"sku": "A", "price": 100, "quantity": 1}
+    headers = {**admin.headers, "Idempotency-Key": "sale-1"}
+    sale = {"event": "Order Completed", "properties": {"order_id": "R-1", "products": [item]}}
+    sold = admin.client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/events", json=sale, headers=headers
+    )
+    assert sold.json()["points"] == 100, sold.text
+    returned = admin.client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/returns",
+        json={"order_id": "R-1", "products": [{**item, "price": "9e999999", "quantity": "9e9"}]},
+        headers={**admin.headers, "Idempotency-Key": "return-1"},
+    )
+    assert returned.status_code == 200, returned.text
+    assert returned.json()["points"] == 100
+    assert container.loyalty.balance("club", ada)["available"] == 0

@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, localcontext
 from typing import Any
 
 from ariane.domain.clock import format_duration
@@ -48,6 +48,11 @@ MAX_FACTOR = 100
 # More than any purchase earns.
 MAX_POINTS = 10**12
 MULTIPLIER_KINDS = ("category", "sku", "segment", "tier")
+# Amounts are worked out where an overflow gives Infinity rather than an error, then held
+# to `_MOST`: more than any sale is worth, yet a number. A sale of "1e9999999" is then
+# refused as earning too much, and its return takes back all the sale earned.
+_AMOUNTS = Context(traps=[InvalidOperation, DivisionByZero])
+_MOST = Decimal("1e100")
 _ITEM_KINDS = ("category", "sku")
 
 
@@ -200,6 +205,12 @@ def award(rule: EarnRule, properties: Mapping[str, Any], member: Member) -> list
 
 def purchase_amount(rule: EarnRule, properties: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
     """The amount that earns points, and the same with each item's multiplier applied."""
+    with localcontext(_AMOUNTS):
+        eligible, weighted = _amounts(rule, properties)
+    return min(eligible, _MOST), min(weighted, _MOST)
+
+
+def _amounts(rule: EarnRule, properties: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
     products = properties.get("products")
     if isinstance(products, list) and products:
         eligible = weighted = Decimal(0)
