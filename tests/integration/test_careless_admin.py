@@ -702,3 +702,22 @@ def test_a_return_worth_more_than_any_arithmetic_holds_takes_back_what_the_sale_
     assert returned.status_code == 200, returned.text
     assert returned.json()["points"] == 100
     assert container.loyalty.balance("club", ada)["available"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/segments/preview", {"condition": {"segment": []}}, "condition.segment"),
+        (
+            "/api/segments",
+            {"name": "s", "condition": {"not": {"computed": [None], "op": "exists"}}},
+            "condition.not.computed",
+        ),
+    ],
+)
+def test_a_name_of_the_wrong_type_in_a_condition_is_422_naming_it(
+    admin: Admin, path: str, body: dict[str, Any], field: str
+) -> None:
+    response = admin.client.post(path, json=body, headers=admin.headers)
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["field"]) == ("invalid_definition", field)

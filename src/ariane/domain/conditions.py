@@ -182,7 +182,7 @@ def parse_condition(node: Any, names: Names, path: str = "condition", depth: int
         return TraitIs(parse_path(node["trait"], f"{path}.trait"), parse_test(node, path))
     if kind == "computed":
         name = node["computed"]
-        if name not in names.computed:
+        if not isinstance(name, str) or name not in names.computed:
             raise InvalidDefinition(
                 f"unknown computed trait {name!r}; define it first", field=f"{path}.computed"
             )
@@ -191,7 +191,7 @@ def parse_condition(node: Any, names: Names, path: str = "condition", depth: int
         return _parse_event(node, path)
     if kind == "segment":
         name = node["segment"]
-        if name not in names.segments:
+        if not isinstance(name, str) or name not in names.segments:
             raise InvalidDefinition(
                 f"unknown segment {name!r}; create it first", field=f"{path}.segment"
             )
