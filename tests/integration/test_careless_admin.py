@@ -399,6 +399,17 @@ def test_text_that_is_not_text_and_numbers_no_database_holds_are_422_naming_the_
     assert said in response.json()["message"]
 
 
+def test_a_body_that_is_not_utf8_is_422_naming_the_body(admin: Admin) -> None:
+    response = admin.client.post(
+        "/api/segments/preview",
+        content=b'{"condition": {"trait": "plan", "op": "eq", "value": "\xff"}}',
+        headers={**admin.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["field"]) == ("invalid", "body")
+    assert "not valid UTF-8 at byte 54" in response.json()["message"]
+
+
 # --- 5. reads that are POSTs ------------------------------------------------------------------
 
 

@@ -116,6 +116,10 @@ class _CheckedRequest(Request):
             document = await super().json()
         except RecursionError:
             raise _invalid("body", _TOO_DEEP) from None
+        except UnicodeDecodeError as error:
+            raise _invalid(
+                "body", f"is not valid UTF-8 at byte {error.start}: send JSON encoded in UTF-8"
+            ) from None
         _check_document(document)
         return document
 
