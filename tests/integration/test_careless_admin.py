@@ -715,20 +715,44 @@ def test_a_return_worth_more_than_any_arithmetic_holds_takes_back_what_the_sale_
     assert container.loyalty.balance("club", ada)["available"] == 0
 
 
+MODEL = {
+    "features": [{"event": "App Opened", "within": "P3D"}],
+    "center": [0],
+    "scale": [1],
+    "centroids": {"idle": [0], "busy": [5]},
+}
+
+
 @pytest.mark.parametrize(
-    ("path", "body", "field"),
+    ("method", "path", "body", "field"),
     [
-        ("/api/segments/preview", {"condition": {"segment": []}}, "condition.segment"),
+        ("POST", "/api/segments/preview", {"condition": {"segment": []}}, "condition.segment"),
         (
+            "POST",
             "/api/segments",
             {"name": "s", "condition": {"not": {"computed": [None], "op": "exists"}}},
             "condition.not.computed",
         ),
+        (
+            "POST",
+            "/api/segments/preview",
+            {"condition": {"behaviour": MODEL, "group": ["idle"]}},
+            "condition.group",
+        ),
+        (
+            "PUT",
+            "/api/loyalty/programmes/club",
+            {
+                "rewards": [{"id": "gift", "cost": 0}],
+                "earn_rules": [{"id": "r", "event": "E", "reward": ["gift"]}],
+            },
+            "earn_rules[0].reward",
+        ),
     ],
 )
-def test_a_name_of_the_wrong_type_in_a_condition_is_422_naming_it(
-    admin: Admin, path: str, body: dict[str, Any], field: str
+def test_a_name_of_the_wrong_type_in_a_definition_is_422_naming_it(
+    admin: Admin, method: str, path: str, body: dict[str, Any], field: str
 ) -> None:
-    response = admin.client.post(path, json=body, headers=admin.headers)
+    response = admin.client.request(method, path, json=body, headers=admin.headers)
     assert response.status_code == 422, response.text
     assert (response.json()["code"], response.json()["field"]) == ("invalid_definition", field)

@@ -79,6 +79,19 @@ def test_the_issue_examples_are_accepted_as_written(condition: dict[str, Any]) -
         ({"segment": "nobody"}, "condition.segment", "unknown segment"),
         ({"computed": "nothing", "op": "exists"}, "condition.computed", "unknown computed"),
         ({"segment": ["subscribers"]}, "condition.segment", "unknown segment"),
+        (
+            {
+                "behaviour": {
+                    "features": [{"event": "E", "within": "P3D"}],
+                    "center": [0],
+                    "scale": [1],
+                    "centroids": {"a": [0]},
+                },
+                "group": ["a"],
+            },
+            "condition.group",
+            "not one of the model's",
+        ),
         ({"computed": {"name": "orders_30d"}, "op": "exists"}, "condition.computed", "unknown"),
         ({"event": "E", "count": {"atleast": 3}}, "condition.count.atleast", "unknown bound"),
         ({"event": "E", "count": {"gte": -1}}, "condition.count.gte", "whole number"),

@@ -156,6 +156,7 @@ def test_each_fault_of_a_purchase_rule_is_named(changes: dict[str, Any], field: 
     [
         ({"id": "x", "event": "E", "points": 5, "multipliers": []}, "rule.multipliers"),
         ({"id": "x", "event": "E", "reward": "yacht"}, "rule.reward"),
+        ({"id": "x", "event": "E", "reward": ["voucher"]}, "rule.reward"),
         ({"id": "x", "event": "E", "referral": {"referrer": 0}}, "rule.referral"),
         ({"id": "x", "event": "E", "referral": {"referrer": 5, "bonus": 1}}, "rule.referral"),
         ({"id": "x", "event": "E", "points": -1}, "rule.points"),

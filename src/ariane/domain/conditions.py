@@ -284,7 +284,7 @@ def _parse_behaviour(node: Mapping[str, Any], path: str) -> Behaviour:
         for name, vector in centroids.items()
     )
     group = node.get("group")
-    if group not in centroids:
+    if not isinstance(group, str) or group not in centroids:
         raise InvalidDefinition(
             f"group {group!r} is not one of the model's: {', '.join(map(str, centroids))}",
             field=f"{path}.group",

@@ -300,7 +300,7 @@ def parse_rule(node: Any, path: str, names: Names, rewards: Collection[str]) -> 
                     f"{key} goes with points_per_unit only", field=f"{path}.{key}"
                 )
     reward = node.get("reward")
-    if reward is not None and reward not in rewards:
+    if reward is not None and (not isinstance(reward, str) or reward not in rewards):
         raise InvalidDefinition(
             f"no reward {reward!r}; declare it under rewards", field=f"{path}.reward"
         )
