@@ -234,7 +234,165 @@ def test_every_admin_api_route_is_checked_before_it_reads_its_request(
     assert [r.path for r in admin if not isinstance(r.original_route, CheckedRoute)] == []
 
 
-# --- 6. structures nested too deep, text that is not text, numbers beyond 64 bits ----------
+# --- 3. numbers too large ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("points", [10**12 + 1, 2**63, 2**70])
+@pytest.mark.parametrize("movement", ["earn", "spend", "adjust", "transfer"])
+def test_points_beyond_the_most_one_movement_moves_are_422_naming_points(
+    admin: Admin, container: Container, movement: str, points: int
+) -> None:
+    container.programmes.apply(PROGRAMME)
+    ada = admin.person("ada")
+    bob = admin.person("bob")
+    signed = -points if movement == "adjust" else points
+    response = admin.client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/{movement}",
+        json={"points": signed, "to": bob} if movement == "transfer" else {"points": signed},
+        headers={**admin.headers, "Idempotency-Key": f"{movement}-{points}"},
+    )
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["field"]) == ("invalid", "points")
+    assert container.loyalty.balance("club", ada)["available"] == 0
+
+
+def test_the_most_points_one_movement_moves_can_be_given_and_taken(
+    admin: Admin, container: Container
+) -> None:
+    container.programmes.apply(PROGRAMME)
+    ada = admin.person("ada")
+    for movement, points in (("earn", 10**12), ("adjust", 10**12), ("adjust", -(10**12))):
+        response = admin.client.post(
+            f"/api/loyalty/programmes/club/members/{ada}/{movement}",
+            json={"points": points},
+            headers={**admin.headers, "Idempotency-Key": f"{movement}-{points}"},
+        )
+        assert response.status_code == 200, response.text
+    assert container.loyalty.balance("club", ada)["available"] == 10**12
+
+
+# --- 4. rules naming what does not exist ------------------------------------------------------
+
+PURCHASES = {"id": "purchases", "event": "Order Completed", "points_per_unit": 1}
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "named"),
+    [
+        (
+            {
+                **PURCHASES,
+                "multipliers": [
+                    {"category": "rings", "factor": 2},
+                    {"segment": "vips", "factor": 2},
+                ],
+            },
+            "earn_rules[1].multipliers[1].segment",
+            "'vips'",
+        ),
+        (
+            {"id": "reviews", "event": "Review Posted", "points": 5, "when": {"segment": "vips"}},
+            "earn_rules[1].when.segment",
+            "'vips'",
+        ),
+        (
+            {
+                "id": "reviews",
+                "event": "Review Posted",
+                "points": 5,
+                "when": {"computed": "orders_30d", "op": "gte", "value": 2},
+            },
+            "earn_rules[1].when.computed",
+            "'orders_30d'",
+        ),
+    ],
+)
+def test_a_rule_naming_a_segment_or_computed_trait_that_does_not_exist_is_refused(
+    admin: Admin, container: Container, rule: dict[str, Any], field: str, named: str
+) -> None:
+    admin.client.post(
+        "/api/segments",
+        json={"name": "vip", "condition": {"trait": "vip", "op": "eq", "value": True}},
+        headers=admin.headers,
+    )
+    rules = [{**PURCHASES, "id": "base", "multipliers": [{"segment": "vip", "factor": 2}]}, rule]
+    put = admin.client.put(
+        "/api/loyalty/programmes/club", json={"earn_rules": rules}, headers=admin.headers
+    )
+    assert put.status_code == 422, put.text
+    assert (put.json()["code"], put.json()["field"]) == ("invalid_definition", field)
+    assert named in put.json()["message"]
+    # As `ariane loyalty apply` reads a file: the path names the programme in it.
+    with pytest.raises(InvalidDefinition) as refused:
+        container.programmes.apply({"programmes": [{"id": "club", "earn_rules": rules}]})
+    assert refused.value.field == f"programmes[0].{field}"
+    listed = admin.client.get("/api/loyalty/programmes", headers=admin.headers)
+    assert listed.json() == []
+
+
+def test_a_computed_trait_an_earn_rule_reads_cannot_be_deleted(
+    admin: Admin, container: Container
+) -> None:
+    trait = {"name": "orders", "kind": "count", "event": "Order Completed"}
+    created = admin.client.post("/api/computed-traits", json=trait, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    when = {"computed": "orders", "op": "gte", "value": 0}
+    rule = {"id": "loyal-reviews", "event": "Review Posted", "points": 5, "when": when}
+    container.programmes.apply({"id": "club", "earn_rules": [rule]})
+    deleted = admin.client.delete("/api/computed-traits/orders", headers=admin.headers)
+    assert deleted.status_code == 409, deleted.text
+    assert deleted.json()["field"] == "name"
+    assert "club" in deleted.json()["message"]
+    assert "loyal-reviews" in deleted.json()["message"]
+    ada = admin.person("ada")
+    earned = admin.client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/events",
+        json={"event": "Review Posted"},
+        headers={**admin.headers, "Idempotency-Key": "review-1"},
+    )
+    assert earned.status_code == 200, earned.text
+    assert earned.json()["points"] == 5
+
+
+# --- 5. reads that are POSTs ------------------------------------------------------------------
+
+
+def test_an_analyst_previews_segments_and_simulates_earning_but_changes_nothing(
+    admin: Admin, container: Container, analyst_token: dict[str, str]
+) -> None:
+    container.programmes.apply(
+        {"id": "club", "earn_rules": [{"id": "reviews", "event": "Review Posted", "points": 5}]}
+    )
+    ada = admin.person("ada", plan="trial")
+    client = admin.client
+    condition = {"trait": "plan", "op": "eq", "value": "trial"}
+    preview = client.post(
+        "/api/segments/preview", json={"condition": condition}, headers=analyst_token
+    )
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["sample"] == [ada]
+    simulated = client.post(
+        "/api/loyalty/simulate",
+        json={"programme": "club", "event": "Review Posted", "profile_id": ada},
+        headers=analyst_token,
+    )
+    assert simulated.status_code == 200, simulated.text
+    assert simulated.json()["points"] == 5
+    # What changes something stays an admin's.
+    saved = client.post(
+        "/api/segments", json={"name": "trial", "condition": condition}, headers=analyst_token
+    )
+    assert saved.status_code == 403, saved.text
+    earned = client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/events",
+        json={"event": "Review Posted"},
+        headers={**analyst_token, "Idempotency-Key": "review-1"},
+    )
+    assert earned.status_code == 403, earned.text
+    assert container.loyalty.balance("club", ada)["available"] == 0
+
+
+# --- 6. structures nested too deep, text that is not text, numbers beyond 64 bits -------------
 
 
 def nested(key: str, levels: int, leaf: str) -> str:
@@ -410,164 +568,6 @@ def test_a_body_that_is_not_utf8_is_422_naming_the_body(admin: Admin) -> None:
     assert "not valid UTF-8 at byte 54" in response.json()["message"]
 
 
-# --- 5. reads that are POSTs ------------------------------------------------------------------
-
-
-def test_an_analyst_previews_segments_and_simulates_earning_but_changes_nothing(
-    admin: Admin, container: Container, analyst_token: dict[str, str]
-) -> None:
-    container.programmes.apply(
-        {"id": "club", "earn_rules": [{"id": "reviews", "event": "Review Posted", "points": 5}]}
-    )
-    ada = admin.person("ada", plan="trial")
-    client = admin.client
-    condition = {"trait": "plan", "op": "eq", "value": "trial"}
-    preview = client.post(
-        "/api/segments/preview", json={"condition": condition}, headers=analyst_token
-    )
-    assert preview.status_code == 200, preview.text
-    assert preview.json()["sample"] == [ada]
-    simulated = client.post(
-        "/api/loyalty/simulate",
-        json={"programme": "club", "event": "Review Posted", "profile_id": ada},
-        headers=analyst_token,
-    )
-    assert simulated.status_code == 200, simulated.text
-    assert simulated.json()["points"] == 5
-    # What changes something stays an admin's.
-    saved = client.post(
-        "/api/segments", json={"name": "trial", "condition": condition}, headers=analyst_token
-    )
-    assert saved.status_code == 403, saved.text
-    earned = client.post(
-        f"/api/loyalty/programmes/club/members/{ada}/events",
-        json={"event": "Review Posted"},
-        headers={**analyst_token, "Idempotency-Key": "review-1"},
-    )
-    assert earned.status_code == 403, earned.text
-    assert container.loyalty.balance("club", ada)["available"] == 0
-
-
-# --- 3. numbers too large -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("points", [10**12 + 1, 2**63, 2**70])
-@pytest.mark.parametrize("movement", ["earn", "spend", "adjust", "transfer"])
-def test_points_beyond_the_most_one_movement_moves_are_422_naming_points(
-    admin: Admin, container: Container, movement: str, points: int
-) -> None:
-    container.programmes.apply(PROGRAMME)
-    ada = admin.person("ada")
-    bob = admin.person("bob")
-    signed = -points if movement == "adjust" else points
-    response = admin.client.post(
-        f"/api/loyalty/programmes/club/members/{ada}/{movement}",
-        json={"points": signed, "to": bob} if movement == "transfer" else {"points": signed},
-        headers={**admin.headers, "Idempotency-Key": f"{movement}-{points}"},
-    )
-    assert response.status_code == 422, response.text
-    assert (response.json()["code"], response.json()["field"]) == ("invalid", "points")
-    assert container.loyalty.balance("club", ada)["available"] == 0
-
-
-def test_the_most_points_one_movement_moves_can_be_given_and_taken(
-    admin: Admin, container: Container
-) -> None:
-    container.programmes.apply(PROGRAMME)
-    ada = admin.person("ada")
-    for movement, points in (("earn", 10**12), ("adjust", 10**12), ("adjust", -(10**12))):
-        response = admin.client.post(
-            f"/api/loyalty/programmes/club/members/{ada}/{movement}",
-            json={"points": points},
-            headers={**admin.headers, "Idempotency-Key": f"{movement}-{points}"},
-        )
-        assert response.status_code == 200, response.text
-    assert container.loyalty.balance("club", ada)["available"] == 10**12
-
-
-# --- 4. rules naming what does not exist ------------------------------------------------------
-
-PURCHASES = {"id": "purchases", "event": "Order Completed", "points_per_unit": 1}
-
-
-@pytest.mark.parametrize(
-    ("rule", "field", "named"),
-    [
-        (
-            {
-                **PURCHASES,
-                "multipliers": [
-                    {"category": "rings", "factor": 2},
-                    {"segment": "vips", "factor": 2},
-                ],
-            },
-            "earn_rules[1].multipliers[1].segment",
-            "'vips'",
-        ),
-        (
-            {"id": "reviews", "event": "Review Posted", "points": 5, "when": {"segment": "vips"}},
-            "earn_rules[1].when.segment",
-            "'vips'",
-        ),
-        (
-            {
-                "id": "reviews",
-                "event": "Review Posted",
-                "points": 5,
-                "when": {"computed": "orders_30d", "op": "gte", "value": 2},
-            },
-            "earn_rules[1].when.computed",
-            "'orders_30d'",
-        ),
-    ],
-)
-def test_a_rule_naming_a_segment_or_computed_trait_that_does_not_exist_is_refused(
-    admin: Admin, container: Container, rule: dict[str, Any], field: str, named: str
-) -> None:
-    admin.client.post(
-        "/api/segments",
-        json={"name": "vip", "condition": {"trait": "vip", "op": "eq", "value": True}},
-        headers=admin.headers,
-    )
-    rules = [{**PURCHASES, "id": "base", "multipliers": [{"segment": "vip", "factor": 2}]}, rule]
-    put = admin.client.put(
-        "/api/loyalty/programmes/club", json={"earn_rules": rules}, headers=admin.headers
-    )
-    assert put.status_code == 422, put.text
-    assert (put.json()["code"], put.json()["field"]) == ("invalid_definition", field)
-    assert named in put.json()["message"]
-    # As `ariane loyalty apply` reads a file: the path names the programme in it.
-    with pytest.raises(InvalidDefinition) as refused:
-        container.programmes.apply({"programmes": [{"id": "club", "earn_rules": rules}]})
-    assert refused.value.field == f"programmes[0].{field}"
-    listed = admin.client.get("/api/loyalty/programmes", headers=admin.headers)
-    assert listed.json() == []
-
-
-def test_a_computed_trait_an_earn_rule_reads_cannot_be_deleted(
-    admin: Admin, container: Container
-) -> None:
-    trait = {"name": "orders", "kind": "count", "event": "Order Completed"}
-    created = admin.client.post("/api/computed-traits", json=trait, headers=admin.headers)
-    assert created.status_code == 201, created.text
-    when = {"computed": "orders", "op": "gte", "value": 0}
-    rule = {"id": "loyal-reviews", "event": "Review Posted", "points": 5, "when": when}
-    container.programmes.apply({"id": "club", "earn_rules": [rule]})
-    deleted = admin.client.delete("/api/computed-traits/orders", headers=admin.headers)
-    assert deleted.status_code == 409, deleted.text
-    assert deleted.json()["field"] == "name"
-    assert "club" in deleted.json()["message"]
-    assert "loyal-reviews" in deleted.json()["message"]
-    ada = admin.person("ada")
-    earned = admin.client.post(
-        f"/api/loyalty/programmes/club/members/{ada}/events",
-        json={"event": "Review Posted"},
-        headers={**admin.headers, "Idempotency-Key": "review-1"},
-    )
-    assert earned.status_code == 200, earned.text
-    assert earned.json()["points"] == 5
-
-
 # --- 6. conditions of a thousand tests --------------------------------------------------------
 
 
@@ -663,7 +663,7 @@ def test_a_condition_of_more_than_a_thousand_tests_is_refused_before_it_is_saved
     assert put.json()["field"] == "earn_rules[0].when"
 
 
-# --- 6. amounts no arithmetic holds ------------------------------------------------------------
+# --- 6. amounts no arithmetic holds -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -714,6 +714,8 @@ def test_a_return_worth_more_than_any_arithmetic_holds_takes_back_what_the_sale_
     assert returned.json()["points"] == 100
     assert container.loyalty.balance("club", ada)["available"] == 0
 
+
+# --- 6. names of the wrong type ---------------------------------------------------------------
 
 MODEL = {
     "features": [{"event": "App Opened", "within": "P3D"}],
