@@ -110,13 +110,14 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def settings(db_url: str) -> Settings:
-    # Timers are fired, and loyalty events published, by the tests themselves, at
-    # moments the fake clock decides.
+    # Timers are fired, loyalty events published and the bus drained by the tests
+    # themselves, at moments the fake clock decides.
     return Settings(
         database_url=db_url,
         identity={"custom_types": ["loyalty_card"]},
         segment_timer_interval=0,
-        loyalty_event_interval=0,
+        loyalty_review_interval=0,
+        bus_idle_interval=0,
     )
 
 

@@ -6,13 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from ariane.destinations import Sender, senders
 from ariane.domain.clock import utcnow
 from ariane.services.access import AccessService
+from ariane.services.bus import Dispatcher
 from ariane.services.coupons import CouponService
+from ariane.services.destinations import DestinationService
 from ariane.services.earning import EarnService
 from ariane.services.ingest import IngestService
 from ariane.services.loyalty import LoyaltyService
-from ariane.services.loyalty_events import LoyaltyEvents
+from ariane.services.loyalty_events import LoyaltyTimeline
 from ariane.services.privacy import PrivacyService
 from ariane.services.profiles import ProfileService
 from ariane.services.programmes import ProgrammeService
@@ -34,21 +37,30 @@ class Container:
     programmes: ProgrammeService
     loyalty: LoyaltyService
     coupons: CouponService
-    loyalty_events: LoyaltyEvents
+    loyalty_timeline: LoyaltyTimeline
     earning: EarnService
+    destinations: DestinationService
+    senders: dict[str, Sender]
+    bus: Dispatcher
 
     def close(self) -> None:
+        for sender in self.senders.values():
+            sender.close()
         self.db.dispose()
 
 
 def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Container:
+    from ariane.handlers import handler_table
+
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     segments = SegmentService(db, clock)
     programmes = ProgrammeService(db, clock)
-    ingest = IngestService(db, settings, clock, segments, listened=programmes.listened)
+    ingest = IngestService(db, settings, clock, segments)
     profiles = ProfileService(db, settings, clock, segments)
     loyalty = LoyaltyService(db, clock, programmes)
-    return Container(
+    made = senders(clock)
+    destinations = DestinationService(db, clock, made)
+    container = Container(
         settings=settings,
         db=db,
         clock=clock,
@@ -60,6 +72,10 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
         programmes=programmes,
         loyalty=loyalty,
         coupons=CouponService(db, clock),
-        loyalty_events=LoyaltyEvents(db, clock, ingest),
+        loyalty_timeline=LoyaltyTimeline(db, clock, ingest),
         earning=EarnService(db, clock, programmes, loyalty, segments, profiles),
+        destinations=destinations,
+        senders=made,
+        bus=Dispatcher(db, clock, lambda: handler_table(container)()),
     )
+    return container

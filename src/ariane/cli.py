@@ -419,3 +419,70 @@ def loyalty_check(
         err.print(f"[red]{len(found)} disagreement(s) between lots and ledger[/red]")
         raise typer.Exit(code=1)
     print("lots and ledger agree")
+
+
+destinations_app = typer.Typer(
+    help="Destinations: other tools that receive what Ariane knows.", no_args_is_help=True
+)
+app.add_typer(destinations_app, name="destinations")
+outbox_app = typer.Typer(help="What the bus's handlers gave up on.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+
+
+@destinations_app.command("apply")
+def destinations_apply(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="YAML or JSON, under `destinations`."),
+    ],
+) -> None:
+    """Create or update the destinations a file declares; all are checked before any is
+    saved, and applying a file twice changes nothing the second time."""
+    with _container() as container:
+        try:
+            outcome = container.destinations.apply(_definitions(file))
+        except DomainError as error:
+            raise _fail(error) from None
+    for destination in outcome:
+        print(f"{destination['change']}\t{destination['id']}\tversion {destination['version']}")
+
+
+@destinations_app.command("list")
+def destinations_list() -> None:
+    """Each destination: id, type, delivered, failed, parked, tab-separated."""
+    with _container() as container:
+        for found in container.destinations.every():
+            print(
+                f"{found['id']}\t{found['type']}\tdelivered {found['delivered']}"
+                f"\tfailed {found['failed']}\tparked {found['parked']}"
+            )
+
+
+@outbox_app.command("parked")
+def outbox_parked(
+    handler: Annotated[str | None, typer.Option(help="Only this handler's.")] = None,
+) -> None:
+    """What handlers gave up on: id, handler, event id, tries and error, tab-separated."""
+    with _container() as container:
+        for parked in container.bus.parked(handler=handler, limit=10_000):
+            error = " ".join(str(parked["error"]).split())
+            print(
+                f"{parked['id']}\t{parked['handler']}\t{parked['event_id']}"
+                f"\t{parked['attempts']}\t{error}"
+            )
+
+
+@outbox_app.command("replay")
+def outbox_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="Parked ids; none: all.")] = None,
+    handler: Annotated[str | None, typer.Option(help="Only this handler's.")] = None,
+) -> None:
+    """Give parked entries to their handlers again. Exits with 1 if any failed again."""
+    with _container() as container:
+        done = container.bus.replay(ids or None, handler)
+    for replayed in done.replayed:
+        print(f"replayed\t{replayed}")
+    for failed in done.failed:
+        print(f"failed\t{failed['id']}\t{failed['error']}")
+    if done.failed:
+        raise typer.Exit(code=1)

@@ -1,17 +1,18 @@
-"""The background loops of a server: segment timers, earn rules and loyalty events.
+"""The background work of a server: the bus's dispatcher, and the jobs time makes due.
 
-Each is a thread that wakes up every so often and takes what is due, claiming it in the
-database (timers) or taking its turn (the outbox's topics, `services.outbox`), so that
-any number of processes may run them. What they write is made again from what is
-durable (a timer still due, an outbox row not yet deleted), so their transactions do
-not wait for the disk (`Database.background`).
+The dispatcher (`services.bus`) runs each handler of `ariane.handlers` in a thread of its
+own, woken by the commits it reacts to; the jobs (segment timers, points to write off
+and tiers to review, the outbox's clean-up) each run in a thread every so often. Either
+takes its turn in the database, so any number of processes may run them. What they write
+is made again from what is durable (a position not yet moved, a timer still due), so
+their transactions do not wait for the disk (`Database.background`).
 
 `ariane serve` with one worker runs them in that worker; with several, once, in the
 process that supervises the workers (`ariane.web.serving`): a round of loyalty events
 sends a batch through ingestion, tens of milliseconds of Python, and in a worker the
-requests would wait for the interpreter meanwhile. There, on Linux, the loops' threads
-also run at a lower CPU priority than the workers (`LOOP_NICENESS`): when the machine's
-cores are all busy, a request's answer comes first and the timeline catches up after.
+requests would wait for the interpreter meanwhile. There, on Linux, their threads also
+run at a lower CPU priority than the workers (`LOOP_NICENESS`): when the machine's cores
+are all busy, a request's answer comes first and the timeline catches up after.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ariane.bootstrap import Container
+from ariane.handlers import jobs
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +43,23 @@ def running_loops(container: Container, *, give_way: bool = False) -> Iterator[N
     niceness = LOOP_NICENESS if give_way and sys.platform.startswith("linux") else 0
     stop = threading.Event()
     threads = []
-    if settings.segment_timer_interval > 0:
+    if settings.bus_idle_interval > 0:
         threads.append(
             threading.Thread(
                 target=_in_background,
-                args=(
-                    container,
-                    niceness,
-                    container.segments.run_timers,
-                    stop,
-                    settings.segment_timer_interval,
-                    settings.segment_apply_interval,
-                ),
-                name="segment-timers",
+                args=(container, niceness, container.bus.run, stop, settings.bus_idle_interval),
+                name="bus",
                 daemon=True,
             )
         )
-    if settings.loyalty_event_interval > 0:
-        threads.extend(
+    found = jobs(container)
+    if found:
+        threads.append(
             threading.Thread(
                 target=_in_background,
-                args=(container, niceness, run, stop, settings.loyalty_event_interval),
-                name=name,
+                args=(container, niceness, container.bus.run_jobs, found, stop),
+                name="jobs",
                 daemon=True,
-            )
-            for name, run in (
-                ("earn-rules", container.earning.run),
-                ("loyalty-events", container.loyalty_events.run),
             )
         )
     for thread in threads:

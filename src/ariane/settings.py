@@ -108,18 +108,25 @@ class Settings(BaseSettings):
         description="Seconds between two rounds, in the timer loop, applying recorded"
         " segment entries and exits to the members and history of each segment.",
     )
-    loyalty_event_interval: float = Field(
+    loyalty_review_interval: float = Field(
         default=0.25,
         ge=0,
         allow_inf_nan=False,
-        description="Seconds between two looks for events the loyalty earn rules are"
-        " still to read, and for loyalty movements whose timeline events are still to be"
-        " sent through ingestion; 0 turns both loops off in this process.",
+        description="Seconds between two looks for loyalty points due to expire and tiers"
+        " due for review; 0 turns that job off in this process.",
+    )
+    bus_idle_interval: float = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds a handler of the bus (destinations...) waits for word of a"
+        " commit before it looks anyway; 0 turns the bus's dispatcher off in this process.",
     )
     run_loops: bool = Field(
         default=True,
-        description="Whether this process runs the background loops (segment timers, earn"
-        " rules, loyalty events). `ariane serve --workers N` with N above 1 runs them once,"
+        description="Whether this process runs the background work (the bus's handlers:"
+        " earn rules, loyalty timelines, destinations; and the jobs: segment timers, loyalty"
+        " reviews). `ariane serve --workers N` with N above 1 runs them once,"
         " in the process that supervises the workers, and turns them off in the workers.",
     )
     identity: IdentitySettings = Field(default_factory=IdentitySettings)

@@ -35,7 +35,6 @@ def message(n: int, **values: Any) -> dict[str, Any]:
         "profile_id": f"p{n}",
         "payload": {"n": n},
         "created_at": NOW,
-        "dispatched_at": None,
         **values,
     }
 
@@ -58,7 +57,7 @@ def test_values_come_back_as_they_went_in_and_ids_follow_the_rows(db: Database) 
             0,
             topic=AWKWARD[0],
             payload={"nested": {"list": [1, 2.5, True, None, "é€😀"], "NULL": AWKWARD[0]}},
-            dispatched_at=NOW + timedelta(microseconds=1),
+            created_at=NOW + timedelta(microseconds=1),
         ),
         message(
             1, profile_id=AWKWARD[1], payload=[AWKWARD[1], {}], created_at=NOW.replace(year=1999)

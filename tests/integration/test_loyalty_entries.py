@@ -41,7 +41,7 @@ def test_points_past_their_expiry_are_written_off_the_ledger(
     assert kinds(container, ada) == [("earn", 100), ("earn", 40), ("spend", -30), ("expire", -70)]
     assert container.loyalty.balance("club", ada)["available"] == 40
     assert container.loyalty.discrepancies("club") == []
-    container.loyalty_events.publish()
+    container.bus.drain()
     names = [e.get("event") for e in container.profiles.events(ada)["events"]]
     assert "Points Expired" in names
 

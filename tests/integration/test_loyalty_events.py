@@ -1,6 +1,7 @@
-"""Loyalty movements on the member's timeline, on both databases: each movement's event
-is queued in its own transaction and sent through ingestion once, so that the timeline
-shows it and segments count it, even when it is sent again or the member was merged."""
+"""Loyalty movements on the member's timeline, on both databases: each movement records
+what it did in its own transaction, and the bus stores it through ingestion once, so that
+the timeline shows it and segments count it, even when it is given again or the member
+was merged."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from sqlalchemy.sql.selectable import Select
 
 from ariane.bootstrap import Container, build
 from ariane.domain.clock import iso
+from ariane.handlers import empty_outbox
+from ariane.services.bus import Handler, RetryPolicy
 from ariane.services.ingest import Envelope
 from ariane.settings import Settings
-from ariane.storage import loyalty as loyalty_store
+from ariane.storage import bus as bus_store
 from ariane.storage.tables import LOYALTY_SOURCE, events, outbox
 from tests.conftest import FakeClock
 from tests.integration.test_loyalty_ledger import at_once
@@ -57,11 +60,12 @@ def test_each_movement_is_on_the_timeline_once_however_often_it_is_sent(
     container.coupons.burn(code, "till-1", channel="till", location="paris-04", reference="R-2")
     clock.advance(minutes=1)
     container.coupons.rollback(code, "till-1-cancel", reference="R-2 cancelled")
-    # Nothing is on the timeline before it is published: the movement's transaction
-    # only queued it.
+    # Nothing is on the timeline before the bus carries it: the movement's transaction
+    # only recorded it.
     assert timeline(container, ada)[0]["type"] == "identify"
 
-    assert container.loyalty_events.publish() == 5
+    container.bus.drain()
+    assert len(loyalty_events(container)) == 5
     shown = timeline(container, ada)
     assert [e["event"] for e in shown[:5]] == [
         "Coupon Burn Rolled Back",
@@ -99,8 +103,8 @@ def test_each_movement_is_on_the_timeline_once_however_often_it_is_sent(
         "expires_at": None,
     }
     assert shown[4]["timestamp"] == iso(earned["at"])
-    # Sent, they leave the outbox.
-    assert container.loyalty_events.publish() == 0
+    # Read by every handler, they leave the outbox.
+    empty_outbox(container)
     with container.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one() == 0
 
@@ -108,8 +112,8 @@ def test_each_movement_is_on_the_timeline_once_however_often_it_is_sent(
 def test_events_sent_again_after_a_crash_are_stored_once(
     container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A process that stops between sending the events and deleting them leaves them to
-    be sent again: the timeline still shows each once."""
+    """A process that stops between storing the events and moving its place in the
+    outbox leaves them to be stored again: the timeline still shows each once."""
     container.programmes.apply(CLUB)
     [ada] = send(container, {"type": "identify", "userId": "ada"})
     container.loyalty.earn("club", ada, 150, "order-1")
@@ -119,11 +123,11 @@ def test_events_sent_again_after_a_crash_are_stored_once(
         raise ConnectionError("the process stopped here")
 
     with monkeypatch.context() as patched:
-        patched.setattr(loyalty_store, "settle_events", crash)
+        patched.setattr(bus_store, "save_position", crash)
         with pytest.raises(ConnectionError):
-            container.loyalty_events.publish()
+            container.bus.run_once(handler(container, "loyalty-timeline"))
     assert len(loyalty_events(container)) == 3
-    assert container.loyalty_events.publish() == 3
+    container.bus.drain()
     assert sorted(Counter(loyalty_events(container)).values()) == [1, 1, 1]
 
 
@@ -199,7 +203,7 @@ def test_a_segment_counts_loyalty_events(container: Container) -> None:
     container.coupons.burn(code, "web-1", channel="web")
     assert container.segments.members("coupon_users")["members"] == []
 
-    container.loyalty_events.publish()
+    container.bus.drain()
 
     members = container.segments.members("coupon_users")["members"]
     assert [m["profile_id"] for m in members] == [ada]
@@ -216,7 +220,7 @@ def test_an_event_queued_before_a_merge_goes_to_the_profile_that_absorbed_the_me
     ada = container.profiles.lookup("user_id", "ada")
     assert {visitor, known} - {ada}, "the two profiles were merged"
 
-    assert container.loyalty_events.publish() == 1
+    container.bus.drain()
 
     earned = [e for e in timeline(container, ada) if e.get("event") == "Points Earned"]
     assert [(e["properties"]["points"], e["userId"]) for e in earned] == [(40, "ada")]
@@ -235,67 +239,65 @@ def test_a_member_known_only_by_an_anonymous_id_gets_the_event_under_it(
     [visitor] = send(container, {"type": "page", "anonymousId": "anon-9"})
     container.loyalty.earn("club", visitor, 5, "quiz")
 
-    container.loyalty_events.publish()
+    container.bus.drain()
 
     [event] = [e for e in timeline(container, visitor) if e.get("event") == "Points Earned"]
     assert event["anonymousId"] == "anon-9"
     assert "userId" not in event
 
 
-def test_processes_send_each_event_once_and_delete_it(
+def test_processes_store_each_event_once(
     container: Container, settings: Settings, clock: FakeClock
 ) -> None:
-    """Processes on one database (each its own `Container`) take turns: each event is
-    sent by one of them, once, then deleted."""
+    """Processes on one database (each its own `Container`) take turns at the handler:
+    each event is stored by one of them, once."""
     container.programmes.apply(CLUB)
     [ada] = send(container, {"type": "identify", "userId": "ada"})
     for i in range(30):
         container.loyalty.earn("club", ada, 1, f"order-{i}")
     processes = [build(settings, clock=clock) for _ in range(4)]
-    sent: list[int] = []
     try:
 
         def drain(i: int) -> None:
-            # A process that found the events taken by another looks again, as its loop
-            # would, until all are sent.
+            timeline = handler(processes[i], "loyalty-timeline")
+            # A process that found the handler taken by another looks again, as it
+            # would when woken, until all are stored.
             deadline = time.monotonic() + 30
-            while sum(sent) < 30 and time.monotonic() < deadline:
-                if count := processes[i].loyalty_events.publish(limit=3):
-                    sent.append(count)
+            while len(loyalty_events(container)) < 30 and time.monotonic() < deadline:
+                processes[i].bus.run_once(timeline)
 
         assert at_once(4, drain) == Counter({"ok": 4})
     finally:
         for process in processes:
             process.close()
-    assert sum(sent) == 30
     assert Counter(loyalty_events(container)).most_common(1)[0][1] == 1
     assert len(loyalty_events(container)) == 30
-    with container.db.read() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one() == 0
 
 
-def test_while_a_process_sends_the_events_the_others_leave_them_alone(
+def test_while_a_process_stores_the_events_the_others_leave_them_alone(
     container: Container, settings: Settings, clock: FakeClock
 ) -> None:
     container.programmes.apply(CLUB)
     [ada] = send(container, {"type": "identify", "userId": "ada"})
     container.loyalty.earn("club", ada, 150, "order-1")
     other = build(settings, clock=clock)
-    sending = threading.Event()
+    storing = threading.Event()
     go_on = threading.Event()
-    ingest = container.loyalty_events.ingest.ingest
+    ingest = container.loyalty_timeline.ingest.ingest
 
     def slow_ingest(*args: Any, **kwargs: Any) -> Any:
-        sending.set()
+        storing.set()
         assert go_on.wait(10)
         return ingest(*args, **kwargs)
 
-    container.loyalty_events.ingest.ingest = slow_ingest  # type: ignore[method-assign]
+    container.loyalty_timeline.ingest.ingest = slow_ingest  # type: ignore[method-assign]
     try:
-        first = threading.Thread(target=container.loyalty_events.publish)
+        first = threading.Thread(
+            target=container.bus.run_once, args=(handler(container, "loyalty-timeline"),)
+        )
         first.start()
-        assert sending.wait(10)
-        assert other.loyalty_events.publish() == 0
+        assert storing.wait(10)
+        assert other.bus.run_once(handler(other, "loyalty-timeline")) == 0
         go_on.set()
         first.join()
     finally:
@@ -304,27 +306,32 @@ def test_while_a_process_sends_the_events_the_others_leave_them_alone(
     assert len(loyalty_events(container)) == 1
 
 
-def test_events_that_could_not_be_sent_wait_and_let_the_others_go_on(
-    container: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+def test_events_that_could_not_be_stored_are_tried_again_in_order(
+    container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     container.programmes.apply(CLUB)
     [ada] = send(container, {"type": "identify", "userId": "ada"})
     for i in range(5):
         container.loyalty.earn("club", ada, 1, f"order-{i}")
+    container.bus.policy = RetryPolicy(first=0.001, ceiling=0.002, attempts=1000)
 
     def down(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionError("ingestion is down")
 
     with monkeypatch.context() as patched:
-        patched.setattr(container.loyalty_events.ingest, "ingest", down)
-        with pytest.raises(ConnectionError):
-            container.loyalty_events.publish(limit=3)
-    # The three held back for a minute; the two after them are sent meanwhile.
-    assert container.loyalty_events.publish() == 2
-    assert container.loyalty_events.publish() == 0
-    clock.advance(seconds=61)
-    assert container.loyalty_events.publish() == 3
-    assert len(loyalty_events(container)) == 5
+        patched.setattr(container.loyalty_timeline.ingest, "ingest", down)
+        for _ in range(5):
+            container.bus.drain()
+            time.sleep(0.003)
+    assert loyalty_events(container) == []
+    time.sleep(0.003)
+    container.bus.drain()
+    assert loyalty_events(container) == [f"loyalty-entry-{n}" for n in range(1, 6)]
+    assert container.bus.parked() == []
+
+
+def handler(container: Container, name: str) -> Handler:
+    return next(found for found in container.bus.handlers() if found.name == name)
 
 
 def loyalty_events(container: Container) -> list[str]:

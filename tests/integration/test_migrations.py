@@ -6,6 +6,7 @@ import ast
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -367,4 +368,68 @@ def test_0018_fills_the_search_keys_and_puts_identifiers_in_code_order(db_url: s
         with db.engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM identities"))
             conn.execute(sa.text("DELETE FROM profiles"))
+        db.dispose()
+
+
+def test_0019_types_the_loyalty_events_and_starts_the_earn_rules_at_the_first_queued(
+    db_url: str,
+) -> None:
+    """The outbox's loyalty messages become typed events; the events queued for the earn
+    rules go, the rules' handler starting at the first of them; Audience messages go."""
+    db = Database(db_url)
+    at = datetime(2026, 11, 24, 9, 0)
+    earned = {
+        "type": "track",
+        "event": "Points Earned",
+        "messageId": "loyalty-entry-1",
+        "timestamp": "2026-11-24T09:00:00.000000Z",
+        "properties": {"programme": "club", "points": 5, "reference": "R-1"},
+    }
+    try:
+        migrate(db, command.downgrade, "0018")
+        with db.engine.begin() as conn:
+            for n in range(1, 4):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO events (source_id, message_id, profile_id, type, event,"
+                        " timestamp, received_at, payload) VALUES ('web', :m, 'p1', 'track',"
+                        " 'Order Completed', :at, :at, '{}')"
+                    ),
+                    {"m": f"m-{n}", "at": at},
+                )
+            rows = [
+                ("loyalty", "loyalty-entry-1", orjson.dumps(earned).decode()),
+                ("earn", "earn-2", '{"source_id": "web", "message_id": "m-2"}'),
+                ("earn", "earn-3", '{"source_id": "web", "message_id": "m-3"}'),
+                ("audience", "audience-1", None),
+            ]
+            for topic, message_id, payload in rows:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO outbox (topic, message_id, profile_id, payload, created_at)"
+                        " VALUES (:topic, :message_id, 'p1', :payload, :at)"
+                    ),
+                    {"topic": topic, "message_id": message_id, "payload": payload, "at": at},
+                )
+            second = conn.execute(
+                sa.text("SELECT id FROM events WHERE message_id = 'm-2'")
+            ).scalar_one()
+        migrate(db, command.upgrade, "0019")
+        with db.engine.connect() as conn:
+            left = conn.execute(
+                sa.text("SELECT topic, message_id, payload FROM outbox ORDER BY id")
+            ).all()
+            position = conn.execute(
+                sa.text("SELECT tx, position FROM bus_positions WHERE handler = 'earn-rules'")
+            ).one()
+        [(topic, message_id, payload)] = left
+        typed = payload if isinstance(payload, dict) else orjson.loads(payload)
+        assert (topic, message_id) == ("PointsEarned", "loyalty-entry-1")
+        assert typed == {"programme": "club", "properties": {"points": 5, "reference": "R-1"}}
+        assert tuple(position) == (0, second - 1)
+    finally:
+        upgrade(db)
+        with db.engine.begin() as conn:
+            for table in ("outbox", "events", "bus_positions"):
+                conn.execute(sa.text(f"DELETE FROM {table}"))
         db.dispose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,9 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
+from ariane.services.bus import Dispatcher, GiveUp, Handler
 from ariane.storage import personal_data
+from ariane.storage.bus import Entry
 from ariane.storage.tables import PERSONAL_DATA, metadata
 
 # Tables that may name a person's ids without being personal data themselves.
@@ -146,6 +148,14 @@ def build_rich_person(client: TestClient, write_key: str, headers: dict[str, str
         headers={**headers, "Idempotency-Key": "till-1"},
     )
     assert burned.status_code == 200, burned.text
+    # What a handler of the bus gave up on about her, parked.
+    container = client.app.state.container  # type: ignore[attr-defined]
+
+    def refuse(_: Sequence[Entry]) -> None:
+        raise GiveUp("the receiver refused it")
+
+    refuser = Handler("refuser", "events", refuse)
+    Dispatcher(container.db, container.clock, lambda: [refuser]).drain()
     as_sent = ["Ada.Lovelace@Example.org", "+44 20 7946 0958"]
     values = [i["value"] for i in profile["identities"]] + as_sent
     assert len(values) == 8

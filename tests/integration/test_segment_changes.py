@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from ariane.bootstrap import Container
+from ariane.services.bus import Job
 from ariane.settings import Settings
 from ariane.storage import segments as store
 from ariane.storage.tables import (
@@ -24,7 +25,7 @@ from ariane.storage.tables import (
     segment_members,
 )
 from tests.conftest import FakeClock
-from tests.integration.test_segments import World
+from tests.integration.test_segments import World, audience_changes
 
 
 @pytest.fixture
@@ -85,10 +86,21 @@ def test_changes_wait_in_order_and_are_applied_once(
     assert world.segments.catch_up() == 5
     assert world.segments.catch_up() == 0
     assert rows(world, segment_changes) == []
-    # Each message once, in the order decided, naming its event rather than copying it.
+    # Each recorded once for the bus, in the order decided.
     queued = rows(world, outbox)
-    assert [(r.topic, r.message_id, r.payload) for r in queued] == [
-        ("audience", m, None) for m in timeline
+    assert [(r.topic, r.message_id) for r in queued] == [
+        (kind, m)
+        for kind, m in zip(
+            [
+                "SegmentEntered",
+                "SegmentExited",
+                "SegmentEntered",
+                "SegmentEntered",
+                "SegmentExited",
+            ],
+            timeline,
+            strict=True,
+        )
     ]
     assert [r.profile_id for r in queued] == [ada, ada, ada, bob, bob]
     assert [(r.profile_id, r.entered_at) for r in rows(world, segment_members)] == [
@@ -103,8 +115,10 @@ def test_changes_wait_in_order_and_are_applied_once(
     ]
     # Read from the history now, the same events; and they are what the outbox sends.
     assert audience(ada) + audience(bob) == waiting
-    with world.container.db.read() as conn:
-        assert [m for _, _, m in store.outbox_messages(conn)] == waiting
+    recorded = audience_changes(world.container)
+    assert [(c.event_id, c.track_name, c.segment) for c in recorded] == [
+        (m["messageId"], m["event"], m["properties"]["audience_name"]) for m in waiting
+    ]
     assert [r.message_id for r in rows(world, segment_history)] == timeline
     assert {r.segment_name for r in rows(world, segment_history)} == {"plans"}
 
@@ -220,7 +234,7 @@ def test_the_timer_loop_applies_the_changes(world: World) -> None:
         return count
 
     world.segments.catch_up = once  # type: ignore[method-assign]
-    loop = threading.Thread(target=world.segments.run_timers, args=(stop, 0.01))
+    loop = threading.Thread(target=timers(world, stop, 0.01, 0))
     loop.start()
     assert applied.wait(10)
     loop.join(10)
@@ -364,7 +378,7 @@ def test_the_timer_loop_applies_changes_once_the_oldest_has_waited_the_interval(
 
         world.segments.fire_due = counted  # type: ignore[method-assign]
         try:
-            world.segments.run_timers(stop, 0.001, 3600)
+            timers(world, stop, 0.001, 3600)()
         finally:
             del world.segments.fire_due
         assert rounds == 5
@@ -394,7 +408,7 @@ def test_the_timer_loop_applies_again_when_the_interval_has_passed(world: World)
     world.segment("buyers", {"event": "Order", "count": {"gte": 1}})
     world.segments.catch_up()
     stop = threading.Event()
-    loop = threading.Thread(target=world.segments.run_timers, args=(stop, 0.005, 0.05))
+    loop = threading.Thread(target=timers(world, stop, 0.005, 0.05))
     loop.start()
     try:
         world.send("ada", "Order")
@@ -474,3 +488,9 @@ def test_the_timeline_pages_through_events_and_audience_events_once_each(
     assert paged(apply_after=1) == whole
     assert rows(world, segment_changes) == []
     assert paged() == whole
+
+
+def timers(world: World, stop: threading.Event, interval: float, apply_every: float) -> Any:
+    """The segment timers' job, as `ariane serve` runs it, until `stop` is set."""
+    job = Job("segment-timers", lambda: world.segments.fire_and_apply(apply_every), interval)
+    return lambda: world.container.bus.run_jobs([job], stop)

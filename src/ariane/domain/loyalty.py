@@ -162,8 +162,8 @@ def take_back(
 
 
 def track(name: str, message_id: str, at: datetime, properties: dict[str, Any]) -> dict[str, Any]:
-    """A loyalty movement as a track message (Segment spec), not yet addressed to anyone:
-    `Points Earned`, `Points Spent`, `Reward Redeemed`, `Coupon Burned`..."""
+    """A loyalty movement as a track message (Segment spec): `Points Earned`, `Points
+    Spent`, `Reward Redeemed`, `Coupon Burned`..."""
     return {
         "type": "track",
         "event": name,
@@ -171,24 +171,3 @@ def track(name: str, message_id: str, at: datetime, properties: dict[str, Any]) 
         "timestamp": iso(at),
         "properties": properties,
     }
-
-
-def addressed(
-    message: dict[str, Any], profile_id: str, identifiers: Sequence[tuple[str, str]]
-) -> dict[str, Any]:
-    """The message with ids that lead identity resolution to the member's profile: a user
-    id it holds, else an anonymous id it holds. A profile holding neither (its ids were
-    all dropped by limits) is named by its other identifiers in `context.externalIds`,
-    with an anonymous id of its own made from its profile id."""
-    found = dict(message)
-    types = {id_type: value for id_type, value in reversed(identifiers)}
-    if "user_id" in types:
-        found["userId"] = types["user_id"]
-    elif "anonymous_id" in types:
-        found["anonymousId"] = types["anonymous_id"]
-    else:
-        found["anonymousId"] = f"ariane-member-{profile_id}"
-        found["context"] = {
-            "externalIds": [{"type": id_type, "id": value} for id_type, value in identifiers]
-        }
-    return found

@@ -1,49 +1,46 @@
 """Earn rules applied to the events that flow through the pipeline, and to the sales a
 till or the web sends directly; and a simulation of what an event would earn.
 
-Ingestion queues each event an earn rule reads in the outbox, in the transaction that
-stores it (`IngestService._queue_for_rules`); once it commits, `process` applies the
-rules of every programme to it. Each award is a ledger movement under a key made from the
-rule and the event (its `order_id` when it has one), so an event read twice, or a sale
-sent both by a till and as an `Order Completed` event, earns once.
+The rules read the events log as a handler of the bus (`handle`): once an event commits,
+the rules of every programme in force are applied to it. Each award is a ledger
+movement under a key made from the rule and the event (its `order_id` when it has one),
+so an event read twice, or a sale sent both by a till and as an `Order Completed` event,
+earns once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from ariane.domain.conditions import Node
 from ariane.domain.earn_rules import Award, EarnRule, Member, award, purchase_amount
 from ariane.domain.errors import DomainError, NotFound
-from ariane.domain.loyalty import track
+from ariane.domain.events import SaleRecorded, StoredEvent
 from ariane.domain.messages import check_storable
 from ariane.domain.programmes import Programme
 from ariane.services.loyalty import LimitReached, LoyaltyService
-from ariane.services.outbox import taking
 from ariane.services.profiles import ProfileService
 from ariane.services.programmes import ProgrammeService
 from ariane.services.segments import SegmentService
+from ariane.storage import bus as bus_store
 from ariane.storage import loyalty as store
 from ariane.storage import profiles as profile_store
 from ariane.storage import segment_sql
 from ariane.storage import segments as segment_store
+from ariane.storage.bus import Entry
 from ariane.storage.database import Database
-from ariane.storage.tables import events, profiles
+from ariane.storage.tables import LOYALTY_SOURCE, profiles
 
 log = logging.getLogger(__name__)
 
-# How long an event the rules failed on waits before they read it again.
-HOLD_BACK = timedelta(seconds=60)
 # Segment's e-commerce event for a refund, whole or of some products: its points go back.
 REFUND_EVENT = "Order Refunded"
 _KEY_PART = 100
@@ -112,62 +109,51 @@ class EarnService:
 
     # --- events from the pipeline -----------------------------------------------------------
 
-    def process(self, limit: int = 200) -> int:
-        """Apply the earn rules to the oldest events queued for them, up to `limit`; how
-        many there were."""
-        with taking(self.db, store.EARN_TOPIC, limit, self.clock(), HOLD_BACK) as taken:
-            if not taken.messages:
-                return 0
-            with self.db.read() as conn:
-                version = segment_store.version(conn)
-                in_force = self.programmes.in_force(conn, version)
-                found = _stored_events(conn, [queued for _, _, queued in taken.messages])
-                owners = profile_store.resolve_profile_ids(
-                    conn, (queued for _, queued, _ in taken.messages)
-                )
-            for row_id, queued, ref in taken.messages:
-                row = found.get((ref["source_id"], ref["message_id"]))
-                member = owners[queued]
-                # An erased member's events went with them.
-                if row is None or member is None:
-                    taken.done.append(row_id)
-                    continue
-                key, reference = event_key(row["properties"], ref["source_id"], ref["message_id"])
-                message_key = _digest(ref["source_id"] + "\x00" + ref["message_id"])
-                event = Event(row["event"], row["properties"], key, reference, message_key)
+    def handle(self, entries: Sequence[Entry]) -> None:
+        """A handler of the bus, over the events log: apply the earn rules of every
+        programme in force to the track events they read. What loyalty itself records (its
+        movements, the sales tills send it, read when they arrive) is not read again."""
+        with self.db.read() as conn:
+            version = segment_store.version(conn)
+            in_force = self.programmes.in_force(conn, version)
+            listened = self.programmes.listened(conn, version)
+            read = [
+                stored
+                for entry in entries
+                if isinstance(stored := entry.event, StoredEvent)
+                and stored.type == "track"
+                and stored.event in listened
+                and stored.source_id != LOYALTY_SOURCE
+            ]
+            if not read:
+                return
+            owners = profile_store.resolve_profile_ids(conn, (stored.profile_id for stored in read))
+        for stored in read:
+            member = owners[stored.profile_id]
+            # An erased member's events went with them.
+            if member is None:
+                continue
+            properties = stored.payload.get("properties")
+            properties = properties if isinstance(properties, dict) else {}
+            key, reference = event_key(properties, stored.source_id, stored.message_id)
+            message_key = _digest(stored.source_id + "\x00" + stored.message_id)
+            read_as = Event(stored.event or "", properties, key, reference, message_key)
+            for programme in in_force:
                 try:
-                    for programme in in_force:
-                        try:
-                            self.apply(programme, member, event)
-                        except DomainError as error:
-                            log.warning(
-                                "earn rules of %s: event %s of %s: %s",
-                                programme.id,
-                                ref["message_id"],
-                                member,
-                                error.message,
-                            )
-                except Exception:
-                    # Held back, then read again, and meanwhile the events after it go on.
-                    log.exception("earn rules: event %s of %s failed", ref["message_id"], member)
-                    continue
-                taken.done.append(row_id)
-        return len(taken.messages)
+                    self.apply(programme, member, read_as)
+                except DomainError as error:
+                    log.warning(
+                        "earn rules of %s: event %s of %s: %s",
+                        programme.id,
+                        stored.message_id,
+                        member,
+                        error.message,
+                    )
 
-    def run(self, stop: threading.Event, interval: float) -> None:
-        """Process events, write expired points off, then look again at the tiers due
-        for it, until `stop` is set, every `interval` seconds."""
-        while not stop.is_set():
-            try:
-                while self.process() and not stop.is_set():
-                    pass
-                while self.loyalty.expire_due() and not stop.is_set():
-                    pass
-                while self.loyalty.review_tiers() and not stop.is_set():
-                    pass
-            except Exception:
-                log.exception("earn rules: a round failed; retrying")
-            stop.wait(interval)
+    def write_off_and_review(self) -> int:
+        """A job: write expired points off, then look again at the tiers due for it; how
+        many members that concerned."""
+        return self.loyalty.expire_due() + self.loyalty.review_tiers()
 
     # --- one event ------------------------------------------------------------------------
 
@@ -315,13 +301,15 @@ class EarnService:
         moved = self.apply(
             programme, member, Event(event, properties, part, reference, _digest(key))
         )
-        message_id = "loyalty-sale-" + _digest(f"{programme.id}\x00{key}")
-        message = track(event, message_id, self.clock(), dict(properties))
-        self.db.write(
-            lambda conn: store.add_event_once(
-                conn, self.db.dialect, message_id, member, message, self.clock()
-            )
+        sale = SaleRecorded(
+            event_id="loyalty-sale-" + _digest(f"{programme.id}\x00{key}"),
+            profile_id=member,
+            at=self.clock(),
+            name=event,
+            properties=dict(properties),
         )
+        # Sent again with the same key, it is recorded once.
+        self.db.write(lambda conn: bus_store.record_once(conn, self.db.dialect, [sale]))
         return {
             "programme": programme.id,
             "profile_id": member,
@@ -422,24 +410,3 @@ class EarnService:
             if used >= rule.limit.count:
                 return "limit"
         return None
-
-
-def _stored_events(
-    conn: Connection, refs: list[dict[str, Any]]
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """The stored track events named by (source id, message id)."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    c = events.c
-    for ref in refs:
-        row = conn.execute(
-            sa.select(c.event, c.payload).where(
-                c.message_id == ref["message_id"], c.source_id == ref["source_id"]
-            )
-        ).first()
-        if row is not None:
-            properties = row.payload.get("properties")
-            found[(ref["source_id"], ref["message_id"])] = {
-                "event": row.event,
-                "properties": properties if isinstance(properties, dict) else {},
-            }
-    return found

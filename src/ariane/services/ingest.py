@@ -35,10 +35,13 @@ from ariane.services.segments import SegmentService, Settlement
 from ariane.settings import Settings
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
-from ariane.storage import loyalty as loyalty_store
 from ariane.storage import profiles as profile_store
 from ariane.storage.database import Database, RetryTransaction
-from ariane.storage.tables import LOYALTY_SOURCE
+
+
+class ProfileGone(Exception):
+    """An event was given for a profile that is no more: erased, or merged by another
+    transaction since the caller looked (look again, and follow the merge)."""
 
 
 @dataclass(slots=True)
@@ -57,6 +60,9 @@ class _Planned:
     identifiers: list[Identifier]
     previous: list[Identifier]
     row: tuple[Any, ...] = ()
+    # The person it is about, when Ariane knows them already (its own events): no
+    # identity resolution then.
+    profile_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -77,17 +83,25 @@ class IngestService:
         settings: Settings,
         clock: Callable[[], datetime],
         segments: SegmentService,
-        listened: Callable[[Connection, int], frozenset[str]] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
         self.segments = segments
-        # The track events earn rules read, by catalogue version (`ProgrammeService`).
-        self.listened = listened
         self.limited_types = frozenset(settings.identity.limits)
 
-    def ingest(self, source_id: str, raw_events: Sequence[Any], envelope: Envelope) -> IngestResult:
+    def ingest(
+        self,
+        source_id: str,
+        raw_events: Sequence[Any],
+        envelope: Envelope,
+        *,
+        profiles: Sequence[str] | None = None,
+    ) -> IngestResult:
+        """Store the events and fold them into their people's profiles, in one
+        transaction. With `profiles` (one per event), each event is about that profile,
+        which must exist: what Ariane records about a person it knows (its loyalty
+        movements) is not sent through identity resolution again."""
         result = IngestResult()
         planned: list[_Planned] = []
         rejected: list[dict[str, Any]] = []
@@ -99,7 +113,8 @@ class IngestService:
             batch_problem: InvalidEvent | None = None
         except InvalidEvent as problem:
             batch_problem = problem
-        for raw in raw_events:
+        for position, raw in enumerate(raw_events):
+            known = None if profiles is None else profiles[position]
             try:
                 if batch_problem is not None:
                     # What the batch merges into each event cannot be stored.
@@ -113,9 +128,9 @@ class IngestService:
                     batch_sent_at=envelope.sent_at,
                     max_bytes=self.settings.max_event_bytes,
                 )
-                identifiers = extract_identifiers(message, identity_settings)
-                previous = previous_identifiers(message)
-                if not identifiers and not previous:
+                identifiers = [] if known else extract_identifiers(message, identity_settings)
+                previous = [] if known else previous_identifiers(message)
+                if not identifiers and not previous and not known:
                     # An event that names no one would make a profile of its own.
                     raise no_identifier(message)
             except InvalidEvent as error:
@@ -131,7 +146,7 @@ class IngestService:
                 result.duplicates += 1
                 continue
             batch_ids.add(message.message_id)
-            planned.append(_Planned(message, identifiers, previous))
+            planned.append(_Planned(message, identifiers, previous, profile_id=known))
         result.quarantined = len(rejected)
         rows = event_store.event_rows(self.db.dialect, source_id, [p.message for p in planned])
         for item, row in zip(planned, rows, strict=True):
@@ -357,7 +372,8 @@ class IngestService:
         keys = {i.key for p in planned for i in (*p.identifiers, *p.previous)}
         index = IdentityIndex()
         owners = profile_store.find_owners(conn, dialect, keys)
-        existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in owners})
+        known = {p.profile_id for p in planned if p.profile_id is not None}
+        existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in owners} | known)
         held = profile_store.held_identifiers(conn, dialect, existing, self.limited_types)
         batch = _Batch(
             source_id=source_id,
@@ -385,6 +401,12 @@ class IngestService:
 
         for item in planned:
             message = item.message
+            if item.profile_id is not None:
+                profile_id = absorbed_into.get(item.profile_id, item.profile_id)
+                if profile_id not in live:
+                    raise ProfileGone(item.profile_id)
+                self._fold(batch, item, profile_id, live_segments)
+                continue
             resolution = resolver.resolve(item.identifiers, item.previous)
             profile_id = resolution.profile_id
             if resolution.created:
@@ -406,21 +428,26 @@ class IngestService:
             batch.dropped.extend(
                 (profile_id, d.identifier, d.reason, message.message_id) for d in resolution.dropped
             )
-            state = live[profile_id]
-            first_seen = state.first_seen
-            changed_traits = apply_message(state, message, source_id)
-            if live_segments:
-                touch = touches.setdefault(profile_id, Touch())
-                touch.traits |= changed_traits
-                touch.first_seen |= state.first_seen != first_seen
-                catalogue.fold(state, message, now, touch)
-            batch.assigned.append(profile_id)
+            self._fold(batch, item, profile_id, live_segments)
 
         for item, profile_id in zip(planned, batch.assigned, strict=True):
             message = item.message
             for decision in _consents(message, source_id):
                 batch.consent_updates.append((batch.final(profile_id), decision))
         return batch
+
+    @staticmethod
+    def _fold(batch: _Batch, item: _Planned, profile_id: str, live_segments: bool) -> None:
+        """Fold the event into the profile it was resolved to."""
+        state = batch.live[profile_id]
+        first_seen = state.first_seen
+        changed_traits = apply_message(state, item.message, batch.source_id)
+        if live_segments:
+            touch = batch.touches.setdefault(profile_id, Touch())
+            touch.traits |= changed_traits
+            touch.first_seen |= state.first_seen != first_seen
+            batch.catalogue.fold(state, item.message, batch.now, touch)
+        batch.assigned.append(profile_id)
 
     def _write(self, conn: Connection, source_id: str, batch: _Batch, result: IngestResult) -> None:
         """Everything the batch changes, worked out already, written."""
@@ -438,7 +465,6 @@ class IngestService:
         # the same resent events in different orders may deadlock; PostgreSQL detects it
         # and the transaction is retried.
         event_store.insert_events(conn, dialect, rows)
-        self._queue_for_rules(conn, source_id, batch, holders)
         # The segment changes the events caused, each also an Audience event.
         if batch.earlier is not None:
             self.segments.record(conn, *batch.earlier, "event")
@@ -459,25 +485,6 @@ class IngestService:
         )
         result.accepted = len(rows)
         result.profile_ids = holders
-
-    def _queue_for_rules(
-        self, conn: Connection, source_id: str, batch: _Batch, holders: list[str]
-    ) -> None:
-        """Queue for the earn rules the events they read, in the batch's transaction: an
-        event stored is read by them once it commits, however the process ends."""
-        listened = (
-            self.listened(conn, batch.catalogue.version) if self.listened is not None else None
-        )
-        # What loyalty itself records (its movements, the sales tills send it, which
-        # the rules read when they arrive) is never read again by the rules.
-        if not listened or source_id == LOYALTY_SOURCE:
-            return
-        queued = [
-            (owner, source_id, item.message.message_id)
-            for item, owner in zip(batch.planned, holders, strict=True)
-            if item.message.type == "track" and item.message.event in listened
-        ]
-        loyalty_store.queue_for_rules(conn, self.db.dialect, queued, batch.now)
 
     def _settle(self, conn: Connection, batch: _Batch) -> Settlement | None:
         """Segments: each person the batch touched, once, under the id they end with."""

@@ -1,68 +1,68 @@
-"""Loyalty movements on members' timelines: each movement queues its event in the outbox
-in its own transaction (`Points Earned`, `Points Spent`, `Reward Redeemed`,
-`Coupon Burned`, `Coupon Burn Rolled Back`); once committed, `publish` sends the events
-through ingestion like any other, so that segments and computed traits see them.
+"""Loyalty movements on members' timelines: a handler of the bus.
 
-An event is sent at least once and stored once: its message id is fixed by the movement,
-and ingestion keeps one event per message id and source. One process at a time sends
-them (`services.outbox`), and deletes them from the outbox once sent; one that dies
-before leaves them to the next.
+Each movement records what it did in its own transaction (`PointsEarned`,
+`PointsSpent`, `RewardRedeemed`, `CouponBurned`, `TierChanged`, ...: `domain.events`);
+once committed, this handler stores it as a track event of the member's profile, through
+ingestion like any other event, so that segments and computed traits see it; but
+addressed to the profile by id: the member is known, and their events are not sent
+through identity resolution again. The event names them as Segment's spec wants, by a
+user id their profile holds, else an anonymous id, for those who read it elsewhere
+(destinations).
+
+A movement's event is stored once: its message id is the movement's, and ingestion keeps
+one event per message id and source, however often the bus gives it.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
 
-from ariane.domain.loyalty import addressed
+from ariane.domain.events import OnTimeline
 from ariane.services.ingest import Envelope, IngestService
-from ariane.services.outbox import taking
-from ariane.storage import loyalty as store
 from ariane.storage import profiles as profile_store
+from ariane.storage.bus import Entry
 from ariane.storage.database import Database
 from ariane.storage.tables import LOYALTY_SOURCE
 
-log = logging.getLogger(__name__)
 
-# How long events that could not be sent wait before they are tried again.
-HOLD_BACK = timedelta(seconds=60)
-
-
-class LoyaltyEvents:
+class LoyaltyTimeline:
     def __init__(self, db: Database, clock: Callable[[], datetime], ingest: IngestService) -> None:
         self.db = db
         self.clock = clock
         self.ingest = ingest
 
-    def publish(self, limit: int = 500) -> int:
-        """Send the oldest events not yet sent, up to `limit`; how many there were."""
-        with taking(self.db, store.EVENT_TOPIC, limit, self.clock(), HOLD_BACK) as taken:
-            if not taken.messages:
-                return 0
-            with self.db.read() as conn:
-                members = profile_store.resolve_profile_ids(
-                    conn, (queued for _, queued, _ in taken.messages)
-                )
-                held = store.identifiers_of(conn, [m for m in set(members.values()) if m])
-            messages = [
-                addressed(message, member, held.get(member, []))
-                for _, queued, message in taken.messages
-                # An erased member's events went with them; nothing is left to send.
-                if (member := members[queued]) is not None
-            ]
-            if messages:
-                self.ingest.ingest(LOYALTY_SOURCE, messages, Envelope(received_at=self.clock()))
-            taken.done.extend(row_id for row_id, _, _ in taken.messages)
-        return len(taken.messages)
+    def handle(self, entries: Sequence[Entry]) -> None:
+        movements = [entry.event for entry in entries if isinstance(entry.event, OnTimeline)]
+        if not movements:
+            return
+        with self.db.read() as conn:
+            members = profile_store.resolve_profile_ids(
+                conn, (event.profile_id for event in movements if event.profile_id)
+            )
+            held = profile_store.identifiers_of(
+                conn, self.db.dialect, {m for m in members.values() if m}, per_type=1
+            )
+        # An erased member's events went with them; a merged one's go to the survivor.
+        kept = [
+            (member, named(event.track(), held.get(member, {})))
+            for event in movements
+            if event.profile_id and (member := members.get(event.profile_id)) is not None
+        ]
+        if kept:
+            self.ingest.ingest(
+                LOYALTY_SOURCE,
+                [message for _, message in kept],
+                Envelope(received_at=self.clock()),
+                profiles=[member for member, _ in kept],
+            )
 
-    def run(self, stop: threading.Event, interval: float) -> None:
-        """Publish until `stop` is set, looking again every `interval` seconds."""
-        while not stop.is_set():
-            try:
-                while self.publish() and not stop.is_set():
-                    pass
-            except Exception:
-                log.exception("loyalty events: a round failed; retrying")
-            stop.wait(interval)
+
+def named(message: dict[str, Any], identifiers: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The message with the member's user id, else their anonymous id, if they hold one."""
+    if identifiers.get("user_id"):
+        return {**message, "userId": identifiers["user_id"][0]}
+    if identifiers.get("anonymous_id"):
+        return {**message, "anonymousId": identifiers["anonymous_id"][0]}
+    return message

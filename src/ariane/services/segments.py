@@ -223,20 +223,16 @@ class SegmentService:
 
         return self.db.write(work)
 
-    def run_timers(self, stop: threading.Event, interval: float, apply_every: float = 0) -> None:
-        """Fire due timers until `stop` is set; each round drains what is due, then applies
-        the changes recorded to memberships and their history once the oldest of them has
-        waited `apply_every` seconds: the longer, the more changes each round writes at
-        once. Where several processes run the loop, the first to find them old enough
-        applies them all, and the others find only changes recorded since."""
-        while not stop.is_set():
-            try:
-                while self.fire_due() and not stop.is_set():
-                    pass
-                self.catch_up(waited=apply_every)
-            except Exception:
-                log.exception("segment timers: a round failed; retrying")
-            stop.wait(interval)
+    def fire_and_apply(self, apply_every: float = 0) -> int:
+        """A round of the segment timers' job: fire what is due, then apply the changes
+        recorded to memberships and their history once the oldest of them has waited
+        `apply_every` seconds (the longer, the more each round writes at once; where
+        several processes run the job, the first to find them old enough applies them
+        all). How many timers and changes that was."""
+        fired = 0
+        while done := self.fire_due():
+            fired += done
+        return fired + self.catch_up(waited=apply_every)
 
     def catch_up(self, *, waited: float = 0) -> int:
         """Apply the entries and exits recorded since the last time to memberships and

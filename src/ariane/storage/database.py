@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ariane.domain.computed import add_exactly, decimal_of
 from ariane.domain.predicates import micros, parse_moment
+from ariane.storage.commits import CommitSignal
 
 T = TypeVar("T")
 
@@ -51,6 +52,16 @@ _SQLITE_JSON_TYPES = {
     "object": ("object",),
     "null": ("null",),
 }
+
+
+# The oldest transaction that may still write to this database: of those running in it
+# now (pg_stat_activity), or, if none, the next to start. Transactions of the cluster's
+# other databases do not hold it back, as the snapshot's own xmin would.
+_LOG_HORIZON = sa.text(
+    "SELECT least(pg_snapshot_xmax(pg_current_snapshot())::text::bigint,"
+    " min(backend_xid::text::bigint)) FROM pg_stat_activity"
+    " WHERE datname = current_database()"
+)
 
 
 class RetryTransaction(Exception):
@@ -230,6 +241,25 @@ class Dialect:
         """Whether the database could not serve now (busy, unreachable), so that the same
         request may succeed later, rather than the request being at fault."""
         return error.connection_invalidated
+
+    def log_horizon(self, conn: Connection) -> int:
+        """Read before a snapshot that reads a log (`storage.bus`): no transaction that
+        commits after that snapshot wrote below this mark. SQLite's writers commit one
+        after the other, in id order: there is none."""
+        return 0
+
+    def log_after(
+        self, table: sa.Table, after: tuple[int, int], horizon: int
+    ) -> sa.ColumnElement[bool]:
+        """The rows of a log after `after` that no row committed later can come before."""
+        return table.c.id > after[1]
+
+    def log_order(self, table: sa.Table) -> list[sa.ColumnElement[Any]]:
+        return [table.c.id]
+
+    def log_through(self, table: sa.Table, upto: tuple[int, int]) -> sa.ColumnElement[bool]:
+        """The rows of a log up to `upto`, included."""
+        return table.c.id <= upto[1]
 
     def commit_without_waiting(self, conn: Connection) -> None:
         """Let the transaction's commit return before its changes reach the disk, where
@@ -538,6 +568,23 @@ class PostgresDialect(Dialect):
         # 40P01 deadlock_detected, 40001 serialization_failure
         return getattr(error.orig, "sqlstate", None) in ("40P01", "40001")
 
+    def log_horizon(self, conn: Connection) -> int:
+        return int(conn.execute(_LOG_HORIZON).scalar_one())
+
+    def log_after(
+        self, table: sa.Table, after: tuple[int, int], horizon: int
+    ) -> sa.ColumnElement[bool]:
+        # Transactions commit in any order, whatever ids they took: only the rows of
+        # transactions older than any that was running before the snapshot are read,
+        # in (transaction, id) order; one still running takes a later place than them.
+        return sa.and_(table.c.tx < horizon, sa.tuple_(table.c.tx, table.c.id) > sa.tuple_(*after))
+
+    def log_order(self, table: sa.Table) -> list[sa.ColumnElement[Any]]:
+        return [table.c.tx, table.c.id]
+
+    def log_through(self, table: sa.Table, upto: tuple[int, int]) -> sa.ColumnElement[bool]:
+        return sa.tuple_(table.c.tx, table.c.id) <= sa.tuple_(*upto)
+
     def is_unavailable(self, error: DBAPIError) -> bool:
         # Classes 08 connection exception, 53 insufficient resources, 57P0x the server
         # shutting down or starting; 55P03 lock_not_available.
@@ -660,6 +707,8 @@ def backoff(attempt: int) -> float:
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = normalise_url(url)
+        # Commits the bus's handlers are waiting for (`storage.commits`).
+        self.commits = CommitSignal(self.url)
         # Transactions run again after a lost race or a deadlock, for /metrics.
         self.retries = 0
         self._retries_lock = threading.Lock()
@@ -797,7 +846,12 @@ class Database:
         for attempt in range(attempts):
             try:
                 with self._transaction() as conn:
-                    return work(conn)
+                    CommitSignal.take_mark(conn)
+                    done = work(conn)
+                    wakes = CommitSignal.take_mark(conn)
+                if wakes:
+                    self.commits.committed()
+                return done
             except RetryTransaction:
                 if attempt == attempts - 1:
                     raise

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain.messages import MAX_DEPTH, Message
+from ariane.storage.commits import wake_on_commit
 from ariane.storage.database import Dialect, RetryTransaction, chunked
 from ariane.storage.tables import events, quarantine, quarantine_identifiers
 
@@ -60,6 +61,13 @@ def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[tuple[Any, 
     columns = (*EVENT_COLUMNS, "profile_id")
     if dialect.insert_driver_rows(conn, events, columns, rows) != len(rows):
         raise RetryTransaction("a messageId was stored by another writer meanwhile")
+    if rows:
+        # The consumers of the events log react once the batch commits.
+        wake_on_commit(conn)
+
+
+# What a timeline shows of an event: all but its place in the log.
+_TIMELINE_COLUMNS = [column for column in events.c if column.name != "tx"]
 
 
 def timeline(
@@ -69,7 +77,7 @@ def timeline(
     previous page ended: an event's (timestamp, id), or (time, None) for an Audience
     event (`storage.segments.audience_timeline`), which comes before all the events of
     its time."""
-    query = sa.select(events).where(events.c.profile_id == profile_id)
+    query = sa.select(*_TIMELINE_COLUMNS).where(events.c.profile_id == profile_id)
     if before is not None:
         at, event_id = before
         if event_id is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -10,25 +9,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ariane.domain.events import loyalty_event
 from ariane.domain.loyalty import Lot
 from ariane.domain.tiers import Standing
+from ariane.storage import bus as bus_store
 from ariane.storage.database import Dialect, RetryTransaction
 from ariane.storage.tables import (
-    identities,
     loyalty_accounts,
     loyalty_entries,
     loyalty_lots,
     loyalty_movements,
     loyalty_purchases,
-    outbox,
     profiles,
 )
-
-# The outbox topic of the events loyalty movements put on members' timelines.
-EVENT_TOPIC = "loyalty"
-# The outbox topic of the events earn rules are still to read.
-EARN_TOPIC = "earn"
-
 
 # The statements every movement runs are built once, their values bound as they run
 # (`Dialect.kept`); the module's others are built as they are needed.
@@ -273,116 +266,24 @@ def discrepancies(
     return found
 
 
-# --- events for the timeline, through the outbox -------------------------------------------
-
-
-_QUEUED = outbox.insert()
+# --- what movements did, for the bus ------------------------------------------------------
 
 
 def add_event(
     conn: Connection, message_id: str, profile_id: str, message: dict[str, Any], now: datetime
 ) -> None:
-    """Queue a track message about the member, in the movement's transaction, for
-    `publish` to send through ingestion once it commits."""
+    """Record what a movement did (a loyalty track message about the member), in the
+    movement's transaction, for the bus to put on their timeline once it commits."""
     add_events(conn, [(message_id, profile_id, message, now)])
 
 
 def add_events(
     conn: Connection, events: Sequence[tuple[str, str, dict[str, Any], datetime]]
 ) -> None:
-    """`add_event` for each (message id, profile id, message, time), in one round trip,
-    queued in their order."""
-    # One statement for any number of rows, compiled once: rows inlined in the statement
-    # (`values([...])`) would be compiled again on every call.
-    conn.execute(
-        _QUEUED,
-        [
-            {
-                "topic": EVENT_TOPIC,
-                "message_id": message_id,
-                "profile_id": profile_id,
-                "payload": message,
-                "created_at": now,
-            }
-            for message_id, profile_id, message, now in events
-        ],
+    """`add_event` for each (message id, profile id, message, time), in their order."""
+    bus_store.record(
+        conn, [loyalty_event(message, profile_id) for _, profile_id, message, _ in events]
     )
-
-
-def add_event_once(
-    conn: Connection,
-    dialect: Dialect,
-    message_id: str,
-    profile_id: str,
-    message: dict[str, Any],
-    now: datetime,
-) -> None:
-    """`add_event`, unless a message of that id is queued already (a retry)."""
-    dialect.insert_ignoring_conflicts(
-        conn,
-        outbox,
-        [
-            {
-                "topic": EVENT_TOPIC,
-                "message_id": message_id,
-                "profile_id": profile_id,
-                "payload": message,
-                "created_at": now,
-            }
-        ],
-    )
-
-
-def pending_events(
-    conn: Connection, limit: int, now: datetime, topic: str = EVENT_TOPIC
-) -> list[tuple[int, str, dict[str, Any]]]:
-    """The oldest messages of `topic` not yet sent, up to `limit`, but for those held
-    back until after `now` (`settle_events`): (row id, profile id, message), in order."""
-    c = outbox.c
-    rows = conn.execute(
-        sa.select(c.id, c.profile_id, c.payload)
-        .where(
-            c.topic == topic,
-            # What the partial index of the topic's waiting messages covers.
-            c.dispatched_at.is_(None),
-            sa.or_(c.claimed_until.is_(None), c.claimed_until <= now),
-        )
-        .order_by(c.id)
-        .limit(limit)
-    ).all()
-    return [(int(row_id), str(pid), dict(payload)) for row_id, pid, payload in rows]
-
-
-def settle_events(
-    conn: Connection,
-    dialect: Dialect,
-    done: Sequence[int],
-    held: Sequence[int],
-    until: datetime,
-) -> None:
-    """Delete the messages dealt with (`done`, by row id), and hold the others (`held`)
-    back until `until`."""
-    c = outbox.c
-    if done:
-        conn.execute(outbox.delete().where(dialect.among(c.id, done)))
-    if held:
-        conn.execute(outbox.update().where(dialect.among(c.id, held)).values(claimed_until=until))
-
-
-def identifiers_of(
-    conn: Connection, profile_ids: Sequence[str]
-) -> dict[str, list[tuple[str, str]]]:
-    """Each profile's identifiers, (type, value), in a stable order."""
-    c = identities.c
-    found: dict[str, list[tuple[str, str]]] = {}
-    query = (
-        sa.select(c.profile_id, c.type, c.value)
-        .where(c.profile_id.in_(list(profile_ids)))
-        .order_by(c.profile_id, c.created_at, c.type, c.value)
-    )
-    for profile_id, id_type, value in conn.execute(query):
-        found.setdefault(str(profile_id), []).append((str(id_type), str(value)))
-    return found
 
 
 def rule_uses(
@@ -401,30 +302,6 @@ def rule_uses(
         query = query.where(c.at > since)
     count: int = conn.execute(query).scalar_one()
     return count
-
-
-def queue_for_rules(
-    conn: Connection, dialect: Dialect, queued: Sequence[tuple[str, str, str]], now: datetime
-) -> None:
-    """Queue events for the earn rules, in the transaction that stores them: (profile id,
-    source id, message id) each. An event queued already is not queued again."""
-    if not queued:
-        return
-    dialect.insert_ignoring_conflicts(
-        conn,
-        outbox,
-        [
-            {
-                "topic": EARN_TOPIC,
-                "message_id": "earn-"
-                + hashlib.sha256(f"{source_id}\x00{message_id}".encode()).hexdigest()[:40],
-                "profile_id": profile_id,
-                "payload": {"source_id": source_id, "message_id": message_id},
-                "created_at": now,
-            }
-            for profile_id, source_id, message_id in queued
-        ],
-    )
 
 
 # --- tiers ---------------------------------------------------------------------------------

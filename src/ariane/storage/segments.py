@@ -1,4 +1,4 @@
-"""Segments, computed traits, memberships, their history and the outbox rows."""
+"""Segments, computed traits, memberships and their history."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso
+from ariane.domain.events import SegmentEntered, SegmentExited
 from ariane.domain.predicates import micros
 from ariane.domain.segments import Transition
+from ariane.storage import bus as bus_store
 from ariane.storage.database import Dialect
 from ariane.storage.tables import (
-    INTERNAL_SOURCE,
     catalogue_version,
     computed_traits,
-    events,
-    outbox,
     segment_changes,
     segment_history,
     segment_members,
@@ -105,8 +104,8 @@ def audience_event(
     cause: str,
     profile_id: str,
 ) -> dict[str, Any]:
-    """The `Audience Entered/Exited` event of a change, in Segment's shape: how the
-    timeline shows it and what the outbox sends. The arguments are `_event_columns` of a
+    """The `Audience Entered/Exited` event of a change, in Segment's shape, as the
+    timeline shows it. The arguments are `_event_columns` of a
     row of the history (or of a change waiting, with its segment's name)."""
     return {
         "type": "track",
@@ -186,7 +185,7 @@ def record_transitions(conn: Connection, dialect: Dialect, rows: TransitionRows)
 
 def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | None = None) -> int:
     """Apply the recorded changes (of `profile_ids` only, if given) to memberships and
-    their history, and put their messages in the outbox; how many there were.
+    their history, and record what happened for the bus; how many there were.
 
     One transaction at a time (`Dialect.hold_projection`), in the order they were
     recorded: the changes of one person are recorded under the lock of their profile, so
@@ -221,7 +220,7 @@ def _apply_changes(
     conn: Connection, dialect: Dialect, rows: Sequence[tuple[int, str, str, str]]
 ) -> None:
     """`rows` of `segment_changes` (id, segment, profile, change), in id order, into the
-    history and the outbox, then the memberships."""
+    history and the bus's outbox, then the memberships."""
     columns = segment_changes.c
     ids = [row[0] for row in rows]
     picked = dialect.among(columns.id, ids)
@@ -242,17 +241,34 @@ def _apply_changes(
             history.where(picked).order_by(columns.id),
         )
     )
-    # The message is the change's Audience event, the history row: named, not copied.
-    # Written here, a round at a time, the outbox's indexes take a page where a batch at
-    # a time they took one for every batch.
-    queued = sa.select(
-        sa.literal("audience"), columns.message_id, columns.profile_id, sa.null(), columns.at
-    )
-    conn.execute(
-        outbox.insert().from_select(
-            ["topic", "message_id", "profile_id", "payload", "created_at"],
-            queued.where(picked, columns.message_id.is_not(None)).order_by(columns.id),
+    # What happened, for the bus's handlers (destinations...): typed, in order.
+    told = conn.execute(
+        sa.select(
+            columns.change,
+            columns.message_id,
+            columns.profile_id,
+            columns.at,
+            columns.segment_id,
+            segments.c.name,
+            columns.cause,
         )
+        .select_from(segment_changes.outerjoin(segments, segments.c.id == columns.segment_id))
+        .where(picked, columns.message_id.is_not(None))
+        .order_by(columns.id)
+    ).all()
+    bus_store.record(
+        conn,
+        [
+            (SegmentEntered if change == "entered" else SegmentExited)(
+                event_id=message_id,
+                profile_id=profile_id,
+                at=at,
+                segment_id=segment_id,
+                segment=name or segment_id,
+                cause=cause,
+            )
+            for change, message_id, profile_id, at, segment_id, name, cause in told
+        ],
     )
     # The last change of each person in each segment decides: an exit removes the
     # membership, an entry makes it, entered then (after an exit and a new entry in one
@@ -387,49 +403,3 @@ def audience_timeline(
         found += conn.execute(query).all()
     found.sort(key=lambda row: (row[0], row[1]), reverse=True)
     return [(row[0], row[1], audience_event(*row)) for row in found[:limit]]
-
-
-def outbox_messages(
-    conn: Connection, *, after: int = 0, limit: int = 1000
-) -> list[tuple[int, str, dict[str, Any]]]:
-    """The outbox's messages after the row `after`, in order: (row id, topic, message).
-    A message not copied into its row is the Audience event it names: the history row of
-    its person and message id, or, for changes applied before migration 0010, the event
-    Ariane wrote into `events`."""
-    history = segment_history.c
-    written = events.c
-    query = (
-        sa.select(
-            outbox.c.id,
-            outbox.c.topic,
-            outbox.c.payload,
-            written.payload,
-            *_event_columns(segment_history, history.segment_name),
-        )
-        .select_from(
-            outbox.outerjoin(
-                segment_history,
-                sa.and_(
-                    outbox.c.payload.is_(None),
-                    history.profile_id == outbox.c.profile_id,
-                    history.message_id == outbox.c.message_id,
-                ),
-            ).outerjoin(
-                events,
-                sa.and_(
-                    outbox.c.payload.is_(None),
-                    written.message_id == outbox.c.message_id,
-                    written.source_id == INTERNAL_SOURCE,
-                ),
-            )
-        )
-        .where(outbox.c.id > after)
-        .order_by(outbox.c.id)
-        .limit(limit)
-    )
-    messages = []
-    for row_id, topic, own, event, *change in conn.execute(query):
-        if own is None and change[1] is not None:
-            own = audience_event(*change)
-        messages.append((row_id, topic, own if own is not None else event))
-    return messages

@@ -57,6 +57,19 @@ JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
+def log_transaction_column() -> sa.Column[int]:
+    """The `tx` column of a table read as a log: PostgreSQL fills it with the writing
+    transaction's id (migration 0019 sets the default); SQLite, whose writers commit one
+    after the other in id order, with 0."""
+    return sa.Column("tx", sa.BigInteger, nullable=False, server_default="0")
+
+
+def log_index(table: str) -> sa.Index:
+    """The (tx, id) order of a log, on PostgreSQL; on SQLite, where the id alone orders
+    it, an index kept empty (tx is always 0), so that writes do not pay for it."""
+    return sa.Index(f"ix_{table}_log", "tx", "id", sqlite_where=sa.text("tx <> 0"))
+
+
 def code_ordered(length: int) -> sa.types.TypeEngine[str]:
     """Text ordered character code by character code on PostgreSQL too (COLLATE "C"),
     whatever the database's locale, as SQLite orders it: the texts that start with a
@@ -152,9 +165,13 @@ events = sa.Table(
     sa.Column("timestamp", UTCDateTime, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("payload", JSONDoc, nullable=False),
+    # The transaction that wrote the row, on PostgreSQL: consumers read the table as a
+    # log in (tx, id) order (see `storage.outbox`). 0 on SQLite.
+    log_transaction_column(),
     # messageId first, for the same reason: it is the selective column of the dedupe probe.
     sa.UniqueConstraint("message_id", "source_id"),
     sa.Index("ix_events_profile_timeline", "profile_id", "timestamp", "id"),
+    log_index("events"),
 )
 
 quarantine = sa.Table(
@@ -268,10 +285,10 @@ segment_members = sa.Table(
     sa.Index("ix_segment_members_profile_id", "profile_id"),
 )
 
-# Each row is also the person's `Audience Entered/Exited` event: the timeline and the
-# outbox read it from here (`storage.segments.audience_timeline` and `outbox_messages`)
-# rather than from a copy in `events`. Rows applied before migration 0010 have no
-# message id: their events are in `events` (source `ariane`).
+# Each row is also the person's `Audience Entered/Exited` event: the timeline reads it
+# from here (`storage.segments.audience_timeline`) rather than from a copy in `events`.
+# Rows applied before migration 0010 have no message id: their events are in `events`
+# (source `ariane`).
 segment_history = sa.Table(
     "segment_history",
     metadata,
@@ -305,12 +322,13 @@ segment_changes = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
     # The message id of the change's Audience event, on the timeline from the moment the
     # change is recorded (read from here until it is applied, then from the history);
-    # applying the change puts the message in the outbox. None for changes recorded
-    # before migration 0007, whose message was put there when they were recorded.
+    # applying the change records it for the bus (`SegmentEntered`, `SegmentExited`).
+    # None for changes recorded before migration 0007.
     sa.Column("message_id", sa.String(200), nullable=True),
 )
 
-# Effects of committed changes, written in the same transaction, dispatched after it.
+# What happened (`domain.events`), written in the transaction that made it happen, read
+# by the handlers once it commits (`storage.outbox`).
 outbox = sa.Table(
     "outbox",
     metadata,
@@ -318,32 +336,45 @@ outbox = sa.Table(
     sa.Column("topic", sa.String(100), nullable=False),
     sa.Column("message_id", sa.String(200), nullable=False, unique=True),
     sa.Column("profile_id", sa.String(32), nullable=True, index=True),
-    # None: the message is the Audience event of this message id, not copied here: the
-    # row of `segment_history` of this person and message id (or, for changes applied
-    # before migration 0010, the event of `events` from source `ariane`).
+    # What `DomainEvent.payload` keeps of it.
     sa.Column("payload", JSONDoc, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
-    # Set by no one now: the loyalty and earn messages are deleted once dealt with
-    # (`storage.loyalty.settle_events`), and the Audience messages are not yet sent.
-    sa.Column("dispatched_at", UTCDateTime, nullable=True),
-    # A message whose sending failed is left alone until then, and tried again after.
-    sa.Column("claimed_until", UTCDateTime, nullable=True),
-    # The loyalty events still to send (`storage.loyalty.pending_events`), found without
-    # reading the Audience messages.
-    sa.Index(
-        "ix_outbox_loyalty_pending",
-        "id",
-        sqlite_where=sa.text("topic = 'loyalty' AND dispatched_at IS NULL"),
-        postgresql_where=sa.text("topic = 'loyalty' AND dispatched_at IS NULL"),
-    ),
-    # The events earn rules are still to read (`services.earning`).
-    sa.Index(
-        "ix_outbox_earn_pending",
-        "id",
-        sqlite_where=sa.text("topic = 'earn' AND dispatched_at IS NULL"),
-        postgresql_where=sa.text("topic = 'earn' AND dispatched_at IS NULL"),
-    ),
+    log_transaction_column(),
+    log_index("outbox"),
 )
+
+
+# How far each handler of the bus has read its log, as a (tx, id) position.
+bus_positions = sa.Table(
+    "bus_positions",
+    metadata,
+    sa.Column("handler", sa.String(200), primary_key=True),
+    sa.Column("tx", sa.BigInteger, nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# What a handler gave up on after its retries, with the error, for an admin to replay:
+# a copy, since the outbox row may be gone by then.
+bus_parked = sa.Table(
+    "bus_parked",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("handler", sa.String(200), nullable=False),
+    sa.Column("stream", sa.String(16), nullable=False),
+    sa.Column("tx", sa.BigInteger, nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(100), nullable=False),
+    sa.Column("event_id", sa.String(400), nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=True, index=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("payload", JSONDoc, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("parked_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("handler", "event_id"),
+)
+
 
 # Loyalty (see domain.loyalty). A member's account row is what a movement of their points
 # locks; the ledger (`loyalty_entries`) is append-only, one row per movement, each with
@@ -535,6 +566,7 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     # none is left for the absorbed profile.
     "segment_changes": {"profile_column": "profile_id", "on_merge": "drop"},
     "outbox": {"profile_column": "profile_id"},
+    "bus_parked": {"profile_column": "profile_id"},
     # A member's account is only what their movements lock: the survivor of a merge has
     # or makes its own.
     "loyalty_accounts": {"profile_column": "profile_id", "on_merge": "drop"},
@@ -548,3 +580,30 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     "quarantine": {"identified_by": "quarantine_identifiers"},
     "quarantine_identifiers": {"part_of": "quarantine"},
 }
+
+# Destinations (`domain.destinations`): their definitions as given, secrets included
+# (never shown), and what their deliveries did, for /metrics and the API.
+destinations = sa.Table(
+    "destinations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("definition", JSONDoc, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+destination_stats = sa.Table(
+    "destination_stats",
+    metadata,
+    sa.Column("destination", sa.String(64), primary_key=True),
+    sa.Column("delivered", sa.BigInteger, nullable=False),
+    sa.Column("failed", sa.BigInteger, nullable=False),
+    # Deliveries by how long after the event was received they were acknowledged: the
+    # counts of `DELIVERY_BUCKETS`, and one past the last.
+    sa.Column("latency", JSONDoc, nullable=False),
+    sa.Column("last_delivered_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_at", UTCDateTime, nullable=True),
+)

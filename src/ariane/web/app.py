@@ -19,7 +19,7 @@ from starlette.responses import Response
 from ariane.bootstrap import Container
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.loops import running_loops
-from ariane.web.api import loyalty, operations, profiles, segments
+from ariane.web.api import destinations, loyalty, operations, outbox, profiles, segments
 from ariane.web.cors import TrackingCORS
 from ariane.web.limits import BoundedAdminBodies
 from ariane.web.metrics import Metrics, RequestTimer
@@ -94,7 +94,10 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
         default_response_class=FastJSON,
     )
     app.state.container = container
-    metrics = Metrics(transaction_retries=lambda: container.db.retries)
+    metrics = Metrics(
+        transaction_retries=lambda: container.db.retries,
+        destinations=container.destinations.metrics,
+    )
     app.state.metrics = metrics
     app.add_middleware(RequestTimer, histogram=metrics.requests, routes=lambda: route_table(app))
     app.add_middleware(BoundedAdminBodies, limit=container.settings.max_admin_body_bytes)
@@ -107,6 +110,8 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     app.include_router(loyalty.router)
     app.include_router(operations.router)
     app.include_router(segments.router)
+    app.include_router(destinations.router)
+    app.include_router(outbox.router)
     app.include_router(sdk_settings_router)
 
     @app.exception_handler(DomainError)

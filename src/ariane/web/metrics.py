@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from time import perf_counter
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,9 +30,56 @@ class _CountOf(Collector):
         yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
+class _Destinations(Collector):
+    """Each destination's deliveries, read from the database at scrape time: the bus's
+    handlers may run in another process than the one scraped."""
+
+    def __init__(self, read: Callable[[], list[dict[str, Any]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        shown = self.read()
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+            "delivered": CounterMetricFamily(
+                "ariane_destination_delivered", "Messages a destination acknowledged.",
+                labels=["destination"],
+            ),
+            "failed": CounterMetricFamily(
+                "ariane_destination_failed", "Deliveries that failed (and were retried or parked).",
+                labels=["destination"],
+            ),
+            "parked": GaugeMetricFamily(
+                "ariane_destination_parked", "Messages parked after their retries, to replay.",
+                labels=["destination"],
+            ),
+            "lag_seconds": GaugeMetricFamily(
+                "ariane_destination_lag_seconds",
+                "Age of the oldest event a destination has still to receive.",
+                labels=["destination"],
+            ),
+            "latency_p99_seconds": GaugeMetricFamily(
+                "ariane_destination_latency_p99_seconds",
+                "99th percentile, from an event's receipt to its delivery (bucket bound).",
+                labels=["destination"],
+            ),
+        }  # fmt: skip
+        for destination in shown:
+            for name, family in families.items():
+                value = destination.get(name)
+                if value is not None:
+                    family.add_metric([destination["id"]], float(value))
+        yield from families.values()
+
+
 class Metrics:
-    def __init__(self, *, transaction_retries: Callable[[], float] = lambda: 0) -> None:
+    def __init__(
+        self,
+        *,
+        transaction_retries: Callable[[], float] = lambda: 0,
+        destinations: Callable[[], list[dict[str, Any]]] = list,
+    ) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(_Destinations(destinations))
         self.registry.register(
             _CountOf(
                 "ariane_transaction_retries",

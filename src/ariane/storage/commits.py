@@ -1,0 +1,118 @@
+"""Word that something the bus carries has committed, so that its handlers react in
+milliseconds rather than at their next look.
+
+A transaction that writes to the outbox or the events table marks its connection
+(`mark`); once it commits, `Database.write` tells the waiting handlers of this process
+at once. Other processes hear of it from PostgreSQL's NOTIFY, which is delivered when
+the transaction commits and not at all if it rolls back, or, on SQLite, from
+`PRAGMA data_version`, which changes whenever another connection commits: a thread
+reads it every few milliseconds, a call into the SQLite library that costs microseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "ariane_bus"
+# How often a SQLite database is asked whether another connection committed.
+SQLITE_LOOK_EVERY = 0.005
+# How long a listener waits for news before it checks whether it should stop.
+LISTEN_TIMEOUT = 0.5
+_MARK = "ariane.bus.wakes"
+
+
+def wake_on_commit(conn: Connection) -> None:
+    """Have the bus's handlers woken once `conn`'s transaction commits."""
+    if conn.info.get(_MARK):
+        return
+    conn.info[_MARK] = True
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+
+
+class CommitSignal:
+    def __init__(self, url: str) -> None:
+        self.url = sa.make_url(url)
+        self._changed = threading.Condition()
+        self._generation = 0
+
+    @property
+    def postgres(self) -> bool:
+        return self.url.get_backend_name() == "postgresql"
+
+    @staticmethod
+    def take_mark(conn: Connection) -> bool:
+        """Whether `conn`'s transaction was marked; the mark is taken off."""
+        return bool(conn.info.pop(_MARK, False))
+
+    def committed(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    @property
+    def generation(self) -> int:
+        """A number that changes with every commit heard of."""
+        return self._generation
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Wait until a commit after `seen` (a `generation`) is heard of, or `timeout`
+        seconds; the generation then."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._generation != seen, timeout)
+            return self._generation
+
+    @contextmanager
+    def listening(self) -> Iterator[None]:
+        """Within the block, commits of other processes are heard of too."""
+        stop = threading.Event()
+        listen = self._listen_postgres if self.postgres else self._listen_sqlite
+        thread = threading.Thread(target=listen, args=(stop,), name="bus-commits", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def _listen_postgres(self, stop: threading.Event) -> None:
+        conninfo = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    # Anything committed while no one listened is read at the next look.
+                    self.committed()
+                    while not stop.is_set():
+                        if any(True for _ in conn.notifies(timeout=LISTEN_TIMEOUT)):
+                            self.committed()
+            except psycopg.Error as error:
+                log.warning("bus: lost the commit notifications (%s); listening again", error)
+                stop.wait(1.0)
+
+    def _listen_sqlite(self, stop: threading.Event) -> None:
+        path = self.url.database
+        if not path or path == ":memory:":
+            return
+        with sqlite3.connect(path, check_same_thread=False) as conn:
+            seen = None
+            while not stop.wait(SQLITE_LOOK_EVERY):
+                try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error as error:
+                    log.warning("bus: cannot read the database's version: %s", error)
+                    stop.wait(1.0)
+                    continue
+                if version != seen:
+                    seen = version
+                    self.committed()
