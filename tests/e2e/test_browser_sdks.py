@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -446,3 +447,20 @@ def test_the_analytics_next_ariane_serves_is_the_pinned_release_unchanged(
     assert (vendored / "LICENSE.MD").read_bytes() == analytics_next["LICENSE.MD"]
     assert f"{ANALYTICS_NEXT.version}" in (vendored / "README.md").read_text()
     assert ANALYTICS_NEXT.integrity in (vendored / "README.md").read_text()
+
+
+def test_behind_a_trusted_proxy_the_sdks_are_sent_to_the_address_the_browser_used(
+    running: Server, write_key: str
+) -> None:
+    """uvicorn takes the scheme from `X-Forwarded-Proto` of a trusted proxy (127.0.0.1 by
+    default); the host is the `Host` the proxy passes on, never `X-Forwarded-Host`."""
+    answer = httpx.get(
+        f"{running.url}/v1/projects/{write_key}/settings",
+        headers={
+            "Host": "cdp.shop.example",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "elsewhere.example",
+        },
+    )
+    segment = answer.json()["integrations"]["Segment.io"]
+    assert (segment["protocol"], segment["apiHost"]) == ("https", "cdp.shop.example/v1")
