@@ -234,6 +234,29 @@ def test_every_admin_api_route_is_checked_before_it_reads_its_request(
     assert [r.path for r in admin if not isinstance(r.original_route, CheckedRoute)] == []
 
 
+def test_every_error_an_admin_route_answers_is_documented_with_the_error_body(
+    client: TestClient,
+) -> None:
+    spec = client.get("/api/openapi.json").json()
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["code", "message"]
+    for path, item in spec["paths"].items():
+        if not path.startswith("/api/"):
+            continue
+        for method, operation in item.items():
+            answers = operation["responses"]
+            assert {"401", "422"} <= answers.keys(), (method, path)
+            for status, answer in answers.items():
+                if status.startswith("4"):
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == error_body, (method, path, status)
+    paths = spec["paths"]
+    assert "409" in paths["/api/sources"]["post"]["responses"]
+    assert "403" in paths["/api/profiles/{profile_id}"]["delete"]["responses"]
+    assert "403" not in paths["/api/profiles/{profile_id}"]["get"]["responses"]
+    assert {"408", "413"} <= paths["/api/segments/preview"]["post"]["responses"].keys()
+
+
 # --- 3. numbers too large ---------------------------------------------------------------------
 
 

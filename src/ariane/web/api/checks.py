@@ -15,12 +15,16 @@ make sure none forgets.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
+
+from ariane.web.api.auth import write_access
+from ariane.web.responses import ErrorBody
 
 # Objects and lists in one another: more than any definition holds (a condition nested as
 # deep as conditions go, 32 levels, is about 70), far from what the parsers allow.
@@ -124,8 +128,41 @@ class _CheckedRequest(Request):
         return document
 
 
+# What any /api route may answer besides its own errors.
+_ANY_ROUTE: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No bearer token, or one Ariane does not know."},
+    422: {"description": "The request breaks the schema or the checks; `field` names where."},
+}
+_ADMIN_ROUTE: dict[int | str, dict[str, Any]] = {
+    403: {"description": "An analyst token, where this needs an admin token."},
+}
+# Answered by `web.limits.BoundedAdminBodies` before the route reads the body.
+_BODY_ROUTE: dict[int | str, dict[str, Any]] = {
+    408: {"description": "The body did not arrive in time."},
+    413: {"description": "The body is over max_admin_body_bytes."},
+}
+
+
+def _needs_admin(endpoint: Callable[..., Any]) -> bool:
+    parameters = inspect.signature(endpoint).parameters.values()
+    return any(getattr(p.default, "dependency", None) is write_access for p in parameters)
+
+
 class CheckedRoute(APIRoute):
-    """A route of the admin API: its request is checked before the route reads it."""
+    """A route of the admin API: its request is checked before the route reads it, and
+    every error it may answer is in the OpenAPI document with the error body."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        errors = dict(_ANY_ROUTE)
+        if _needs_admin(endpoint):
+            errors.update(_ADMIN_ROUTE)
+        if {"POST", "PUT", "PATCH"} & set(options.get("methods") or ()):
+            errors.update(_BODY_ROUTE)
+        errors.update(options.get("responses") or {})
+        options["responses"] = {
+            status: {"model": ErrorBody, **answer} for status, answer in errors.items()
+        }
+        super().__init__(path, endpoint, **options)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()

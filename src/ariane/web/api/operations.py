@@ -25,7 +25,11 @@ def list_sources(app: Container = Depends(container), _: Token = Depends(read_ac
     return {"sources": app.access.list_sources()}
 
 
-@router.post("/sources", status_code=201)
+@router.post(
+    "/sources",
+    status_code=201,
+    responses={409: {"description": "A source of that name exists already."}},
+)
 def create_source(
     body: SourceBody, app: Container = Depends(container), _: Token = Depends(write_access)
 ) -> Any:
