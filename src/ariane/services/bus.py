@@ -360,7 +360,7 @@ class Dispatcher:
         while not stop.is_set():
             if handler.name not in {known.name for known in self.handlers()}:
                 return
-            seen = commits.generation
+            seen = commits.generation(handler.stream)
             try:
                 done = self.run_once(handler)
             except Exception:
@@ -373,6 +373,6 @@ class Dispatcher:
             wait = idle
             if failing is not None:
                 wait = min(idle, max(0.0, failing.not_before - time.monotonic()))
-            commits.wait(seen, wait)
+            commits.wait(handler.stream, seen, wait)
             if stop.is_set():
                 return

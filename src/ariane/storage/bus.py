@@ -65,7 +65,7 @@ def record(conn: Connection, happened: Sequence[DomainEvent]) -> None:
     if not happened:
         return
     conn.execute(_RECORD, [_row(event) for event in happened])
-    wake_on_commit(conn)
+    wake_on_commit(conn, "outbox")
 
 
 def record_once(conn: Connection, dialect: Dialect, happened: Sequence[DomainEvent]) -> None:
@@ -73,7 +73,7 @@ def record_once(conn: Connection, dialect: Dialect, happened: Sequence[DomainEve
     if not happened:
         return
     dialect.insert_ignoring_conflicts(conn, outbox, [_row(event) for event in happened])
-    wake_on_commit(conn)
+    wake_on_commit(conn, "outbox")
 
 
 def _row(event: DomainEvent) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -24,6 +24,8 @@ from sqlalchemy.engine import Connection
 log = logging.getLogger(__name__)
 
 CHANNEL = "ariane_bus"
+# The logs the bus's handlers read (`storage.bus`).
+LOGS = ("events", "outbox")
 # How often a SQLite database is asked whether another connection committed.
 SQLITE_LOOK_EVERY = 0.005
 # How long a listener waits for news before it checks whether it should stop.
@@ -31,46 +33,52 @@ LISTEN_TIMEOUT = 0.5
 _MARK = "ariane.bus.wakes"
 
 
-def wake_on_commit(conn: Connection) -> None:
-    """Have the bus's handlers woken once `conn`'s transaction commits."""
-    if conn.info.get(_MARK):
+def wake_on_commit(conn: Connection, log: str) -> None:
+    """Have the bus's handlers of `log` ("events" or "outbox") woken once `conn`'s
+    transaction commits."""
+    marked: set[str] = conn.info.setdefault(_MARK, set())
+    if log in marked:
         return
-    conn.info[_MARK] = True
+    marked.add(log)
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+        # Notifications of one transaction with the same payload are delivered once.
+        conn.exec_driver_sql(f"NOTIFY {CHANNEL}, '{log}'")
 
 
 class CommitSignal:
     def __init__(self, url: str) -> None:
         self.url = sa.make_url(url)
         self._changed = threading.Condition()
-        self._generation = 0
+        self._generations: dict[str, int] = {}
 
     @property
     def postgres(self) -> bool:
         return self.url.get_backend_name() == "postgresql"
 
     @staticmethod
-    def take_mark(conn: Connection) -> bool:
-        """Whether `conn`'s transaction was marked; the mark is taken off."""
-        return bool(conn.info.pop(_MARK, False))
+    def take_mark(conn: Connection) -> set[str]:
+        """The logs `conn`'s transaction wrote to; the mark is taken off."""
+        found: set[str] = conn.info.pop(_MARK, set())
+        return found
 
-    def committed(self) -> None:
+    def committed(self, logs: Iterable[str] = LOGS) -> None:
+        """Wake those waiting for a commit to `logs` (all of them, when a change of some
+        other process is all that is known)."""
         with self._changed:
-            self._generation += 1
+            for log in logs:
+                self._generations[log] = self._generations.get(log, 0) + 1
             self._changed.notify_all()
 
-    @property
-    def generation(self) -> int:
-        """A number that changes with every commit heard of."""
-        return self._generation
+    def generation(self, log: str) -> int:
+        """A number that changes with every commit to `log` heard of."""
+        return self._generations.get(log, 0)
 
-    def wait(self, seen: int, timeout: float) -> int:
-        """Wait until a commit after `seen` (a `generation`) is heard of, or `timeout`
-        seconds; the generation then."""
+    def wait(self, log: str, seen: int, timeout: float) -> int:
+        """Wait until a commit to `log` after `seen` (a `generation`) is heard of, or
+        `timeout` seconds; the generation then."""
         with self._changed:
-            self._changed.wait_for(lambda: self._generation != seen, timeout)
-            return self._generation
+            self._changed.wait_for(lambda: self.generation(log) != seen, timeout)
+            return self.generation(log)
 
     @contextmanager
     def listening(self) -> Iterator[None]:
@@ -94,8 +102,9 @@ class CommitSignal:
                     # Anything committed while no one listened is read at the next look.
                     self.committed()
                     while not stop.is_set():
-                        if any(True for _ in conn.notifies(timeout=LISTEN_TIMEOUT)):
-                            self.committed()
+                        for notice in conn.notifies(timeout=LISTEN_TIMEOUT):
+                            self.committed([notice.payload] if notice.payload in LOGS else LOGS)
+                            break
             except psycopg.Error as error:
                 log.warning("bus: lost the commit notifications (%s); listening again", error)
                 stop.wait(1.0)

@@ -848,9 +848,9 @@ class Database:
                 with self._transaction() as conn:
                     CommitSignal.take_mark(conn)
                     done = work(conn)
-                    wakes = CommitSignal.take_mark(conn)
-                if wakes:
-                    self.commits.committed()
+                    logs = CommitSignal.take_mark(conn)
+                if logs:
+                    self.commits.committed(logs)
                 return done
             except RetryTransaction:
                 if attempt == attempts - 1:

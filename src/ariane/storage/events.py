@@ -63,7 +63,7 @@ def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[tuple[Any, 
         raise RetryTransaction("a messageId was stored by another writer meanwhile")
     if rows:
         # The consumers of the events log react once the batch commits.
-        wake_on_commit(conn)
+        wake_on_commit(conn, "events")
 
 
 # What a timeline shows of an event: all but its place in the log.
