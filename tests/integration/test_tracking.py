@@ -329,6 +329,16 @@ def test_a_body_that_is_not_utf8_is_told_where(client: TestClient, write_key: st
     assert "line 2 column 20" in broken.json()["message"]
 
 
+def test_a_whole_number_beyond_any_float_is_refused_as_bad_json_not_a_500(
+    client: TestClient, write_key: str
+) -> None:
+    huge = b"1" + b"0" * 400
+    body = b'{"batch": [{"type": "track", "userId": "u", "event": "E", "properties": {"n": '
+    refused = client.post("/v1/batch", content=body + huge + b"}}]}", headers=basic(write_key))
+    assert (refused.status_code, refused.json()["code"]) == (400, "bad_json")
+    assert "line 1 column 79" in refused.json()["message"]
+
+
 def test_json_that_is_not_json_is_refused_as_strictly_as_before(
     client: TestClient, write_key: str
 ) -> None:

@@ -187,7 +187,12 @@ def _parse_json(body: bytes) -> Any:
 # too large for a float is refused.
 def _json_int(text: str) -> int | float:
     number = int(text)
-    return number if -(2**63) <= number < 2**64 else float(number)
+    if -(2**63) <= number < 2**64:
+        return number
+    try:
+        return float(number)
+    except OverflowError:
+        raise ValueError(f"{text} is too large a number") from None
 
 
 def _json_float(text: str) -> float:
