@@ -4,6 +4,7 @@ request and answers what the test scripts (500s, 429s with Retry-After, then 200
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ class Receiver:
     script: deque[tuple[int, dict[str, str], bytes]] = field(default_factory=deque)
     # Answered to every request while set, instead of the script.
     always: tuple[int, dict[str, str], bytes] | None = None
+    # Seconds each request takes to answer: a slow receiver.
+    delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self) -> tuple[int, dict[str, str], bytes]:
@@ -58,6 +61,8 @@ def receiving() -> Iterator[Receiver]:
             receiver = holder["receiver"]
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             status, headers, reply = receiver.answer()
+            if receiver.delay:
+                time.sleep(receiver.delay)
             seen = {k.lower(): v for k, v in self.headers.items()}
             seen["x-answered"] = str(status)
             with receiver.lock:
