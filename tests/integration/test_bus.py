@@ -9,15 +9,23 @@ import time
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container, build
-from ariane.domain.events import PointsEarned, SegmentEntered
+from ariane.domain.events import (
+    ConsentChanged,
+    PointsEarned,
+    ProfileErased,
+    ProfilesMerged,
+    SegmentEntered,
+)
 from ariane.services.bus import Dispatcher, GiveUp, Handler, RetryLater, RetryPolicy
 from ariane.services.ingest import Envelope
 from ariane.storage import bus as store
 from ariane.storage.bus import Entry
 from ariane.storage.tables import events, outbox
 from tests.conftest import FakeClock
+from tests.integration.test_tracking import basic
 
 FAST = RetryPolicy(first=0.001, ceiling=0.002, attempts=3)
 
@@ -295,3 +303,49 @@ def test_the_outbox_is_emptied_up_to_where_every_handler_has_read(
     with container.db.read() as conn:
         left = conn.execute(sa.select(outbox.c.message_id)).scalars().all()
     assert left == ["earned-3"]
+
+
+def test_merges_consents_and_erasures_are_recorded_for_the_handlers(
+    container: Container, client: TestClient, write_key: str, admin_token: dict[str, str]
+) -> None:
+    kinds = frozenset({"ProfilesMerged", "ConsentChanged", "ProfileErased"})
+    kept: list[Entry] = []
+
+    def keep(entries: Sequence[Entry]) -> None:
+        kept.extend(entries)
+
+    bus = dispatcher(container, Handler("profiles", "outbox", keep, kinds=kinds))
+    auth = basic(write_key)
+    client.post("/v1/identify", json={"anonymousId": "a-1", "traits": {"plan": "x"}}, headers=auth)
+    client.post("/v1/identify", json={"userId": "ada"}, headers=auth)
+    consented = {
+        "userId": "ada",
+        "anonymousId": "a-1",
+        "context": {"consent": {"categoryPreferences": {"marketing": True}}},
+    }
+    assert client.post("/v1/identify", json=consented, headers=auth).status_code == 200
+    ada = container.profiles.lookup("user_id", "ada")
+    withdrawn = client.put(
+        f"/api/profiles/{ada}/consents/marketing",
+        json={"status": "withdrawn"},
+        headers=admin_token,
+    )
+    assert withdrawn.status_code == 200
+    bus.drain()
+    # An erasure takes the person's entries still in the outbox with them.
+    assert client.delete(f"/api/profiles/{ada}", headers=admin_token).status_code == 200
+    bus.drain()
+    found = [entry.event for entry in kept]
+    assert [type(event).__name__ for event in found] == [
+        "ProfilesMerged",
+        "ConsentChanged",
+        "ConsentChanged",
+        "ProfileErased",
+    ]
+    merged, granted, taken_back, erased = found
+    assert isinstance(merged, ProfilesMerged) and merged.profile_id == ada
+    assert isinstance(granted, ConsentChanged)
+    assert (granted.purpose, granted.status, granted.previous) == ("marketing", "granted", None)
+    assert isinstance(taken_back, ConsentChanged)
+    assert (taken_back.status, taken_back.previous) == ("withdrawn", "granted")
+    assert isinstance(erased, ProfileErased) and erased.profile_id is None

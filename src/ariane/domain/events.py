@@ -63,8 +63,17 @@ class ProfilesMerged(DomainEvent):
     merged: tuple[str, ...]
 
 
+def profiles_merged(survivor: str, absorbed: str, at: datetime) -> ProfilesMerged:
+    # A profile is absorbed once: its id names the merge.
+    return ProfilesMerged(
+        event_id=f"merge-{absorbed}", profile_id=survivor, at=at, merged=(absorbed,)
+    )
+
+
 @dataclass(frozen=True)
 class ProfileErased(DomainEvent):
+    """A person was erased; named by the erasure's receipt, without their profile id."""
+
     _: KW_ONLY
     requested_by: str | None = None
 
@@ -75,6 +84,19 @@ class ConsentChanged(DomainEvent):
     purpose: str
     status: str
     previous: str | None = None
+
+
+def consent_changed(
+    profile_id: str, purpose: str, status: str, at: datetime, previous: str | None
+) -> ConsentChanged:
+    return ConsentChanged(
+        event_id=f"consent-{profile_id}-{purpose}-{iso(at)}-{status}",
+        profile_id=profile_id,
+        at=at,
+        purpose=purpose,
+        status=status,
+        previous=previous,
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from ariane.domain.clock import iso
 from ariane.domain.consent import ConsentDecision, consents_from_message
 from ariane.domain.errors import InvalidEvent
+from ariane.domain.events import DomainEvent, consent_changed, profiles_merged
 from ariane.domain.identity import (
     Identifier,
     IdentityIndex,
@@ -33,6 +34,7 @@ from ariane.domain.profiles import ProfileState, apply_message, merge_profiles
 from ariane.domain.segments import Catalogue, Touch
 from ariane.services.segments import SegmentService, Settlement
 from ariane.settings import Settings
+from ariane.storage import bus as bus_store
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
@@ -346,11 +348,17 @@ class IngestService:
         # either waits for this batch or is wholly seen by it, new profiles included.
         catalogue = self.segments.catalogue(conn, hold=True)
         batch = self._work_out(conn, source_id, planned, now, catalogue)
+        happened: list[DomainEvent] = []
         for merge, reason, message_id in batch.merge_log:
             merge.survivor = batch.final(merge.survivor)
             profile_store.record_merge(conn, self.db.dialect, merge, reason, message_id, now)
+            happened.append(profiles_merged(merge.survivor, merge.absorbed, now))
         if batch.consent_updates:
-            consent_store.record_changes(conn, batch.consent_updates)
+            changes = consent_store.record_changes(conn, batch.consent_updates)
+            happened.extend(
+                consent_changed(p, d.purpose, d.status, d.at, before) for p, d, before in changes
+            )
+        bus_store.record(conn, happened)
         batch.settlement = self._settle(conn, batch)
         return batch
 

@@ -9,7 +9,9 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ariane.domain.events import ProfileErased
 from ariane.services.profiles import live_profile_id
+from ariane.storage import bus as bus_store
 from ariane.storage import personal_data
 from ariane.storage.database import Database
 from ariane.storage.tables import erasure_receipts
@@ -41,13 +43,22 @@ class PrivacyService:
             # No segment change of theirs may be applied meanwhile: it would write back
             # the memberships and history this deletes (`storage.segments.catch_up`).
             self.db.dialect.hold_projection(conn)
+            now = self.clock()
             receipt = {
                 "id": uuid.uuid4().hex,
-                "erased_at": self.clock(),
+                "erased_at": now,
                 "requested_by": requested_by,
                 "counts": personal_data.erase(conn, person),
             }
             conn.execute(erasure_receipts.insert().values(**receipt))
+            # Named by its receipt, as the receipt is: nothing of the person is kept.
+            erased = ProfileErased(
+                event_id=f"erasure-{receipt['id']}",
+                profile_id=None,
+                at=now,
+                requested_by=requested_by,
+            )
+            bus_store.record(conn, [erased])
             return receipt
 
         return self.db.write(work)

@@ -15,6 +15,7 @@ from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.conditions import AllOf, Node, TraitIs
 from ariane.domain.consent import ConsentDecision, check_purpose, check_status, current_consents
 from ariane.domain.errors import Conflict, DomainError, NotFound
+from ariane.domain.events import consent_changed, profiles_merged
 from ariane.domain.identity import BUILTIN_TYPES, Merge, normalise, normalise_type
 from ariane.domain.predicates import InvalidDefinition, Test, parse_path
 from ariane.domain.profiles import SEARCH_KEY_LENGTH, ProfileState, merge_profiles
@@ -22,6 +23,7 @@ from ariane.domain.segments import Touch
 from ariane.services import paging
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
+from ariane.storage import bus as bus_store
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
@@ -344,7 +346,8 @@ class ProfileService:
             # means starting again, to land on the survivor or to find no one.
             self.segments.catalogue(conn, hold=True)
             states = profile_store.lock_profiles(conn, self.db.dialect, [live])
-            consent_store.insert(conn, live, decision)
+            _, _, before = consent_store.insert(conn, live, decision)
+            bus_store.record(conn, [consent_changed(live, purpose, status, decision.at, before)])
             self.segments.reevaluate(conn, states, Touch(consent=True), now, "consent")
             return consent_store.history(conn, live)
 
@@ -386,6 +389,7 @@ class ProfileService:
             profile_store.record_merge(
                 conn, self.db.dialect, Merge(survivor, absorbed, [], []), reason, None, now
             )
+            bus_store.record(conn, [profiles_merged(survivor, absorbed, now)])
             profile_store.update_profiles(conn, self.db.dialect, [kept], now)
             self.segments.reevaluate(conn, {survivor: kept}, Touch(everything=True), now, "merge")
             return survivor

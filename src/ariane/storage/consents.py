@@ -40,20 +40,37 @@ def history(conn: Connection, profile_id: str) -> list[ConsentDecision]:
     return [_decision(row) for row in conn.execute(_ordered([profile_id]))]
 
 
-def insert(conn: Connection, profile_id: str, decision: ConsentDecision) -> None:
+def insert(conn: Connection, profile_id: str, decision: ConsentDecision) -> Change:
+    """Record a decision made through the API; the change it makes."""
+    known = None
+    for row in conn.execute(_ordered([profile_id]).where(consents.c.purpose == decision.purpose)):
+        known = _decision(row)
     conn.execute(consents.insert().values(**_row(profile_id, decision)))
+    return profile_id, decision, _status(known, decision)
 
 
-def record_changes(conn: Connection, updates: Sequence[tuple[str, ConsentDecision]]) -> None:
-    """Record the decisions carried by events that change the status in force."""
+# A change of consent: the profile, the decision, and the status in force before it.
+Change = tuple[str, ConsentDecision, str | None]
+
+
+def record_changes(
+    conn: Connection, updates: Sequence[tuple[str, ConsentDecision]]
+) -> list[Change]:
+    """Record the decisions carried by events that change the status in force; those."""
     latest: dict[tuple[str, str], ConsentDecision] = {}
     for row in conn.execute(_ordered({p for p, _ in updates})):
         latest[(row.profile_id, row.purpose)] = _decision(row)
-    new_rows = []
+    changes: list[Change] = []
     for profile_id, decision in sorted(updates, key=lambda u: u[1].at):
         key = (profile_id, decision.purpose)
-        if is_change(latest.get(key), decision):
+        known = latest.get(key)
+        if is_change(known, decision):
             latest[key] = decision
-            new_rows.append(_row(profile_id, decision))
-    if new_rows:
-        conn.execute(consents.insert(), new_rows)
+            changes.append((profile_id, decision, _status(known, decision)))
+    if changes:
+        conn.execute(consents.insert(), [_row(p, decision) for p, decision, _ in changes])
+    return changes
+
+
+def _status(known: ConsentDecision | None, decision: ConsentDecision) -> str | None:
+    return None if known is None else known.status_at(decision.at)

@@ -172,6 +172,8 @@ events = sa.Table(
     sa.UniqueConstraint("message_id", "source_id"),
     sa.Index("ix_events_profile_timeline", "profile_id", "timestamp", "id"),
     log_index("events"),
+    # Ids are positions in the log: never taken again once deleted (see `log_index`).
+    sqlite_autoincrement=True,
 )
 
 quarantine = sa.Table(
@@ -341,6 +343,7 @@ outbox = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     log_transaction_column(),
     log_index("outbox"),
+    sqlite_autoincrement=True,
 )
 
 

@@ -61,11 +61,24 @@ def upgrade() -> None:
     bind = op.get_bind()
     postgres = bind.dialect.name == "postgresql"
     op.execute("DELETE FROM outbox WHERE topic = 'audience'")
+    op.drop_index("ix_outbox_loyalty_pending", table_name="outbox")
+    op.drop_index("ix_outbox_earn_pending", table_name="outbox")
     for table in _LOGS:
-        with op.batch_alter_table(table, schema=None) as batch_op:
+        # On SQLite, an id is never taken again once its row is deleted (AUTOINCREMENT):
+        # ids are positions in the log, and a handler past a deleted row's id must not
+        # find a new row behind it. The table is written anew for that.
+        with op.batch_alter_table(
+            table,
+            schema=None,
+            recreate="auto" if postgres else "always",
+            table_kwargs={"sqlite_autoincrement": True},
+        ) as batch_op:
             batch_op.add_column(
                 sa.Column("tx", sa.BigInteger(), server_default="0", nullable=False)
             )
+            if table == "outbox":
+                batch_op.drop_column("dispatched_at")
+                batch_op.drop_column("claimed_until")
         if postgres:
             # New rows only: the column was added with a constant, without a rewrite.
             op.execute(f"ALTER TABLE {table} ALTER COLUMN tx SET DEFAULT {_WRITER}")
@@ -108,11 +121,6 @@ def upgrade() -> None:
     op.create_index("ix_bus_parked_profile_id", "bus_parked", ["profile_id"])
     _type_loyalty_events(bind)
     _start_earn_rules(bind)
-    op.drop_index("ix_outbox_loyalty_pending", table_name="outbox")
-    op.drop_index("ix_outbox_earn_pending", table_name="outbox")
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.drop_column("dispatched_at")
-        batch_op.drop_column("claimed_until")
 
 
 def _type_loyalty_events(bind: sa.Connection) -> None:
