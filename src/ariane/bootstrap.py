@@ -19,6 +19,7 @@ from ariane.services.loyalty_events import LoyaltyTimeline
 from ariane.services.privacy import PrivacyService
 from ariane.services.profiles import ProfileService
 from ariane.services.programmes import ProgrammeService
+from ariane.services.segment_exports import SegmentExportService
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
 from ariane.storage.database import Database
@@ -34,6 +35,7 @@ class Container:
     profiles: ProfileService
     privacy: PrivacyService
     segments: SegmentService
+    segment_exports: SegmentExportService
     programmes: ProgrammeService
     loyalty: LoyaltyService
     coupons: CouponService
@@ -69,6 +71,7 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
         profiles=profiles,
         privacy=PrivacyService(db, clock),
         segments=segments,
+        segment_exports=SegmentExportService(db, clock, segments, profiles),
         programmes=programmes,
         loyalty=loyalty,
         coupons=CouponService(db, clock),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, BinaryIO
 
 import orjson
 import typer
@@ -17,7 +16,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ariane.bootstrap import Container, build
-from ariane.domain.clock import iso
 from ariane.domain.errors import DomainError
 from ariane.settings import load_settings
 
@@ -295,30 +293,64 @@ def segments_list() -> None:
 def segments_export(
     name: Annotated[str, typer.Argument(help="The segment's name or id.")],
     output: Annotated[
-        Path | None, typer.Option(dir_okay=False, help="Write the CSV here, not to stdout.")
+        Path | None, typer.Option(dir_okay=False, help="Write the file here, not to stdout.")
+    ] = None,
+    identifier: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--identifier",
+            help="An identifier type (email): a column of each member's first value of it."
+            " Repeat the option for several.",
+        ),
+    ] = None,
+    trait: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trait",
+            help="A trait (plan, address.city): a column. Repeat the option for several.",
+        ),
+    ] = None,
+    file_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv or parquet (default: parquet for an --output ending in .parquet, else"
+            " csv). Parquet needs --output.",
+        ),
     ] = None,
 ) -> None:
-    """Write the members of a segment as CSV: profile_id, entered_at (UTC, ISO-8601)."""
+    """Write the members of a segment: profile_id, entered_at (UTC), then the identifiers
+    and traits chosen, as CSV or Parquet."""
+    from ariane.services.segment_exports import check_format
+
+    parquet_file = output is not None and output.suffix.lower() == ".parquet"
+    chosen = file_format or ("parquet" if parquet_file else "csv")
     with _container() as container:
         try:
-            container.segments.get_segment(name)
+            if check_format(chosen) == "parquet" and output is None:
+                raise DomainError(
+                    "Parquet is binary and is written to a file: give --output FILE",
+                    field="output",
+                )
+            found = container.segment_exports.export(
+                name, identifiers=identifier or [], traits=trait or []
+            )
             with _output(output) as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["profile_id", "entered_at"])
-                for profile_id, entered_at in container.segments.all_members(name):
-                    writer.writerow([profile_id, iso(entered_at)])
+                for chunk in found.chunks(chosen):
+                    handle.write(chunk)
         except DomainError as error:
             raise _fail(error) from None
 
 
 @contextmanager
-def _output(path: Path | None) -> Iterator[TextIO]:
+def _output(path: Path | None) -> Iterator[BinaryIO]:
     """The file at `path`, or stdout (left open) when there is none."""
     if path is None:
-        yield sys.stdout
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
         return
     try:
-        handle = path.open("w", newline="")
+        handle = path.open("wb")
     except OSError as error:
         raise DomainError(f"cannot write {path}: {error.strerror}", field="output") from None
     with handle:

@@ -1,4 +1,5 @@
-"""`ariane segments` on both databases: definitions as code, listing and CSV export."""
+"""`ariane segments` on both databases: definitions as code, listing, and export as
+CSV or Parquet."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 import yaml
 
@@ -198,6 +200,50 @@ def test_list_and_export(cli: Any, tmp_path: Path, container: Container) -> None
     )
     assert nowhere.exit_code == 1
     assert "error (output): cannot write" in nowhere.stderr
+
+
+def test_export_chosen_identifiers_and_traits_as_csv_or_parquet(
+    cli: Any, tmp_path: Path, container: Container
+) -> None:
+    people = populate(cli, tmp_path)
+    path = tmp_path / "segments.yaml"
+    path.write_text(DEFINITIONS)
+    cli("segments", "apply", str(path))
+    columns = ("--identifier", "userId", "--trait", "plan")
+    entered = dict(container.segments.all_members("trial"))
+
+    exported = cli("segments", "export", "trial", *columns).stdout
+    rows = list(csv.reader(io.StringIO(exported)))
+    assert rows[0] == ["profile_id", "entered_at", "user_id", "plan"]
+    assert [(r[0], *r[2:]) for r in rows[1:]] == sorted(
+        [(people["ada"], "ada", "trial"), (people["bob"], "bob", "trial")]
+    )
+
+    # Parquet by the file's suffix, or by --format whatever the suffix.
+    for name, chosen in [("trial.parquet", ()), ("trial.data", ("--format", "parquet"))]:
+        output = tmp_path / name
+        done = cli("segments", "export", "trial", *columns, *chosen, "--output", str(output))
+        assert done.stdout == ""
+        table = pq.read_table(output)
+        assert table.column_names == ["profile_id", "entered_at", "user_id", "plan"]
+        assert table.to_pylist() == [
+            {"profile_id": p, "entered_at": entered[p], "user_id": user, "plan": plan}
+            for p, _, user, plan in rows[1:]
+        ]
+
+    to_stdout = cli("segments", "export", "trial", "--format", "parquet", ok=False)
+    assert to_stdout.exit_code == 1
+    assert "error (output): Parquet is binary and is written to a file" in to_stdout.stderr
+    assert to_stdout.stdout == ""
+    for args, error in [
+        (("--identifier", "fax"), "error (identifier): no identifier type 'fax'"),
+        (("--trait", "a..b"), "error (trait): 'a..b' is not a usable name"),
+        (("--format", "xlsx"), "error (format): format 'xlsx' is not one Ariane writes"),
+    ]:
+        refused = cli("segments", "export", "trial", *args, ok=False)
+        assert refused.exit_code == 1
+        assert error in refused.stderr
+        assert refused.stdout == ""
 
 
 def test_discover_describes_groups_and_saves_them_as_segments(

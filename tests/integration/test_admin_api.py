@@ -23,8 +23,12 @@ from tests.conftest import FakeClock
 
 # Served without a token: the API's own description, which holds no data.
 DOCUMENTATION = {"/api/openapi.json", "/api/docs"}
-# Reads that only an admin may make: they hand out everything held on a person.
-ADMIN_READS = {("GET", "/api/profiles/{profile_id}/export")}
+# Reads that only an admin may make: they hand out personal data, everything held on a
+# person or the identifiers and traits of a segment's members.
+ADMIN_READS = {
+    ("GET", "/api/profiles/{profile_id}/export"),
+    ("GET", "/api/segments/{segment}/export"),
+}
 # Reads that are POSTs: what they ask for does not fit in a query string.
 POSTED_READS = {("POST", "/api/segments/preview"), ("POST", "/api/loyalty/simulate")}
 

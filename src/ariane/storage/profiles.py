@@ -428,18 +428,25 @@ def _after_all_starting_with(prefix: str) -> str | None:
 
 
 def identifiers_of(
-    conn: Connection, dialect: Dialect, profile_ids: Collection[str], *, per_type: int
+    conn: Connection,
+    dialect: Dialect,
+    profile_ids: Collection[str],
+    *,
+    per_type: int,
+    types: Collection[str] | None = None,
 ) -> dict[str, dict[str, list[str]]]:
-    """For each profile, its identifiers by type: the first `per_type` it held of each."""
+    """For each profile, its identifiers by type (of `types` only, if given): the first
+    `per_type` it held of each."""
     columns = (
         identities.c.profile_id,
         identities.c.type,
         identities.c.value,
         identities.c.created_at,
     )
+    wanted = [] if types is None else [identities.c.type.in_(sorted(types))]
     rows: list[tuple[str, str, str, datetime]] = []
     for chunk in chunked(sorted(profile_ids), _CHUNK):
-        query = dialect.probe(columns, identities.c.profile_id, chunk)
+        query = dialect.probe(columns, identities.c.profile_id, chunk, *wanted)
         rows.extend((p, t, v, at) for p, t, v, at in conn.execute(query))
     held: dict[str, dict[str, list[str]]] = {profile_id: {} for profile_id in profile_ids}
     for profile_id, id_type, value, _ in sorted(rows, key=lambda r: (r[0], r[1], r[3], r[2])):

@@ -159,8 +159,10 @@ class CheckedRoute(APIRoute):
         if {"POST", "PUT", "PATCH"} & set(options.get("methods") or ()):
             errors.update(_BODY_ROUTE)
         errors.update(options.get("responses") or {})
+        # An answer that is not an error (a file's media types) is left as declared.
         options["responses"] = {
-            status: {"model": ErrorBody, **answer} for status, answer in errors.items()
+            status: {"model": ErrorBody, **answer} if str(status)[0] in "45" else answer
+            for status, answer in errors.items()
         }
         super().__init__(path, endpoint, **options)
 

@@ -6,14 +6,17 @@ that an error names the path of the faulty node (`condition.all[1].count.gte`).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from ariane.bootstrap import Container
 from ariane.domain.errors import Conflict, DomainError
+from ariane.services.segment_exports import MEDIA_TYPES
 from ariane.services.segments import MAX_PAGE
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
@@ -175,6 +178,55 @@ def history(
 ) -> Any:
     """Entries and exits, newest first, one page at a time."""
     return app.segments.history(segment, limit=limit, cursor=cursor)
+
+
+_EXPORT_PARAMETERS = frozenset({"format", "identifier", "trait"})
+_EXPORTED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The file, streamed.",
+        "content": {media_type: {} for media_type in MEDIA_TYPES.values()},
+    },
+    404: {"description": "No segment with that id or name."},
+    422: {"description": "An unknown identifier type, a bad trait name; `field` says which."},
+}
+
+
+@router.get("/segments/{segment}/export", response_class=StreamingResponse, responses=_EXPORTED)
+def export_members(
+    request: Request,
+    segment: str,
+    format: Literal["csv", "parquet"] = Query("csv", description="csv or parquet."),
+    identifier: list[str] = Query(
+        [], description="An identifier type: a column of the first value each member holds."
+    ),
+    trait: list[str] = Query([], description="A trait: a column; nested with dots, address.city."),
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> StreamingResponse:
+    """The members with the identifiers and traits chosen, as a CSV or Parquet file read
+    a page at a time (admin only: personal data)."""
+    for key in request.query_params:
+        if key not in _EXPORT_PARAMETERS:
+            raise DomainError(
+                f"unknown parameter {key!r}: choose columns with identifier and trait, and the"
+                " file with format",
+                field=key,
+            )
+    found = app.segment_exports.export(segment, identifiers=identifier, traits=trait)
+    return StreamingResponse(
+        found.chunks(format),
+        media_type=MEDIA_TYPES[format],
+        headers={"Content-Disposition": _attachment(found.filename(format))},
+    )
+
+
+def _attachment(filename: str) -> str:
+    # Any name a segment may have, in the UTF-8 form of RFC 6266, beside a plain one for
+    # the clients that read only that.
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "_", filename)
+    if plain == filename:
+        return f'attachment; filename="{plain}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 # --- computed traits ------------------------------------------------------------------------
