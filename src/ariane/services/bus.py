@@ -316,7 +316,7 @@ class Dispatcher:
         running: dict[str, threading.Thread] = {}
         with self.db.commits.listening():
             while not stop.is_set():
-                for handler in self.handlers():
+                for handler in self._current():
                     if handler.name not in running or not running[handler.name].is_alive():
                         thread = threading.Thread(
                             target=self._serve,
@@ -329,6 +329,14 @@ class Dispatcher:
                 stop.wait(idle)
             for thread in running.values():
                 thread.join(timeout=10)
+
+    def _current(self) -> Sequence[Handler]:
+        """The handler table now; none while it cannot be read (the database away)."""
+        try:
+            return self.handlers()
+        except Exception:
+            log.exception("bus: cannot read the handler table now; looking again")
+            return ()
 
     def run_jobs(self, jobs: Sequence[Job], stop: threading.Event) -> None:
         """Run `jobs` in threads of their own until `stop` is set."""
@@ -358,7 +366,8 @@ class Dispatcher:
     def _serve_until(self, handler: Handler, stop: threading.Event, idle: float) -> None:
         commits = self.db.commits
         while not stop.is_set():
-            if handler.name not in {known.name for known in self.handlers()}:
+            current = self._current()
+            if current and handler.name not in {known.name for known in current}:
                 return
             seen = commits.generation(handler.stream)
             try:

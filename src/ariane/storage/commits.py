@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import psycopg
 import sqlalchemy as sa
@@ -113,15 +113,16 @@ class CommitSignal:
         path = self.url.database
         if not path or path == ":memory:":
             return
-        with sqlite3.connect(path, check_same_thread=False) as conn:
-            seen = None
-            while not stop.wait(SQLITE_LOOK_EVERY):
-                try:
-                    version = conn.execute("PRAGMA data_version").fetchone()[0]
-                except sqlite3.Error as error:
-                    log.warning("bus: cannot read the database's version: %s", error)
-                    stop.wait(1.0)
-                    continue
-                if version != seen:
-                    seen = version
-                    self.committed()
+        seen = None
+        while not stop.is_set():
+            try:
+                with closing(sqlite3.connect(path, check_same_thread=False)) as conn:
+                    while not stop.wait(SQLITE_LOOK_EVERY):
+                        version = conn.execute("PRAGMA data_version").fetchone()[0]
+                        if version != seen:
+                            seen = version
+                            self.committed()
+            except sqlite3.Error as error:
+                log.warning("bus: cannot watch the database for commits (%s); again", error)
+                seen = None
+                stop.wait(1.0)

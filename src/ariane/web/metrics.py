@@ -6,6 +6,7 @@ which would buffer every response and run the endpoint in another task.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from time import perf_counter
@@ -18,6 +19,8 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UNMATCHED = "unmatched"
+
+log = logging.getLogger(__name__)
 
 
 class _CountOf(Collector):
@@ -38,7 +41,12 @@ class _Destinations(Collector):
         self.read = read
 
     def collect(self) -> Iterable[Metric]:
-        shown = self.read()
+        try:
+            shown = self.read()
+        except Exception:
+            # /metrics answers with what it can: the database may be the thing to watch.
+            log.exception("metrics: cannot read the destinations' deliveries")
+            shown = []
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "delivered": CounterMetricFamily(
                 "ariane_destination_delivered", "Messages a destination acknowledged.",
