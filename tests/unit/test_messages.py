@@ -187,6 +187,13 @@ def test_errors_name_the_field_at_fault(raw: Any, field: str) -> None:
     assert caught.value.message
 
 
+@pytest.mark.parametrize("kind", [["track"], {"track": 1}])
+def test_a_type_that_is_a_list_or_an_object_is_invalid_naming_type(kind: Any) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_message({"type": kind, "userId": "u", "event": "E"}, received_at=RECEIVED)
+    assert caught.value.field == "type"
+
+
 def test_a_bad_timestamp_says_what_to_send() -> None:
     with pytest.raises(InvalidEvent, match=r"2024-05-01T12:00:00\.000Z"):
         parse(timestamp="yesterday")

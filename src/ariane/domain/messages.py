@@ -250,7 +250,7 @@ def parse_message(
             field="(event)",
         )
     msg_type = raw.get("type", type_hint) if type_hint is None else type_hint
-    if msg_type not in MESSAGE_TYPES:
+    if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:
         raise InvalidEvent(
             f"type {msg_type!r} is not one of {', '.join(sorted(MESSAGE_TYPES))}", field="type"
         )
