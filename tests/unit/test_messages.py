@@ -394,6 +394,13 @@ def test_an_alias_previous_id_over_512_characters_is_refused_as_too_long() -> No
     assert problem.message == f"previousId is 10000 characters long; at most {MAX_ID_LENGTH}"
 
 
+def test_an_alias_user_id_over_512_characters_is_refused_as_too_long() -> None:
+    parse(type="alias", userId="u" * MAX_ID_LENGTH, previousId="p")
+    problem = refusal(type="alias", userId="u" * 10_000, previousId="p")
+    assert problem.field == "userId"
+    assert problem.message == f"userId is 10000 characters long; at most {MAX_ID_LENGTH}"
+
+
 def test_a_message_id_keeps_its_own_limit() -> None:
     assert refusal(messageId="m" * 300).message == "messageId is 300 characters long; at most 200"
 

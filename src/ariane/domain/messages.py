@@ -261,7 +261,8 @@ def parse_message(
     user_id = _optional_id(raw, "userId")
     anonymous_id = _optional_id(raw, "anonymousId")
     if msg_type == "alias":
-        if user_id is None:
+        # The id the alias links to must be one a profile can hold, as previousId must.
+        if _optional_id(raw, "userId", MAX_ID_LENGTH) is None:
             raise InvalidEvent("alias needs userId, the id to link previousId to", field="userId")
         if _optional_id(raw, "previousId", MAX_ID_LENGTH) is None:
             raise InvalidEvent("alias needs previousId, the id being linked", field="previousId")
