@@ -87,10 +87,16 @@ class ConsentChanged(DomainEvent):
 
 
 def consent_changed(
-    profile_id: str, purpose: str, status: str, at: datetime, previous: str | None
+    decision_id: int,
+    profile_id: str,
+    purpose: str,
+    status: str,
+    at: datetime,
+    previous: str | None,
 ) -> ConsentChanged:
+    # Named by the decision's row: two decisions alike at one moment are two changes.
     return ConsentChanged(
-        event_id=f"consent-{profile_id}-{purpose}-{iso(at)}-{status}",
+        event_id=f"consent-{decision_id}",
         profile_id=profile_id,
         at=at,
         purpose=purpose,

@@ -356,7 +356,8 @@ class IngestService:
         if batch.consent_updates:
             changes = consent_store.record_changes(conn, batch.consent_updates)
             happened.extend(
-                consent_changed(p, d.purpose, d.status, d.at, before) for p, d, before in changes
+                consent_changed(row, p, d.purpose, d.status, d.at, before)
+                for p, d, before, row in changes
             )
         bus_store.record(conn, happened)
         batch.settlement = self._settle(conn, batch)

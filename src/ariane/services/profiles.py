@@ -346,8 +346,9 @@ class ProfileService:
             # means starting again, to land on the survivor or to find no one.
             self.segments.catalogue(conn, hold=True)
             states = profile_store.lock_profiles(conn, self.db.dialect, [live])
-            _, _, before = consent_store.insert(conn, live, decision)
-            bus_store.record(conn, [consent_changed(live, purpose, status, decision.at, before)])
+            _, _, before, row = consent_store.insert(conn, live, decision)
+            changed = consent_changed(row, live, purpose, status, decision.at, before)
+            bus_store.record(conn, [changed])
             self.segments.reevaluate(conn, states, Touch(consent=True), now, "consent")
             return consent_store.history(conn, live)
 

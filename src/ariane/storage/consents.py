@@ -45,12 +45,15 @@ def insert(conn: Connection, profile_id: str, decision: ConsentDecision) -> Chan
     known = None
     for row in conn.execute(_ordered([profile_id]).where(consents.c.purpose == decision.purpose)):
         known = _decision(row)
-    conn.execute(consents.insert().values(**_row(profile_id, decision)))
-    return profile_id, decision, _status(known, decision)
+    row_id = conn.execute(
+        consents.insert().values(**_row(profile_id, decision)).returning(consents.c.id)
+    ).scalar_one()
+    return profile_id, decision, _status(known, decision), row_id
 
 
-# A change of consent: the profile, the decision, and the status in force before it.
-Change = tuple[str, ConsentDecision, str | None]
+# A change of consent: the profile, the decision, the status in force before it, and
+# the id of the decision's row.
+Change = tuple[str, ConsentDecision, str | None, int]
 
 
 def record_changes(
@@ -60,16 +63,20 @@ def record_changes(
     latest: dict[tuple[str, str], ConsentDecision] = {}
     for row in conn.execute(_ordered({p for p, _ in updates})):
         latest[(row.profile_id, row.purpose)] = _decision(row)
-    changes: list[Change] = []
+    made: list[tuple[str, ConsentDecision, str | None]] = []
     for profile_id, decision in sorted(updates, key=lambda u: u[1].at):
         key = (profile_id, decision.purpose)
         known = latest.get(key)
         if is_change(known, decision):
             latest[key] = decision
-            changes.append((profile_id, decision, _status(known, decision)))
-    if changes:
-        conn.execute(consents.insert(), [_row(p, decision) for p, decision, _ in changes])
-    return changes
+            made.append((profile_id, decision, _status(known, decision)))
+    if not made:
+        return []
+    ids = conn.execute(
+        consents.insert().returning(consents.c.id, sort_by_parameter_order=True),
+        [_row(p, decision) for p, decision, _ in made],
+    ).scalars()
+    return [(*change, row_id) for change, row_id in zip(made, ids, strict=True)]
 
 
 def _status(known: ConsentDecision | None, decision: ConsentDecision) -> str | None:
