@@ -15,7 +15,7 @@ from ariane.services.destinations import DestinationService
 from ariane.services.earning import EarnService
 from ariane.services.ingest import IngestService
 from ariane.services.loyalty import LoyaltyService
-from ariane.services.loyalty_events import LoyaltyTimeline
+from ariane.services.loyalty_timeline import LoyaltyTimeline
 from ariane.services.privacy import PrivacyService
 from ariane.services.profiles import ProfileService
 from ariane.services.programmes import ProgrammeService
