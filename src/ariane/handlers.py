@@ -40,7 +40,7 @@ def _kinds(name: str) -> frozenset[str]:
 def handler_table(container: Container) -> Callable[[], Sequence[Handler]]:
     """The handlers now: the table's own, and one or two per destination in force."""
     table = [
-        Handler("earn-rules", "events", container.earning.handle),
+        Handler("earn-rules", "events", container.earning.handle, asleep=container.earning.asleep),
         Handler(
             "loyalty-timeline",
             "outbox",

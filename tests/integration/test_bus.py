@@ -349,3 +349,18 @@ def test_merges_consents_and_erasures_are_recorded_for_the_handlers(
     assert isinstance(taken_back, ConsentChanged)
     assert (taken_back.status, taken_back.previous) == ("withdrawn", "granted")
     assert isinstance(erased, ProfileErased) and erased.profile_id is None
+
+
+def test_a_handler_asleep_skips_to_the_head_of_its_log_unread(
+    container: Container, clock: FakeClock
+) -> None:
+    awake = {"now": False}
+    sleeper, seen = recorder("sleeper", asleep=lambda: not awake["now"])
+    bus = dispatcher(container, sleeper)
+    record(container, earned(1, clock), earned(2, clock))
+    assert bus.drain() == 0
+    assert seen == []
+    awake["now"] = True
+    record(container, earned(3, clock))
+    bus.drain()
+    assert seen == ["earned-3"]

@@ -64,6 +64,9 @@ class Handler:
     # A handler seen for the first time starts after what the log holds then, rather
     # than from its beginning.
     from_head: bool = False
+    # Whether the handler has nothing to do whatever the log holds (earn rules while no
+    # programme has any): its position then moves to the log's head, unread.
+    asleep: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,13 @@ class Dispatcher:
                 return 0
             with self.db.lookup() as conn:
                 horizon = store.horizon(conn, self.db.dialect)
+            if handler.asleep is not None and handler.asleep():
+                with self.db.read() as conn:
+                    position, known = self._position(conn, handler, horizon)
+                    head = store.head(conn, self.db.dialect, handler.stream, horizon)
+                if head > position or not known:
+                    self._save(handler, max(head, position))
+                return 0
             with self.db.read() as conn:
                 position, known = self._position(conn, handler, horizon)
                 entries, read_to = store.read(

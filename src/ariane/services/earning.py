@@ -150,6 +150,12 @@ class EarnService:
                         error.message,
                     )
 
+    def asleep(self) -> bool:
+        """Whether no earn rule reads any event now: the rules' handler then skips the
+        events log rather than reading it."""
+        with self.db.read() as conn:
+            return not self.programmes.listened(conn, segment_store.version(conn))
+
     def write_off_and_review(self) -> int:
         """A job: write expired points off, then look again at the tiers due for it; how
         many members that concerned."""
