@@ -164,6 +164,13 @@ def unreachable_postgres_error() -> sa.exc.OperationalError:
     return refused.value
 
 
+def unavailable_error(container: Container) -> sa.exc.OperationalError:
+    """What the container's database really raises when it cannot take a write now."""
+    if container.db.dialect.name == "sqlite":
+        return database_locked_error(container.settings.database_url.removeprefix("sqlite:///"))
+    return unreachable_postgres_error()
+
+
 def test_busy_or_unreachable_databases_are_told_apart_from_bad_statements(
     tmp_path: Any, db_url: str
 ) -> None:
@@ -183,10 +190,7 @@ def test_busy_or_unreachable_databases_are_told_apart_from_bad_statements(
 def test_a_database_that_cannot_take_events_answers_503_the_sdks_retry(
     client: TestClient, container: Container, write_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if container.db.dialect.name == "sqlite":
-        failure = database_locked_error(container.settings.database_url.removeprefix("sqlite:///"))
-    else:
-        failure = unreachable_postgres_error()
+    failure = unavailable_error(container)
 
     def unavailable(*_: Any) -> Any:
         raise failure

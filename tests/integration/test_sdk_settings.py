@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from ariane.bootstrap import Container
 from ariane.web.app import create_app
 from ariane.web.sdk_settings import ANALYTICS_NEXT
-from tests.integration.test_cross_origin import database_locked_error, unreachable_postgres_error
+from tests.integration.test_cross_origin import unavailable_error
 
 SITE = "https://shop.example"
 
@@ -112,10 +112,7 @@ def test_analytics_next_is_served_as_the_snippet_loads_it_gzipped_when_accepted(
 def test_settings_the_database_cannot_give_now_are_a_503_the_page_can_read(
     client: TestClient, container: Container, write_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if container.db.dialect.name == "sqlite":
-        failure = database_locked_error(container.settings.database_url.removeprefix("sqlite:///"))
-    else:
-        failure = unreachable_postgres_error()
+    failure = unavailable_error(container)
 
     def unavailable(*_: Any) -> Any:
         raise failure
