@@ -85,6 +85,26 @@ def test_events_record_only_changes_of_consent(
     assert view["consents"] == body["current"]
 
 
+def test_a_consent_decided_again_at_the_same_moment_is_stored_not_a_500(
+    client: TestClient, write_key: str, admin_token: dict[str, str]
+) -> None:
+    # Events without a timestamp are dated at their receipt: a batch's all at once.
+    batch = [
+        {"type": "track", "userId": "c1", "event": "Visit", "context": preferences(email=given)}
+        for given in (True, False, True)
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=basic(write_key))
+    assert response.status_code == 200, response.text
+    pid = profile_id(client, admin_token, "c1")
+    history = consents(client, admin_token, pid)["history"]
+    assert [h["status"] for h in history] == ["granted", "denied", "granted"]
+    for _ in range(2):
+        put = client.put(
+            f"/api/profiles/{pid}/consents/sms", json={"status": "granted"}, headers=admin_token
+        )
+        assert put.status_code == 200, put.text
+
+
 def test_a_late_event_does_not_override_a_newer_decision(
     client: TestClient, write_key: str, admin_token: dict[str, str], clock: FakeClock
 ) -> None:
