@@ -381,6 +381,10 @@ def test_health_checks_the_database(client: TestClient, container: Container) ->
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": container.db.dialect.name}
+    documented = client.get("/api/openapi.json").json()["paths"]["/health"]["get"]["responses"]
+    assert documented["503"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from ariane.web.api import destinations, loyalty, operations, outbox, profiles, 
 from ariane.web.cors import TrackingCORS
 from ariane.web.limits import BoundedAdminBodies
 from ariane.web.metrics import Metrics, RequestTimer
-from ariane.web.responses import FastJSON, error
+from ariane.web.responses import ErrorBody, FastJSON, error
 from ariane.web.sdk_settings import router as sdk_settings_router
 from ariane.web.tracking import TrackingAPI
 
@@ -140,7 +140,11 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     async def unexpected(_: Request, exc: Exception) -> Response:
         return error(500, "internal", "unexpected error; the server log has the details")
 
-    @app.get("/health", tags=["operations"])
+    @app.get(
+        "/health",
+        tags=["operations"],
+        responses={503: {"model": ErrorBody, "description": "The database is unreachable."}},
+    )
     def health() -> Any:
         """Whether the service can reach its database: 200 when it can, 503 when not."""
         try:
