@@ -536,11 +536,6 @@ def test_the_largest_and_worst_bodies_take_bounded_memory_and_leave_none_held(
     assert growth < GROWTH_BYTES, f"{growth / 2**20:.1f} MB held"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/ingest.py keeps each quarantined event's InvalidEvent with its"
-    " traceback, whose frames hold the batch and the result that holds the error: a cycle",
-)
 def test_a_batch_with_quarantined_events_is_freed_as_soon_as_it_is_answered(
     tracking: Tracking,
 ) -> None:

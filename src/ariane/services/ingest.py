@@ -136,6 +136,9 @@ class IngestService:
                     # An event that names no one would make a profile of its own.
                     raise no_identifier(message)
             except InvalidEvent as error:
+                # Kept without its traceback, whose frames hold this batch and the
+                # result that holds the error: a cycle only the collector would free.
+                error.__traceback__ = error.__context__ = None
                 result.problems.append(error)
                 rejected.append(
                     event_store.quarantine_row(
