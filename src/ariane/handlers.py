@@ -87,12 +87,12 @@ def empty_outbox(container: Container) -> int:
     db = container.db
     names = [handler.name for handler in container.bus.handlers() if handler.stream == "outbox"]
     with db.lookup() as conn:
-        horizon = bus_store.horizon(conn, db.dialect)
+        horizon = bus_store.horizon(conn)
     with db.read() as conn:
         known = bus_store.positions(conn, names)
         if len(known) < len(names):
             return 0
-        head = bus_store.head(conn, db.dialect, "outbox", horizon)
+        head = bus_store.head(conn, "outbox", horizon)
         upto = min(known.values(), default=head)
-    db.write(lambda conn: bus_store.collect_garbage(conn, db.dialect, upto))
+    db.write(lambda conn: bus_store.collect_garbage(conn, upto))
     return 0

@@ -92,7 +92,7 @@ def test_rows_that_hit_a_unique_key_are_skipped_and_not_counted(db: Database) ->
 def test_rows_beyond_one_statement_go_in_the_next(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ariane.storage.database._BULK_CHUNK", 2)
+    monkeypatch.setattr("ariane.storage.postgres._BULK_CHUNK", 2)
     db.write(lambda conn: db.dialect.insert_bulk(conn, outbox, [message(3)]))
     # m3 is taken: it is skipped in the second chunk, and m4 alone fills the third.
     rows = [message(n) for n in range(5)]
@@ -119,20 +119,20 @@ def test_a_timer_is_written_with_its_profile_and_only_where_it_moved(db: Databas
     names = ["kept", "moved", "stopped", "started", "never"]
     people = {name: ProfileState(name, computed={"n": 0}) for name in names}
     first = {"kept": NOW, "moved": NOW, "stopped": NOW}
-    db.write(lambda conn: insert_profiles(conn, db.dialect, people.values(), NOW, first))
+    db.write(lambda conn: insert_profiles(conn, people.values(), NOW, first))
     assert timers(db) == first
 
     for state in people.values():
         state.computed["n"] = 1
     moves = {"moved": later, "stopped": None, "started": latest}
-    db.write(lambda conn: update_profiles(conn, db.dialect, people.values(), later, moves))
+    db.write(lambda conn: update_profiles(conn, people.values(), later, moves))
     assert timers(db) == {"kept": NOW, "moved": later, "started": latest}
     # Every profile was written, those whose timer did not move too.
     with db.read() as conn:
         written = conn.execute(sa.select(profiles.c.id, profiles.c.computed)).all()
     assert {str(p): c for p, c in written} == {name: {"n": 1} for name in names}
 
-    db.write(lambda conn: update_profiles(conn, db.dialect, people.values(), later, {}))
+    db.write(lambda conn: update_profiles(conn, people.values(), later, {}))
     assert timers(db) == {"kept": NOW, "moved": later, "started": latest}
 
     # Due ones are claimed earliest first; those not yet due wait.

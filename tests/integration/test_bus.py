@@ -298,7 +298,7 @@ def test_the_outbox_is_emptied_up_to_where_every_handler_has_read(
     bus.drain()
     with container.db.read() as conn:
         upto = store.positions(conn, ["first"])["first"]
-    container.db.write(lambda conn: store.collect_garbage(conn, container.db.dialect, upto))
+    container.db.write(lambda conn: store.collect_garbage(conn, upto))
     record(container, earned(3, clock))
     with container.db.read() as conn:
         left = conn.execute(sa.select(outbox.c.message_id)).scalars().all()

@@ -339,9 +339,9 @@ def test_a_decision_taken_during_a_merge_lands_on_the_survivor(
 
     def merge(conn: Connection) -> None:
         # What ingestion does when an event proves the two are one person.
-        profile_store.lock_profiles(conn, container.db.dialect, [absorbed, survivor])
+        profile_store.lock_profiles(conn, [absorbed, survivor])
         merge = Merge(survivor, absorbed, linked_by=[], identifiers=[])
-        profile_store.record_merge(conn, container.db.dialect, merge, "test", None, clock.now)
+        profile_store.record_merge(conn, merge, "test", None, clock.now)
 
     decided = while_held(
         container,
@@ -368,7 +368,7 @@ def test_a_decision_taken_during_an_erasure_is_erased_too(
     pid = profile_id(client, admin_token, "leaving")
 
     def erase(conn: Connection) -> None:
-        person = personal_data.find_person(conn, pid, lock=container.db.dialect)
+        person = personal_data.find_person(conn, pid, lock=True)
         personal_data.erase(conn, person)
 
     decided = while_held(

@@ -20,7 +20,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ariane.bootstrap import Container
-from ariane.storage.database import Database, RetryTransaction, SQLiteWriter, backoff
+from ariane.storage.database import Database, RetryTransaction, backoff
+from ariane.storage.sqlite import SQLiteWriter
 from ariane.storage.tables import sources
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

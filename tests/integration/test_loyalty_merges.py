@@ -156,9 +156,7 @@ def test_a_movement_that_waited_on_a_merged_member_runs_again_under_the_survivor
         )
         spender.start()
         time.sleep(0.3)
-        record_merge(
-            conn, container.db.dialect, Merge(web, shop, [], []), "test", None, container.clock()
-        )
+        record_merge(conn, Merge(web, shop, [], []), "test", None, container.clock())
     spender.join(10)
     assert outcome and outcome[0]["profile_id"] == web
     assert container.loyalty.balance("club", web)["available"] == 90

@@ -297,18 +297,18 @@ def test_an_erasure_during_a_round_leaves_nothing_behind(
     def erase() -> None:
         erased.append(world.container.privacy.erase(ada, requested_by="test"))
 
-    def racing(conn: Any, dialect: Any, changes: Any) -> None:
+    def racing(conn: Any, changes: Any) -> None:
         if erased or waiting:
-            return apply(conn, dialect, changes)
+            return apply(conn, changes)
         eraser = threading.Thread(target=erase)
         eraser.start()
         if when == "after_read":
             # Read, not applied yet: the erasure waits for the round to end.
             eraser.join(1)
             waiting.append(eraser)
-            return apply(conn, dialect, changes)
+            return apply(conn, changes)
         # Applied, not committed yet: the erasure waits too.
-        apply(conn, dialect, changes)
+        apply(conn, changes)
         eraser.join(1)
         waiting.append(eraser)
         return None
@@ -335,10 +335,10 @@ def test_a_smaller_id_committed_during_a_round_is_applied_by_the_next(
     db.write(lambda conn: conn.execute(segment_changes.insert().values(profile_id="bob", **change)))
     apply = store._apply_changes
 
-    def committing(conn: Any, dialect: Any, changes: Any) -> None:
+    def committing(conn: Any, changes: Any) -> None:
         if open_transaction.is_active:
             open_transaction.commit()  # Ada's smaller id commits after the round read
-        apply(conn, dialect, changes)
+        apply(conn, changes)
 
     monkeypatch.setattr(store, "_apply_changes", committing)
     first = postgres_world.segments.catch_up()

@@ -946,9 +946,7 @@ class Scene:
         assert got == expected
         with db.read() as conn:
             for size in (0, 2):
-                found = preview(
-                    conn, db.dialect, node, now=NOW, computed=self.world.computed, sample=size
-                )
+                found = preview(conn, node, now=NOW, computed=self.world.computed, sample=size)
                 assert found == (len(got), sorted(got)[:size])
         return got
 

@@ -28,7 +28,6 @@ def audience_changes(container: Container) -> list[AudienceChange]:
     with db.read() as conn:
         found, _ = bus_store.read(
             conn,
-            db.dialect,
             "outbox",
             bus_store.START,
             100_000,

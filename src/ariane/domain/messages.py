@@ -19,6 +19,12 @@ from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.errors import InvalidEvent
 
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+# The source of the events Ariane records itself (Audience Entered/Exited): never a
+# person's behaviour.
+INTERNAL_SOURCE = "ariane"
+# The source of the events loyalty records (its movements, and the sales tills send it):
+# unlike Ariane's Audience events, segments may count them; earn rules never read them.
+LOYALTY_SOURCE = "loyalty"
 # Stored in indexed columns of this width (storage.tables.events).
 MAX_NAME_LENGTH = 200
 # An event dated further ahead of its receipt than this comes from a clock that is wrong:

@@ -135,25 +135,18 @@ class Dispatcher:
             if failing is not None and time.monotonic() < failing.not_before:
                 return 0
             with self.db.lookup() as conn:
-                horizon = store.horizon(conn, self.db.dialect)
-            if handler.asleep is not None and handler.asleep():
-                with self.db.read() as conn:
-                    position, known = self._position(conn, handler, horizon)
-                    head = store.head(conn, self.db.dialect, handler.stream, horizon)
-                if head > position or not known:
-                    self._save(handler, max(head, position))
-                return 0
+                horizon = store.horizon(conn)
+            asleep = handler.asleep is not None and handler.asleep()
             with self.db.read() as conn:
                 position, known = self._position(conn, handler, horizon)
-                entries, read_to = store.read(
-                    conn,
-                    self.db.dialect,
-                    handler.stream,
-                    position,
-                    handler.batch,
-                    horizon,
-                    handler.kinds,
-                )
+                entries: list[Entry] = []
+                if asleep:
+                    # Nothing to read: it moves to the head of the log, never back.
+                    read_to = max(position, store.head(conn, handler.stream, horizon))
+                else:
+                    entries, read_to = store.read(
+                        conn, handler.stream, position, handler.batch, horizon, handler.kinds
+                    )
             if not entries:
                 if read_to != position or not known:
                     self._save(handler, read_to)
@@ -248,9 +241,7 @@ class Dispatcher:
             "bus: %s parked %s after %d tries: %s", handler.name, entry.event_id, attempts, why
         )
         self.db.write(
-            lambda conn: store.park(
-                conn, self.db.dialect, handler.name, entry, why, attempts, self.clock()
-            )
+            lambda conn: store.park(conn, handler.name, entry, why, attempts, self.clock())
         )
 
     def _position(self, conn: Any, handler: Handler, horizon: int) -> tuple[Position, bool]:
@@ -259,15 +250,11 @@ class Dispatcher:
         if found is not None:
             return found, True
         if handler.from_head:
-            return store.head(conn, self.db.dialect, handler.stream, horizon), False
+            return store.head(conn, handler.stream, horizon), False
         return store.START, False
 
     def _save(self, handler: Handler, position: Position) -> None:
-        self.db.write(
-            lambda conn: store.save_position(
-                conn, self.db.dialect, handler.name, position, self.clock()
-            )
-        )
+        self.db.write(lambda conn: store.save_position(conn, handler.name, position, self.clock()))
 
     # --- until there is nothing left ------------------------------------------------------
 

@@ -8,15 +8,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from ariane.domain.clock import iso
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.loyalty import track
 from ariane.domain.programmes import is_code
 from ariane.storage import loyalty as loyalty_store
 from ariane.storage import rewards as store
-from ariane.storage.database import Database
+from ariane.storage.database import Connection, Database
 
 _KEY_WIDTH = 200
 _CHANNEL_WIDTH = 32
@@ -152,7 +150,7 @@ class CouponService:
     # --- inside the transaction ----------------------------------------------------------
 
     def _coupon(self, conn: Connection, code: str, *, lock: bool) -> dict[str, Any]:
-        found = store.coupon(conn, self.db.dialect, code, lock=lock)
+        found = store.coupon(conn, code, lock=lock)
         if found is None:
             raise NotFound(f"no coupon {code!r}", field="code")
         return found
@@ -194,7 +192,7 @@ class CouponService:
         loyalty_store.add_event(conn, message_id, coupon["profile_id"], message, use["at"])
 
     def _record(self, conn: Connection, use: dict[str, Any], coupon: dict[str, Any]) -> int:
-        use_id = store.insert_use(conn, self.db.dialect, use)
+        use_id = store.insert_use(conn, use)
         if use_id is None:
             # Taken meanwhile by a request about another coupon (one about this coupon
             # would have waited for its lock and been found by `_replay`).

@@ -150,7 +150,7 @@ class DestinationService:
         position = bus_store.positions(conn, [events_name]).get(events_name)
         if position is None:
             return 0.0
-        oldest = bus_store.oldest_after(conn, self.db.dialect, "events", position)
+        oldest = bus_store.oldest_after(conn, "events", position)
         return 0.0 if oldest is None else max(0.0, (self.clock() - oldest).total_seconds())
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -256,7 +256,7 @@ class DestinationService:
         if not profile_ids:
             return {}
         with self.db.read() as conn:
-            held = profile_store.identifiers_of(conn, self.db.dialect, profile_ids, per_type=1)
+            held = profile_store.identifiers_of(conn, profile_ids, per_type=1)
         return {
             profile_id: Person(
                 user_id=next(iter(ids.get("user_id", [])), None),

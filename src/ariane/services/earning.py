@@ -18,13 +18,11 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-import sqlalchemy as sa
-
 from ariane.domain.conditions import Node
 from ariane.domain.earn_rules import Award, EarnRule, Member, award, purchase_amount
 from ariane.domain.errors import DomainError, NotFound
 from ariane.domain.events import SaleRecorded, StoredEvent
-from ariane.domain.messages import check_storable
+from ariane.domain.messages import LOYALTY_SOURCE, check_storable
 from ariane.domain.programmes import Programme
 from ariane.services.loyalty import LimitReached, LoyaltyService
 from ariane.services.profiles import ProfileService
@@ -37,7 +35,6 @@ from ariane.storage import segment_sql
 from ariane.storage import segments as segment_store
 from ariane.storage.bus import Entry
 from ariane.storage.database import Database
-from ariane.storage.tables import LOYALTY_SOURCE, profiles
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +312,7 @@ class EarnService:
             properties=dict(properties),
         )
         # Sent again with the same key, it is recorded once.
-        self.db.write(lambda conn: bus_store.record_once(conn, self.db.dialect, [sale]))
+        self.db.write(lambda conn: bus_store.record_once(conn, [sale]))
         return {
             "programme": programme.id,
             "profile_id": member,
@@ -331,9 +328,7 @@ class EarnService:
     def _member(self, programme: str, member: str) -> Member:
         with self.db.read() as conn:
             catalogue = self.segments.catalogue(conn)
-            computed = conn.execute(
-                sa.select(profiles.c.computed).where(profiles.c.id == member)
-            ).scalar()
+            computed = profile_store.computed_of(conn, member)
             tier = store.standing(conn, programme, member).tier
         held: Mapping[str, Any] = (computed or {}).get("segments", {})
         return Member(
@@ -347,10 +342,9 @@ class EarnService:
         self.segments.catch_up()
         with self.db.read() as conn:
             catalogue = self.segments.catalogue(conn)
-            query = segment_sql.members_query(
-                condition, self.db.dialect, now=self.clock(), computed=catalogue.computed
-            ).where(profiles.c.id == member)
-            return conn.execute(query).first() is not None
+            return segment_sql.holds(
+                conn, condition, member, now=self.clock(), computed=catalogue.computed
+            )
 
     # --- what an event would earn ----------------------------------------------------------
 

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso
 from ariane.domain.consent import ConsentDecision, consents_from_message
@@ -38,7 +37,7 @@ from ariane.storage import bus as bus_store
 from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
-from ariane.storage.database import Database, RetryTransaction
+from ariane.storage.database import Connection, Database, RetryTransaction
 
 
 class ProfileGone(Exception):
@@ -153,7 +152,7 @@ class IngestService:
             batch_ids.add(message.message_id)
             planned.append(_Planned(message, identifiers, previous, profile_id=known))
         result.quarantined = len(rejected)
-        rows = event_store.event_rows(self.db.dialect, source_id, [p.message for p in planned])
+        rows = event_store.event_rows(self.db, source_id, [p.message for p in planned])
         for item, row in zip(planned, rows, strict=True):
             item.row = row
 
@@ -223,16 +222,13 @@ class IngestService:
         """
         if self.segments.catalogue(conn, hold=True).version != batch.catalogue.version:
             return None
-        dialect = self.db.dialect
-        found = profile_store.find_owners(conn, dialect, batch.keys)
+        found = profile_store.find_owners(conn, batch.keys)
         try:
-            existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in found})
+            existing = profile_store.lock_profiles(conn, {p for _, _, p in found})
         except RetryTransaction:
             return None
         owners = {(t, v): p for t, v, p in found}
-        held = _by_profile(
-            profile_store.held_identifiers(conn, dialect, existing, self.limited_types)
-        )
+        held = _by_profile(profile_store.held_identifiers(conn, existing, self.limited_types))
         histories = self._consent_histories(conn, batch, existing)
         changed: set[Any] = {key for key in batch.keys if owners.get(key) != batch.owners.get(key)}
         prints = _fingerprints(existing)
@@ -327,11 +323,8 @@ class IngestService:
     ) -> None:
         if not planned:
             return
-        dialect = self.db.dialect
         seen = (
-            event_store.seen_message_ids(
-                conn, dialect, source_id, [p.message.message_id for p in planned]
-            )
+            event_store.seen_message_ids(conn, source_id, [p.message.message_id for p in planned])
             if find_resent
             else set()
         )
@@ -354,7 +347,7 @@ class IngestService:
         happened: list[DomainEvent] = []
         for merge, reason, message_id in batch.merge_log:
             merge.survivor = batch.final(merge.survivor)
-            profile_store.record_merge(conn, self.db.dialect, merge, reason, message_id, now)
+            profile_store.record_merge(conn, merge, reason, message_id, now)
             happened.append(profiles_merged(merge.survivor, merge.absorbed, now))
         if batch.consent_updates:
             changes = consent_store.record_changes(conn, batch.consent_updates)
@@ -380,13 +373,12 @@ class IngestService:
 
         With `fingerprint`, what it was worked out from is also kept, for `_stale`.
         """
-        dialect = self.db.dialect
         keys = {i.key for p in planned for i in (*p.identifiers, *p.previous)}
         index = IdentityIndex()
-        owners = profile_store.find_owners(conn, dialect, keys)
+        owners = profile_store.find_owners(conn, keys)
         known = {p.profile_id for p in planned if p.profile_id is not None}
-        existing = profile_store.lock_profiles(conn, dialect, {p for _, _, p in owners} | known)
-        held = profile_store.held_identifiers(conn, dialect, existing, self.limited_types)
+        existing = profile_store.lock_profiles(conn, {p for _, _, p in owners} | known)
+        held = profile_store.held_identifiers(conn, existing, self.limited_types)
         batch = _Batch(
             source_id=source_id,
             planned=planned,
@@ -463,12 +455,12 @@ class IngestService:
 
     def _write(self, conn: Connection, source_id: str, batch: _Batch, result: IngestResult) -> None:
         """Everything the batch changes, worked out already, written."""
-        dialect, now, final = self.db.dialect, batch.now, batch.final
+        now, final = batch.now, batch.final
         result.merges = len(batch.merge_log)
         dues = batch.dues()
-        profile_store.insert_profiles(conn, dialect, batch.created.values(), now, dues)
+        profile_store.insert_profiles(conn, batch.created.values(), now, dues)
         profile_store.insert_identities(
-            conn, dialect, [(i, final(p), source_id) for i, p in batch.new_identities], now
+            conn, [(i, final(p), source_id) for i, p in batch.new_identities], now
         )
 
         holders = [final(profile_id) for profile_id in batch.assigned]
@@ -476,7 +468,7 @@ class IngestService:
         # In arrival order: ids break timestamp ties on the timeline. Two writers storing
         # the same resent events in different orders may deadlock; PostgreSQL detects it
         # and the transaction is retried.
-        event_store.insert_events(conn, dialect, rows)
+        event_store.insert_events(conn, rows)
         # The segment changes the events caused, each also an Audience event.
         if batch.earlier is not None:
             self.segments.record(conn, *batch.earlier, "event")
@@ -490,7 +482,6 @@ class IngestService:
         changed = set(holders) | dues.keys()
         profile_store.update_profiles(
             conn,
-            dialect,
             [s for pid, s in batch.live.items() if pid in changed and pid not in batch.created],
             now,
             dues,

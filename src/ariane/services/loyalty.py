@@ -8,8 +8,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from ariane.domain.clock import format_duration, iso
 from ariane.domain.earn_rules import Limit
 from ariane.domain.errors import Conflict, DomainError, NotFound
@@ -30,7 +28,7 @@ from ariane.services.programmes import ProgrammeService
 from ariane.storage import loyalty as store
 from ariane.storage import profiles as profile_store
 from ariane.storage import rewards as reward_store
-from ariane.storage.database import Database, RetryTransaction
+from ariane.storage.database import Connection, Database, RetryTransaction
 
 _KEY_WIDTH = 200
 _NAME_WIDTH = 64
@@ -148,7 +146,6 @@ class LoyaltyService:
             if eligible is not None and reference is not None and rule is not None:
                 store.record_purchase(
                     conn,
-                    self.db.dialect,
                     {
                         "entry_id": entry["id"],
                         "programme": programme,
@@ -232,14 +229,13 @@ class LoyaltyService:
                 tell=False,
             )
             if reward.stock is not None and not reward_store.take_stock(
-                conn, self.db.dialect, programme, reward.id, reward.stock
+                conn, programme, reward.id, reward.stock
             ):
                 raise RewardUnavailable(f"reward {reward.id!r} is out of stock", field="reward")
             coupon = None
             if reward.pool is not None:
                 coupon = reward_store.issue_code(
                     conn,
-                    self.db.dialect,
                     programme,
                     reward.pool,
                     profile_id=member,
@@ -714,7 +710,7 @@ class LoyaltyService:
         locks the accounts too: a member merged away while this waited is a race lost,
         run again (and found under the survivor)."""
         member = self._member(conn, profile_id)
-        standing = store.lock_account(conn, self.db.dialect, programme, member, self.clock())
+        standing = store.lock_account(conn, programme, member, self.clock())
         live, found = store.still_live(conn, programme, member, key)
         if not live:
             raise RetryTransaction(f"member {member} was merged meanwhile")
@@ -786,7 +782,7 @@ class LoyaltyService:
             "at": now,
             "rule": rule,
         }
-        entry_id = store.insert_entry(conn, self.db.dialect, row)
+        entry_id = store.insert_entry(conn, row)
         if entry_id is None:
             # Taken meanwhile by a movement of another member (one of this member's would
             # have waited for the lock and been found above).

@@ -20,11 +20,11 @@ from datetime import datetime
 from typing import Any
 
 from ariane.domain.events import OnTimeline
+from ariane.domain.messages import LOYALTY_SOURCE
 from ariane.services.ingest import Envelope, IngestService
 from ariane.storage import profiles as profile_store
 from ariane.storage.bus import Entry
 from ariane.storage.database import Database
-from ariane.storage.tables import LOYALTY_SOURCE
 
 
 class LoyaltyTimeline:
@@ -42,7 +42,7 @@ class LoyaltyTimeline:
                 conn, (event.profile_id for event in movements if event.profile_id)
             )
             held = profile_store.identifiers_of(
-                conn, self.db.dialect, {m for m in members.values() if m}, per_type=1
+                conn, {m for m in members.values() if m}, per_type=1
             )
         # An erased member's events went with them; a merged one's go to the survivor.
         kept = [

@@ -7,14 +7,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from ariane.domain.events import ProfileErased
 from ariane.services.profiles import live_profile_id
 from ariane.storage import bus as bus_store
 from ariane.storage import personal_data
-from ariane.storage.database import Database
-from ariane.storage.tables import erasure_receipts
+from ariane.storage.database import Connection, Database
 
 
 class PrivacyService:
@@ -39,10 +36,7 @@ class PrivacyService:
 
         def work(conn: Connection) -> dict[str, Any]:
             live = live_profile_id(conn, profile_id)
-            person = personal_data.find_person(conn, live, lock=self.db.dialect)
-            # No segment change of theirs may be applied meanwhile: it would write back
-            # the memberships and history this deletes (`storage.segments.catch_up`).
-            self.db.dialect.hold_projection(conn)
+            person = personal_data.find_person(conn, live, lock=True)
             now = self.clock()
             receipt = {
                 "id": uuid.uuid4().hex,
@@ -50,7 +44,7 @@ class PrivacyService:
                 "requested_by": requested_by,
                 "counts": personal_data.erase(conn, person),
             }
-            conn.execute(erasure_receipts.insert().values(**receipt))
+            personal_data.keep_receipt(conn, receipt)
             # Named by its receipt, as the receipt is: nothing of the person is kept.
             erased = ProfileErased(
                 event_id=f"erasure-{receipt['id']}",

@@ -8,9 +8,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.conditions import AllOf, Node, TraitIs
 from ariane.domain.consent import ConsentDecision, check_purpose, check_status, current_consents
@@ -28,8 +25,7 @@ from ariane.storage import consents as consent_store
 from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
 from ariane.storage import segments as segment_store
-from ariane.storage.database import Database
-from ariane.storage.tables import identities, profiles
+from ariane.storage.database import Connection, Database
 
 MAX_PAGE = 1000
 # Audience events are named by their message id (`storage.segments.transition_rows`).
@@ -143,17 +139,9 @@ class ProfileService:
     def view(self, profile_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
             live = live_profile_id(conn, profile_id)
-            row = conn.execute(sa.select(profiles).where(profiles.c.id == live)).one()
-            idents = conn.execute(
-                sa.select(identities.c.type, identities.c.value, identities.c.created_at)
-                .where(identities.c.profile_id == live)
-                .order_by(identities.c.type, identities.c.created_at, identities.c.value)
-            ).all()
-            merged = (
-                conn.execute(sa.select(profiles.c.id).where(profiles.c.merged_into == live))
-                .scalars()
-                .all()
-            )
+            row = profile_store.profile_row(conn, live)
+            idents = profile_store.identities_listed(conn, live)
+            merged = profile_store.absorbed_by(conn, live)
             history = consent_store.history(conn, live)
             now = self.clock()
             state = ProfileState(live, row.traits, row.computed, row.first_seen, row.last_seen)
@@ -213,7 +201,6 @@ class ProfileService:
                 segment_id = found["id"]
             rows = profile_store.search(
                 conn,
-                self.db.dialect,
                 limit=limit + 1,
                 after=after,
                 segment_id=segment_id,
@@ -223,7 +210,7 @@ class ProfileService:
             )
             page, more = rows[:limit], len(rows) > limit
             held = profile_store.identifiers_of(
-                conn, self.db.dialect, [row["id"] for row in page], per_type=IDENTIFIERS_SHOWN
+                conn, [row["id"] for row in page], per_type=IDENTIFIERS_SHOWN
             )
         return {
             "profiles": [
@@ -258,7 +245,7 @@ class ProfileService:
                 field="value",
             )
         with self.db.read() as conn:
-            owners = profile_store.find_owners(conn, self.db.dialect, [ident.key])
+            owners = profile_store.find_owners(conn, [ident.key])
             # A type sent only in context.externalIds is known by the identifiers stored.
             known = self.known_types()
             if not owners and id_type not in known and not profile_store.type_in_use(conn, id_type):
@@ -345,7 +332,7 @@ class ProfileService:
             # decision, or this decision wait for them; one that committed meanwhile
             # means starting again, to land on the survivor or to find no one.
             self.segments.catalogue(conn, hold=True)
-            states = profile_store.lock_profiles(conn, self.db.dialect, [live])
+            states = profile_store.lock_profiles(conn, [live])
             _, _, before, row = consent_store.insert(conn, live, decision)
             changed = consent_changed(row, live, purpose, status, decision.at, before)
             bus_store.record(conn, [changed])
@@ -374,9 +361,9 @@ class ProfileService:
                 )
             # As in ingestion: the catalogue first, then the profiles, in id order.
             catalogue = self.segments.catalogue(conn, hold=True)
-            states = profile_store.lock_profiles(conn, self.db.dialect, [survivor, absorbed])
+            states = profile_store.lock_profiles(conn, [survivor, absorbed])
             limits = self.settings.identity.limits
-            held = profile_store.held_identifiers(conn, self.db.dialect, states, list(limits))
+            held = profile_store.held_identifiers(conn, states, list(limits))
             for id_type, limit in sorted(limits.items()):
                 values = sorted({value for kind, value, _ in held if kind == id_type})
                 if len(values) > limit:
@@ -387,11 +374,9 @@ class ProfileService:
                     )
             kept = states[survivor]
             merge_profiles(kept, states[absorbed], catalogue.merge_features(now))
-            profile_store.record_merge(
-                conn, self.db.dialect, Merge(survivor, absorbed, [], []), reason, None, now
-            )
+            profile_store.record_merge(conn, Merge(survivor, absorbed, [], []), reason, None, now)
             bus_store.record(conn, [profiles_merged(survivor, absorbed, now)])
-            profile_store.update_profiles(conn, self.db.dialect, [kept], now)
+            profile_store.update_profiles(conn, [kept], now)
             self.segments.reevaluate(conn, {survivor: kept}, Touch(everything=True), now, "merge")
             return survivor
 

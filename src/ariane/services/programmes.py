@@ -8,15 +8,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from ariane.domain.conditions import Names, check_size
 from ariane.domain.errors import Conflict, DomainError, NotFound
 from ariane.domain.predicates import InvalidDefinition
 from ariane.domain.programmes import Programme, check_code, check_id, parse_programme
 from ariane.storage import rewards as store
 from ariane.storage import segments as segment_store
-from ariane.storage.database import Database
+from ariane.storage.database import Connection, Database
 
 MAX_IMPORT = 100_000
 
@@ -153,18 +151,14 @@ class ProgrammeService:
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
-            change, version = store.save_programme(
-                conn, self.db.dialect, programme.id, definition, now
-            )
+            change, version = store.save_programme(conn, programme.id, definition, now)
             if change != "unchanged":
                 # Ingestion reads which events the earn rules listen to with the segment
                 # definitions: a new version makes it read them again, and waits for the
                 # batches under way.
-                segment_store.bump_version(conn, self.db.dialect)
+                segment_store.bump_version(conn)
             generated = {
-                pool.id: store.generate_codes(
-                    conn, self.db.dialect, programme.id, pool.id, pool.generate, now
-                )
+                pool.id: store.generate_codes(conn, programme.id, pool.id, pool.generate, now)
                 for pool in programme.coupon_pools
                 if pool.generate is not None
             }
@@ -186,9 +180,7 @@ class ProgrammeService:
 
         def work(conn: Connection) -> dict[str, Any]:
             self.load(conn, programme_id).pool(pool_id)
-            added, elsewhere = store.add_codes(
-                conn, self.db.dialect, programme_id, pool_id, checked, self.clock()
-            )
+            added, elsewhere = store.add_codes(conn, programme_id, pool_id, checked, self.clock())
             if elsewhere:
                 shown = ", ".join(repr(code) for code in elsewhere[:5])
                 raise Conflict(

@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso
 from ariane.domain.errors import DomainError, NotFound
@@ -28,7 +27,7 @@ from ariane.services.segments import SegmentService
 from ariane.storage import profiles as profile_store
 from ariane.storage import segment_exports as store
 from ariane.storage import segments as segment_store
-from ariane.storage.database import Database
+from ariane.storage.database import Connection, Database
 
 FORMATS = ("csv", "parquet")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
@@ -248,9 +247,7 @@ class SegmentExport:
         with self._snapshot() as conn:
             kinds = [
                 parquet_kind(found)
-                for found in store.trait_kinds(
-                    conn, self.db.dialect, self.segment_id, self.columns.paths
-                )
+                for found in store.trait_kinds(conn, self.segment_id, self.columns.paths)
             ]
             schema = pa.schema(
                 [
@@ -307,7 +304,6 @@ class SegmentExport:
             if self.columns.identifiers:
                 held = profile_store.identifiers_of(
                     conn,
-                    self.db.dialect,
                     [profile_id for profile_id, _, _ in rows],
                     per_type=1,
                     types=self.columns.identifiers,

@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from ariane.domain import computed as comp
 from ariane.domain.clock import iso, parse_timestamp
 from ariane.domain.computed import Feature, parse_feature
@@ -50,12 +47,12 @@ from ariane.domain.segments import (
 )
 from ariane.services import paging
 from ariane.storage import consents as consent_store
+from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
 from ariane.storage import rewards as reward_store
 from ariane.storage import segment_sql
 from ariane.storage import segments as store
-from ariane.storage.database import Database
-from ariane.storage.tables import INTERNAL_SOURCE, events, profiles
+from ariane.storage.database import Connection, Database
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ class SegmentService:
         circle.
         """
         if hold:
-            self.db.dialect.hold_catalogue(conn, exclusive=False)
+            store.hold_catalogue(conn)
         version = store.version(conn)
         cached = self._cached
         if cached is not None and cached.version == version:
@@ -151,14 +148,14 @@ class SegmentService:
 
     def prepare(self, settlement: Settlement, now: datetime, cause: str) -> None:
         """Build the rows `record` will write at `now`, before the write transaction."""
-        settlement.rows = store.transition_rows(self.db.dialect, settlement.transitions, now, cause)
+        settlement.rows = store.transition_rows(self.db, settlement.transitions, now, cause)
 
     def record(self, conn: Connection, settlement: Settlement, now: datetime, cause: str) -> None:
         """Write the transitions; the timers go with the profiles (`Settlement.dues`)."""
         rows = settlement.rows
         if rows is None or (rows.at, rows.cause) != (now, cause):
-            rows = store.transition_rows(self.db.dialect, settlement.transitions, now, cause)
-        store.record_transitions(conn, self.db.dialect, rows)
+            rows = store.transition_rows(self.db, settlement.transitions, now, cause)
+        store.record_transitions(conn, rows)
 
     def reevaluate(
         self,
@@ -175,9 +172,7 @@ class SegmentService:
         touched = {pid: (state, touch) for pid, state in states.items()}
         settlement = self.settle(catalogue, touched, now, self.consents(conn, catalogue, touched))
         self.record(conn, settlement, now, cause)
-        profile_store.update_profiles(
-            conn, self.db.dialect, list(states.values()), now, settlement.dues
-        )
+        profile_store.update_profiles(conn, list(states.values()), now, settlement.dues)
         return settlement.transitions
 
     def consents(
@@ -204,7 +199,7 @@ class SegmentService:
             claimed = profile_store.claim_due(conn, now, limit)
             if not claimed:
                 return 0
-            states = profile_store.lock_profiles(conn, self.db.dialect, claimed)
+            states = profile_store.lock_profiles(conn, claimed)
             timed = catalogue.timed()
             touched = {pid: (states[pid], Touch()) for pid in sorted(states)}
             consents = self.consents(conn, catalogue, touched)
@@ -215,10 +210,9 @@ class SegmentService:
                     state, timed, now, consents.get(profile_id)
                 )
                 transitions += changes
-            dialect = self.db.dialect
-            rows = store.transition_rows(dialect, transitions, now, "time")
-            store.record_transitions(conn, dialect, rows)
-            profile_store.update_profiles(conn, dialect, list(states.values()), now, dues)
+            rows = store.transition_rows(self.db, transitions, now, "time")
+            store.record_transitions(conn, rows)
+            profile_store.update_profiles(conn, list(states.values()), now, dues)
             return len(claimed)
 
         return self.db.write(work)
@@ -243,7 +237,7 @@ class SegmentService:
             oldest = store.oldest_change(conn)
         if oldest is None or self.clock() - oldest < timedelta(seconds=waited):
             return 0
-        return self.db.write(lambda conn: store.catch_up(conn, self.db.dialect))
+        return self.db.write(lambda conn: store.catch_up(conn))
 
     # --- definitions ------------------------------------------------------------------------
 
@@ -270,7 +264,7 @@ class SegmentService:
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
             # Bumping first takes the catalogue's lock: changes to definitions queue here.
-            version = store.bump_version(conn, self.db.dialect)
+            version = store.bump_version(conn)
             old = self._build(conn, version - 1)
             existing = self._require(conn, key) if key is not None else None
             clash = store.segment_row(conn, name)
@@ -298,7 +292,7 @@ class SegmentService:
                 store.update_segment(conn, segment_id, row)
             new = self._checked(conn, version)
             self._backfill(conn, old, new, [name], now)
-            store.catch_up(conn, self.db.dialect)
+            store.catch_up(conn)
             saved = store.segment_row(conn, segment_id)
             assert saved is not None
             return {**self._public(saved), "members": store.member_count(conn, segment_id)}
@@ -307,7 +301,7 @@ class SegmentService:
 
     def delete_segment(self, key: str) -> None:
         def work(conn: Connection) -> None:
-            version = store.bump_version(conn, self.db.dialect)
+            version = store.bump_version(conn)
             row = self._require(conn, key)
             catalogue = self._build(conn, version)
             users = [
@@ -321,7 +315,7 @@ class SegmentService:
                     field="segment",
                 )
             # Its changes still to apply would bring its members back.
-            store.catch_up(conn, self.db.dialect)
+            store.catch_up(conn)
             store.delete_segment(conn, row["id"])
 
         self.db.write(work)
@@ -345,7 +339,7 @@ class SegmentService:
 
         def work(conn: Connection) -> dict[str, Any]:
             now = self.clock()
-            version = store.bump_version(conn, self.db.dialect)
+            version = store.bump_version(conn)
             old = self._build(conn, version - 1)
             if exists is False and name in old.computed:
                 raise Conflict(f"a computed trait named {name!r} exists already", field="name")
@@ -373,7 +367,7 @@ class SegmentService:
 
     def delete_computed(self, name: str) -> None:
         def work(conn: Connection) -> None:
-            version = store.bump_version(conn, self.db.dialect)
+            version = store.bump_version(conn)
             catalogue = self._build(conn, version)
             users = [s.name for s in catalogue.order if name in _computed_refs(s)]
             # An earn rule's condition reads it as a segment's does.
@@ -434,17 +428,13 @@ class SegmentService:
         fresh = {k: f for k, f in new.features.items() if k not in old.features}
         reach = _dependents(new, set(changed))
         which = [s for s in new.order if s.name in reach]
-        dialect = self.db.dialect
         after: str | None = None
         while True:
-            query = sa.select(profiles.c.id).where(profiles.c.merged_into.is_(None))
-            if after is not None:
-                query = query.where(profiles.c.id > after)
-            ids = list(conn.execute(query.order_by(profiles.c.id).limit(_BACKFILL_CHUNK)).scalars())
+            ids = profile_store.live_ids(conn, after=after, limit=_BACKFILL_CHUNK)
             if not ids:
                 break
             after = ids[-1]
-            states = profile_store.lock_profiles(conn, dialect, ids)
+            states = profile_store.lock_profiles(conn, ids)
             for state in states.values():
                 features = state.computed.setdefault("features", {})
                 # A feature no definition uses any more goes, and so does what is left of
@@ -464,9 +454,9 @@ class SegmentService:
                 if due != before:
                     dues[pid] = due
             store.record_transitions(
-                conn, dialect, store.transition_rows(dialect, transitions, now, "backfill")
+                conn, store.transition_rows(self.db, transitions, now, "backfill")
             )
-            profile_store.update_profiles(conn, dialect, list(states.values()), now, dues)
+            profile_store.update_profiles(conn, list(states.values()), now, dues)
 
     def _fold_history(
         self,
@@ -478,23 +468,8 @@ class SegmentService:
         by_event: dict[str, list[tuple[str, Feature]]] = {}
         for key, feature in fresh.items():
             by_event.setdefault(feature.event, []).append((key, feature))
-        query = (
-            sa.select(
-                events.c.profile_id,
-                events.c.event,
-                events.c.message_id,
-                events.c.timestamp,
-                events.c.payload,
-            )
-            .where(
-                events.c.profile_id.in_(sorted(states)),
-                events.c.type == "track",
-                events.c.event.in_(sorted(by_event)),
-                events.c.source_id != INTERNAL_SOURCE,
-            )
-            .order_by(events.c.profile_id, events.c.timestamp, events.c.id)
-        )
-        for profile_id, name, message_id, at, payload in conn.execute(query):
+        history = event_store.tracks_of(conn, sorted(states), sorted(by_event))
+        for profile_id, name, message_id, at, payload in history:
             state = states[profile_id]
             comp.fold_event(
                 state.computed.setdefault("features", {}),
@@ -589,7 +564,6 @@ class SegmentService:
             )
             count, ids = segment_sql.preview(
                 conn,
-                self.db.dialect,
                 node,
                 now=self.clock(),
                 computed=catalogue.computed,

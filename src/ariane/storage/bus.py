@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from ariane.domain.clock import parse_timestamp
 from ariane.domain.events import KINDS, DomainEvent, StoredEvent, from_record
 from ariane.storage.commits import wake_on_commit
-from ariane.storage.database import Dialect
+from ariane.storage.database import dialect_of
 from ariane.storage.tables import bus_parked, bus_positions, events, outbox
 
 Position = tuple[int, int]
@@ -68,8 +68,9 @@ def record(conn: Connection, happened: Sequence[DomainEvent]) -> None:
     wake_on_commit(conn, "outbox")
 
 
-def record_once(conn: Connection, dialect: Dialect, happened: Sequence[DomainEvent]) -> None:
+def record_once(conn: Connection, happened: Sequence[DomainEvent]) -> None:
     """`record`, leaving out what the outbox holds already under the same event id."""
+    dialect = dialect_of(conn)
     if not happened:
         return
     dialect.insert_ignoring_conflicts(conn, outbox, [_row(event) for event in happened])
@@ -89,15 +90,15 @@ def _row(event: DomainEvent) -> dict[str, Any]:
 # --- reading ----------------------------------------------------------------------------
 
 
-def horizon(conn: Connection, dialect: Dialect) -> int:
+def horizon(conn: Connection) -> int:
     """What `read` and `head` are given, read with a connection of its own before the
     snapshot they read in begins (`Dialect.log_horizon`)."""
+    dialect = dialect_of(conn)
     return dialect.log_horizon(conn)
 
 
 def read(
     conn: Connection,
-    dialect: Dialect,
     stream: Stream,
     after: Position,
     limit: int,
@@ -106,6 +107,7 @@ def read(
 ) -> tuple[list[Entry], Position]:
     """Up to `limit` entries after `after`, of `kinds` only if given (outbox), and the
     position read up to: past the last entry, or past entries of other kinds."""
+    dialect = dialect_of(conn)
     table = _LOGS[stream]
     window = dialect.log_after(table, after, horizon)
     query = sa.select(*_COLUMNS[stream]).where(window)
@@ -126,9 +128,10 @@ def read(
     return found, (found[-1].position if found else after)
 
 
-def head(conn: Connection, dialect: Dialect, stream: Stream, horizon: int) -> Position:
+def head(conn: Connection, stream: Stream, horizon: int) -> Position:
     """The position after everything in the log now: where a handler that should not
     read what came before starts."""
+    dialect = dialect_of(conn)
     table = _LOGS[stream]
     last = conn.execute(
         sa.select(table.c.tx, table.c.id)
@@ -139,10 +142,9 @@ def head(conn: Connection, dialect: Dialect, stream: Stream, horizon: int) -> Po
     return START if last is None else (last.tx, last.id)
 
 
-def oldest_after(
-    conn: Connection, dialect: Dialect, stream: Stream, after: Position
-) -> datetime | None:
+def oldest_after(conn: Connection, stream: Stream, after: Position) -> datetime | None:
     """When the first entry after `after` was written (None: there is none)."""
+    dialect = dialect_of(conn)
     table = _LOGS[stream]
     moment = table.c.received_at if stream == "events" else table.c.created_at
     row = conn.execute(
@@ -218,9 +220,8 @@ def positions(conn: Connection, handlers: Iterable[str]) -> dict[str, Position]:
     return {row.handler: (row.tx, row.position) for row in rows}
 
 
-def save_position(
-    conn: Connection, dialect: Dialect, handler: str, position: Position, now: datetime
-) -> None:
+def save_position(conn: Connection, handler: str, position: Position, now: datetime) -> None:
+    dialect = dialect_of(conn)
     values = {"handler": handler, "tx": position[0], "position": position[1], "updated_at": now}
     statement = dialect.insert_statement(bus_positions).values(values)
     conn.execute(
@@ -241,8 +242,9 @@ def known_handlers(conn: Connection) -> list[str]:
     return list(conn.execute(sa.select(bus_positions.c.handler)).scalars())
 
 
-def collect_garbage(conn: Connection, dialect: Dialect, upto: Position) -> int:
+def collect_garbage(conn: Connection, upto: Position) -> int:
     """Delete the outbox's entries up to `upto`, which every handler has read."""
+    dialect = dialect_of(conn)
     done = conn.execute(
         outbox.delete().where(dialect.log_through(outbox, upto), outbox.c.topic.in_(sorted(KINDS)))
     )
@@ -254,7 +256,6 @@ def collect_garbage(conn: Connection, dialect: Dialect, upto: Position) -> int:
 
 def park(
     conn: Connection,
-    dialect: Dialect,
     handler: str,
     entry: Entry,
     error: str,
@@ -263,6 +264,7 @@ def park(
 ) -> None:
     """Keep `entry` apart, with the error that made `handler` give up on it (kept once:
     parked again, it stays as it was)."""
+    dialect = dialect_of(conn)
     event = entry.event
     at = event.at if isinstance(event, DomainEvent) else event.received_at
     dialect.insert_ignoring_conflicts(
@@ -368,17 +370,9 @@ def _parked(row: Mapping[Any, Any]) -> Parked:
     payload = dict(row["payload"])
     event: DomainEvent | StoredEvent
     if row["stream"] == "events":
-        event = StoredEvent(
-            position=position,
-            source_id=payload["source_id"],
-            message_id=payload["message_id"],
-            profile_id=row["profile_id"],
-            type=payload["type"],
-            event=payload["event"],
-            timestamp=parse_timestamp(payload["timestamp"]),
-            received_at=parse_timestamp(payload["received_at"]),
-            payload=payload["payload"],
-        )
+        # Kept as JSON when parked: its moments as text.
+        moments = {key: parse_timestamp(payload[key]) for key in ("timestamp", "received_at")}
+        event = stored_event(position, {**payload, **moments, "profile_id": row["profile_id"]})
     else:
         payload.pop("at", None)
         event = from_record(row["kind"], row["event_id"], row["profile_id"], row["at"], payload)

@@ -10,15 +10,15 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ariane.domain.messages import MAX_DEPTH, Message
+from ariane.domain.messages import INTERNAL_SOURCE, MAX_DEPTH, Message
 from ariane.storage.commits import wake_on_commit
-from ariane.storage.database import Dialect, RetryTransaction, chunked
+from ariane.storage.database import Database, RetryTransaction, dialect_of
+from ariane.storage.dialect import chunked
 from ariane.storage.tables import events, quarantine, quarantine_identifiers
 
 
-def seen_message_ids(
-    conn: Connection, dialect: Dialect, source_id: str, message_ids: Collection[str]
-) -> set[str]:
+def seen_message_ids(conn: Connection, source_id: str, message_ids: Collection[str]) -> set[str]:
+    dialect = dialect_of(conn)
     seen: set[str] = set()
     for chunk in chunked(sorted(message_ids), 500):
         query = dialect.probe(
@@ -32,12 +32,10 @@ def seen_message_ids(
 EVENT_COLUMNS = ("source_id", "message_id", "type", "event", "timestamp", "received_at", "payload")
 
 
-def event_rows(
-    dialect: Dialect, source_id: str, messages: Sequence[Message]
-) -> list[tuple[Any, ...]]:
+def event_rows(db: Database, source_id: str, messages: Sequence[Message]) -> list[tuple[Any, ...]]:
     """Events in the driver's form, but for their profile id: built before the write
     transaction, so that a writer holding it does not spend its time converting."""
-    return dialect.driver_rows(
+    return db.dialect.driver_rows(
         events,
         EVENT_COLUMNS,
         [
@@ -55,9 +53,10 @@ def event_rows(
     )
 
 
-def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[tuple[Any, ...]]) -> None:
+def insert_events(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Insert `event_rows`, each followed by its profile id. A messageId stored by a
     concurrent writer meanwhile is a lost race."""
+    dialect = dialect_of(conn)
     columns = (*EVENT_COLUMNS, "profile_id")
     if dialect.insert_driver_rows(conn, events, columns, rows) != len(rows):
         raise RetryTransaction("a messageId was stored by another writer meanwhile")
@@ -68,6 +67,25 @@ def insert_events(conn: Connection, dialect: Dialect, rows: Sequence[tuple[Any, 
 
 # What a timeline shows of an event: all but its place in the log.
 _TIMELINE_COLUMNS = [column for column in events.c if column.name != "tx"]
+
+
+def tracks_of(
+    conn: Connection, profile_ids: Sequence[str], names: Sequence[str]
+) -> list[tuple[str, str, str, datetime, dict[str, Any]]]:
+    """The track events of these names the profiles did (not those Ariane recorded), as
+    (profile id, event, message id, timestamp, payload), by profile and time."""
+    c = events.c
+    query = (
+        sa.select(c.profile_id, c.event, c.message_id, c.timestamp, c.payload)
+        .where(
+            c.profile_id.in_(profile_ids),
+            c.type == "track",
+            c.event.in_(names),
+            c.source_id != INTERNAL_SOURCE,
+        )
+        .order_by(c.profile_id, c.timestamp, c.id)
+    )
+    return [(p, name, m, at, payload) for p, name, m, at, payload in conn.execute(query)]
 
 
 def timeline(

@@ -13,7 +13,8 @@ from ariane.domain.events import loyalty_event
 from ariane.domain.loyalty import Lot
 from ariane.domain.tiers import Standing
 from ariane.storage import bus as bus_store
-from ariane.storage.database import Dialect, RetryTransaction
+from ariane.storage.database import RetryTransaction, dialect_of
+from ariane.storage.dialect import Dialect
 from ariane.storage.tables import (
     loyalty_accounts,
     loyalty_entries,
@@ -36,12 +37,11 @@ def _locked_account(dialect: Dialect) -> sa.Select[Any]:
     )
 
 
-def lock_account(
-    conn: Connection, dialect: Dialect, programme: str, profile_id: str, now: datetime
-) -> Standing:
+def lock_account(conn: Connection, programme: str, profile_id: str, now: datetime) -> Standing:
     """Lock the member's account until commit, making it if need be: the movements of
     one member's points happen one at a time (on SQLite the one writer does that). The
     account's tier as it stands."""
+    dialect = dialect_of(conn)
     locked = dialect.kept(_locked_account)
     member = {"programme": programme, "profile_id": profile_id}
     row = conn.execute(locked, member).first()
@@ -134,9 +134,10 @@ def _new_entry(dialect: Dialect) -> Any:
     )
 
 
-def insert_entry(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> int | None:
+def insert_entry(conn: Connection, row: dict[str, Any]) -> int | None:
     """The new entry's id, or None when its idempotency key is taken already (by a
     concurrent movement of another member)."""
+    dialect = dialect_of(conn)
     found: int | None = conn.execute(dialect.kept(_new_entry), row).scalar()
     return found
 
@@ -362,8 +363,9 @@ def tiers_due(conn: Connection, now: datetime, limit: int) -> list[tuple[str, st
 # --- purchases and their returns -------------------------------------------------------------
 
 
-def record_purchase(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> None:
+def record_purchase(conn: Connection, row: dict[str, Any]) -> None:
     """What a purchase rule's earn entry was for (once: a replay records nothing more)."""
+    dialect = dialect_of(conn)
     dialect.insert_ignoring_conflicts(conn, loyalty_purchases, [row])
 
 
@@ -391,13 +393,12 @@ def add_returned(conn: Connection, entry_id: int, amount: int) -> None:
 # --- merges --------------------------------------------------------------------------------
 
 
-def merge_accounts(
-    conn: Connection, dialect: Dialect, absorbed: str, survivor: str, now: datetime
-) -> None:
+def merge_accounts(conn: Connection, absorbed: str, survivor: str, now: datetime) -> None:
     """Before a merge moves the absorbed member's points to the survivor: lock both
     members' accounts (a movement under way on either finishes first, and one waiting
     finds the merge done), give the survivor an account in each programme of the
     absorbed, and have its tier looked at again at once."""
+    dialect = dialect_of(conn)
     c = loyalty_accounts.c
     held = conn.execute(
         dialect.lock_rows(

@@ -19,8 +19,15 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ariane.storage.database import Dialect, RetryTransaction
-from ariane.storage.tables import PERSONAL_DATA, identities, metadata, profiles, quarantine
+from ariane.storage.database import RetryTransaction, dialect_of
+from ariane.storage.tables import (
+    PERSONAL_DATA,
+    erasure_receipts,
+    identities,
+    metadata,
+    profiles,
+    quarantine,
+)
 
 T = TypeVar("T")
 
@@ -44,16 +51,18 @@ def profile_id_columns(table: sa.Table) -> list[sa.Column[Any]]:
     ]
 
 
-def find_person(conn: Connection, profile_id: str, *, lock: Dialect | None = None) -> Person:
+def find_person(conn: Connection, profile_id: str, *, lock: bool = False) -> Person:
     """The profiles and identifiers that make up one person.
 
-    To erase, pass the dialect as `lock`: the profile row is locked against concurrent
+    To erase, pass `lock`: the profile row is locked against concurrent
     ingestion, and a profile merged away since it was resolved means a concurrent merge
     won the race, so the transaction starts again.
     """
-    if lock is not None:
+    if lock:
         row = conn.execute(
-            lock.lock_rows(sa.select(profiles.c.merged_into).where(profiles.c.id == profile_id))
+            dialect_of(conn).lock_rows(
+                sa.select(profiles.c.merged_into).where(profiles.c.id == profile_id)
+            )
         ).first()
         if row is None or row.merged_into is not None:
             raise RetryTransaction(f"profile {profile_id} was merged or erased meanwhile")
@@ -194,6 +203,9 @@ def export(conn: Connection, person: Person) -> dict[str, list[dict[str, Any]]]:
 
 def erase(conn: Connection, person: Person) -> dict[str, int]:
     """Delete every row about the person; the number deleted per table."""
+    # No segment change of theirs may be applied meanwhile: it would write back the
+    # memberships and history this deletes (`storage.segments.catch_up`).
+    dialect_of(conn).hold_projection(conn)
     counts: dict[str, int] = {}
     for name, conditions in _conditions(conn, person, erasing=True).items():
         table = metadata.tables[name]
@@ -201,3 +213,8 @@ def erase(conn: Connection, person: Person) -> dict[str, int]:
             conn.execute(table.delete().where(condition)).rowcount for condition in conditions
         )
     return counts
+
+
+def keep_receipt(conn: Connection, receipt: dict[str, Any]) -> None:
+    """Keep the receipt of an erasure (no profile id, no identifier)."""
+    conn.execute(erasure_receipts.insert().values(**receipt))

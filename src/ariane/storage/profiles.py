@@ -16,7 +16,8 @@ from ariane.domain.profiles import ProfileState, search_key
 from ariane.storage import loyalty as loyalty_store
 from ariane.storage import segment_sql
 from ariane.storage import segments as segment_store
-from ariane.storage.database import Dialect, RetryTransaction, chunked
+from ariane.storage.database import RetryTransaction, dialect_of
+from ariane.storage.dialect import chunked
 from ariane.storage.tables import (
     PERSONAL_DATA,
     identities,
@@ -30,9 +31,8 @@ from ariane.storage.tables import (
 _CHUNK = 400
 
 
-def find_owners(
-    conn: Connection, dialect: Dialect, keys: Collection[tuple[str, str]]
-) -> list[tuple[str, str, str]]:
+def find_owners(conn: Connection, keys: Collection[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    dialect = dialect_of(conn)
     wanted = set(keys)
     columns = (identities.c.type, identities.c.value, identities.c.profile_id)
     rows: list[tuple[str, str, str]] = []
@@ -43,8 +43,9 @@ def find_owners(
 
 
 def held_identifiers(
-    conn: Connection, dialect: Dialect, profile_ids: Collection[str], types: Collection[str]
+    conn: Connection, profile_ids: Collection[str], types: Collection[str]
 ) -> list[tuple[str, str, str]]:
+    dialect = dialect_of(conn)
     if not types or not profile_ids:
         return []
     columns = (identities.c.type, identities.c.value, identities.c.profile_id)
@@ -57,14 +58,13 @@ def held_identifiers(
     return rows
 
 
-def lock_profiles(
-    conn: Connection, dialect: Dialect, profile_ids: Collection[str]
-) -> dict[str, ProfileState]:
+def lock_profiles(conn: Connection, profile_ids: Collection[str]) -> dict[str, ProfileState]:
     """Load live profiles for update, in id order so that concurrent writers never deadlock.
 
     A profile merged away since its identifiers were read means another transaction won
     the race: start again.
     """
+    dialect = dialect_of(conn)
     states: dict[str, ProfileState] = {}
     for chunk in chunked(sorted(profile_ids), _CHUNK):
         query = dialect.lock_rows(
@@ -106,12 +106,12 @@ def _profile_row(state: ProfileState, now: datetime) -> dict[str, Any]:
 
 def insert_profiles(
     conn: Connection,
-    dialect: Dialect,
     states: Iterable[ProfileState],
     now: datetime,
     dues: Mapping[str, datetime | None] | None = None,
 ) -> None:
     """New profiles, each with its timer from `dues` (see `update_profiles`), if any."""
+    dialect = dialect_of(conn)
     dues = dues or {}
     rows = [{**_profile_row(s, now), "created_at": now, "due_at": dues.get(s.id)} for s in states]
     if dialect.insert_ignoring_conflicts(conn, profiles, rows) != len(rows):
@@ -120,7 +120,6 @@ def insert_profiles(
 
 def update_profiles(
     conn: Connection,
-    dialect: Dialect,
     states: Iterable[ProfileState],
     now: datetime,
     dues: Mapping[str, datetime | None] | None = None,
@@ -128,6 +127,7 @@ def update_profiles(
     """Write `states`. `dues` holds the profiles whose timer moved: when time alone may
     next change their segments, or None for never. The others keep theirs, and their
     rows leave it out: written unchanged, SQLite would still rewrite its index entry."""
+    dialect = dialect_of(conn)
     dues = dues or {}
     kept, moved = [], []
     for state in states:
@@ -157,11 +157,11 @@ def claim_due(conn: Connection, now: datetime, limit: int) -> list[str]:
 
 def insert_identities(
     conn: Connection,
-    dialect: Dialect,
     rows: Sequence[tuple[Identifier, str, str]],
     now: datetime,
 ) -> None:
     """Claim new identifiers. One already claimed by a concurrent writer means a lost race."""
+    dialect = dialect_of(conn)
     if not rows:
         return
     params = [
@@ -190,7 +190,6 @@ def _profile_tables(on_merge: str) -> list[sa.Column[Any]]:
 
 def record_merge(
     conn: Connection,
-    dialect: Dialect,
     merge: Merge,
     reason: str,
     message_id: str | None,
@@ -203,8 +202,8 @@ def record_merge(
     it had absorbed before.
     """
     # Memberships move as they stand: the changes recorded for either are applied first.
-    segment_store.catch_up(conn, dialect, {merge.absorbed, merge.survivor})
-    loyalty_store.merge_accounts(conn, dialect, merge.absorbed, merge.survivor, now)
+    segment_store.catch_up(conn, {merge.absorbed, merge.survivor})
+    loyalty_store.merge_accounts(conn, merge.absorbed, merge.survivor, now)
     moved = conn.execute(
         identities.update()
         .where(identities.c.profile_id == merge.absorbed)
@@ -304,7 +303,6 @@ def resolve_profile_id(conn: Connection, profile_id: str) -> str | None:
 
 def search(
     conn: Connection,
-    dialect: Dialect,
     *,
     limit: int,
     after: str | None = None,
@@ -317,6 +315,7 @@ def search(
     those meeting a condition on traits, and those holding an identifier that starts
     with `prefix` or whose name or email search key (`ProfileState.search_keys`) starts
     with its key, as asked; all of them, when nothing is."""
+    dialect = dialect_of(conn)
     c = profiles.c
     query = sa.select(c.id, c.traits, c.first_seen, c.last_seen, c.created_at).where(
         c.merged_into.is_(None)
@@ -429,7 +428,6 @@ def _after_all_starting_with(prefix: str) -> str | None:
 
 def identifiers_of(
     conn: Connection,
-    dialect: Dialect,
     profile_ids: Collection[str],
     *,
     per_type: int,
@@ -437,6 +435,7 @@ def identifiers_of(
 ) -> dict[str, dict[str, list[str]]]:
     """For each profile, its identifiers by type (of `types` only, if given): the first
     `per_type` it held of each."""
+    dialect = dialect_of(conn)
     columns = (
         identities.c.profile_id,
         identities.c.type,
@@ -454,6 +453,44 @@ def identifiers_of(
         if len(values) < per_type:
             values.append(value)
     return held
+
+
+def computed_of(conn: Connection, profile_id: str) -> dict[str, Any] | None:
+    """The computed values of a profile, or None if there is no such profile."""
+    found: dict[str, Any] | None = conn.execute(
+        sa.select(profiles.c.computed).where(profiles.c.id == profile_id)
+    ).scalar()
+    return found
+
+
+def profile_row(conn: Connection, profile_id: str) -> Any:
+    """The row of a profile that exists."""
+    return conn.execute(sa.select(profiles).where(profiles.c.id == profile_id)).one()
+
+
+def identities_listed(conn: Connection, profile_id: str) -> list[tuple[str, str, datetime]]:
+    """Every identifier a profile holds, as (type, value, first seen), by type then age."""
+    c = identities.c
+    rows = conn.execute(
+        sa.select(c.type, c.value, c.created_at)
+        .where(c.profile_id == profile_id)
+        .order_by(c.type, c.created_at, c.value)
+    )
+    return [(t, v, at) for t, v, at in rows]
+
+
+def absorbed_by(conn: Connection, profile_id: str) -> list[str]:
+    """The profiles merged straight into this one."""
+    query = sa.select(profiles.c.id).where(profiles.c.merged_into == profile_id)
+    return list(conn.execute(query).scalars())
+
+
+def live_ids(conn: Connection, *, after: str | None, limit: int) -> list[str]:
+    """Up to `limit` ids of profiles not merged away, in id order, after `after`."""
+    query = sa.select(profiles.c.id).where(profiles.c.merged_into.is_(None))
+    if after is not None:
+        query = query.where(profiles.c.id > after)
+    return list(conn.execute(query.order_by(profiles.c.id).limit(limit)).scalars())
 
 
 def type_in_use(conn: Connection, id_type: str) -> bool:

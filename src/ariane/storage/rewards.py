@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain.programmes import CODE_ALPHABET, Generate
-from ariane.storage.database import Dialect, chunked
+from ariane.storage.database import dialect_of
+from ariane.storage.dialect import Dialect, chunked
 from ariane.storage.tables import (
     loyalty_coupon_uses,
     loyalty_coupons,
@@ -58,11 +59,12 @@ def programme_version(conn: Connection, programme: str) -> int | None:
 
 
 def save_programme(
-    conn: Connection, dialect: Dialect, programme: str, definition: dict[str, Any], now: datetime
+    conn: Connection, programme: str, definition: dict[str, Any], now: datetime
 ) -> tuple[str, int]:
     """Insert the programme, or replace its definition if it differs: `created`,
     `updated` or `unchanged`, and its version. One statement decides, so that two
     applying the same definition at once make one version, not two."""
+    dialect = dialect_of(conn)
     c = loyalty_programmes.c
     insert = dialect.insert_statement(loyalty_programmes).values(
         id=programme, definition=definition, version=1, created_at=now, updated_at=now
@@ -100,7 +102,6 @@ def pool_counts(conn: Connection, programme: str, pool: str) -> dict[str, int]:
 
 def add_codes(
     conn: Connection,
-    dialect: Dialect,
     programme: str,
     pool: str,
     codes: Sequence[str],
@@ -108,6 +109,7 @@ def add_codes(
 ) -> tuple[int, list[str]]:
     """Add codes to a pool: how many were new, and those that another pool holds (a code
     is unique across every programme). A code the pool holds already is left alone."""
+    dialect = dialect_of(conn)
     added = 0
     for part in chunked(list(dict.fromkeys(codes)), _CHUNK):
         added += dialect.insert_ignoring_conflicts(
@@ -132,10 +134,11 @@ def add_codes(
 
 
 def generate_codes(
-    conn: Connection, dialect: Dialect, programme: str, pool: str, plan: Generate, now: datetime
+    conn: Connection, programme: str, pool: str, plan: Generate, now: datetime
 ) -> int:
     """Bring a generated pool up to `plan.count` codes, random and unguessable; how many
     were made. Codes issued or burned count: a pool is never topped up past its size."""
+    dialect = dialect_of(conn)
     c = loyalty_coupons.c
     held = conn.execute(
         sa.select(sa.func.count()).where(c.programme == programme, c.pool == pool)
@@ -161,7 +164,6 @@ def generate_codes(
 
 def issue_code(
     conn: Connection,
-    dialect: Dialect,
     programme: str,
     pool: str,
     *,
@@ -177,6 +179,7 @@ def issue_code(
     free row is held (by other buyers, or by a till trying a code not issued yet), the
     second look waits for them rather than answer that none is left.
     """
+    dialect = dialect_of(conn)
     values = {
         "in_programme": programme,
         "in_pool": pool,
@@ -230,8 +233,9 @@ def _locked_coupon(dialect: Dialect) -> sa.Select[Any]:
     return dialect.lock_rows(_COUPON)
 
 
-def coupon(conn: Connection, dialect: Dialect, code: str, *, lock: bool) -> dict[str, Any] | None:
+def coupon(conn: Connection, code: str, *, lock: bool) -> dict[str, Any] | None:
     """The coupon of a code, locked until commit when asked (on PostgreSQL)."""
+    dialect = dialect_of(conn)
     query = dialect.kept(_locked_coupon) if lock else _COUPON
     row = conn.execute(query, {"code": code}).first()
     return None if row is None else dict(row._mapping)
@@ -277,8 +281,9 @@ def _new_use(dialect: Dialect) -> Any:
     )
 
 
-def insert_use(conn: Connection, dialect: Dialect, row: dict[str, Any]) -> int | None:
+def insert_use(conn: Connection, row: dict[str, Any]) -> int | None:
     """The new use's id, or None when its idempotency key is taken already."""
+    dialect = dialect_of(conn)
     found: int | None = conn.execute(dialect.kept(_new_use), row).scalar()
     return found
 
@@ -311,8 +316,9 @@ def set_burn(conn: Connection, coupon_id: int, was: int | None, now: int | None)
 # --- rewards ------------------------------------------------------------------------------
 
 
-def take_stock(conn: Connection, dialect: Dialect, programme: str, reward: str, stock: int) -> bool:
+def take_stock(conn: Connection, programme: str, reward: str, stock: int) -> bool:
     """Count one more of the reward bought, if that stays within `stock`: whether it did."""
+    dialect = dialect_of(conn)
     dialect.insert_ignoring_conflicts(
         conn, loyalty_reward_stock, [{"programme": programme, "reward": reward, "issued": 0}]
     )

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ariane.storage.database import Dialect
+from ariane.storage.database import dialect_of
 from ariane.storage.tables import profiles, segment_members
 
 # The kinds `trait_kinds` tells apart; a null or a missing value is none of them.
@@ -35,11 +35,12 @@ def members_page(
 
 
 def trait_kinds(
-    conn: Connection, dialect: Dialect, segment_id: str, paths: Sequence[Sequence[str]]
+    conn: Connection, segment_id: str, paths: Sequence[Sequence[str]]
 ) -> list[set[str]]:
     """For each trait path (`address.city` is ("address", "city")), the kinds of value
     the members hold there: text (`string`), booleans, whole numbers within 64 bits
     (`whole`), other numbers (`real`), objects or arrays (`nested`)."""
+    dialect = dialect_of(conn)
     if not paths:
         return []
     doc = profiles.c.traits

@@ -37,7 +37,8 @@ from ariane.domain.conditions import (
     TraitIs,
 )
 from ariane.domain.predicates import Test, is_number, micros
-from ariane.storage.database import Dialect
+from ariane.storage.database import dialect_of
+from ariane.storage.dialect import Dialect
 from ariane.storage.tables import (
     INTERNAL_SOURCE,
     consents,
@@ -64,6 +65,19 @@ def condition_sql(
     return _Compiler(dialect, now, computed).condition(node)
 
 
+def holds(
+    conn: Connection,
+    node: Node,
+    profile_id: str,
+    *,
+    now: datetime,
+    computed: Mapping[str, Feature],
+) -> bool:
+    """Whether the live profile meets the condition now, from what is stored."""
+    query = members_query(node, dialect_of(conn), now=now, computed=computed)
+    return conn.execute(query.where(profiles.c.id == profile_id)).first() is not None
+
+
 def members_query(
     node: Node, dialect: Dialect, *, now: datetime, computed: Mapping[str, Feature]
 ) -> sa.Select[Any]:
@@ -80,7 +94,6 @@ def members_query(
 
 def preview(
     conn: Connection,
-    dialect: Dialect,
     node: Node,
     *,
     now: datetime,
@@ -91,6 +104,7 @@ def preview(
 
     Read inside `Database.read()`, so that the count and the sample agree.
     """
+    dialect = dialect_of(conn)
     query = members_query(node, dialect, now=now, computed=computed)
     if sample <= 0:
         total = conn.execute(

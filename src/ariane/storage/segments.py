@@ -17,7 +17,7 @@ from ariane.domain.events import SegmentEntered, SegmentExited
 from ariane.domain.predicates import micros
 from ariane.domain.segments import Transition
 from ariane.storage import bus as bus_store
-from ariane.storage.database import Dialect
+from ariane.storage.database import Database, dialect_of
 from ariane.storage.tables import (
     catalogue_version,
     computed_traits,
@@ -36,9 +36,16 @@ def version(conn: Connection) -> int:
     return 0 if found is None else int(found)
 
 
-def bump_version(conn: Connection, dialect: Dialect) -> int:
+def hold_catalogue(conn: Connection) -> None:
+    """Keep the segment definitions in force until the transaction ends (a change of
+    definitions, `bump_version`, waits for it)."""
+    dialect_of(conn).hold_catalogue(conn, exclusive=False)
+
+
+def bump_version(conn: Connection) -> int:
     """Take the catalogue alone: a change of definitions waits for the writers that hold
     it, and they wait for the change."""
+    dialect = dialect_of(conn)
     dialect.hold_catalogue(conn, exclusive=True)
     bumped = conn.execute(
         catalogue_version.update().values(version=catalogue_version.c.version + 1)
@@ -150,7 +157,7 @@ class TransitionRows:
 
 
 def transition_rows(
-    dialect: Dialect, transitions: Sequence[Transition], now: datetime, cause: str
+    db: Database, transitions: Sequence[Transition], now: datetime, cause: str
 ) -> TransitionRows:
     """Each transition's change, with the message id of its Audience event.
 
@@ -161,7 +168,7 @@ def transition_rows(
     rather than one page each at random; the count orders a person's Audience events of
     one microsecond on the timeline as they were decided, also across batches.
     """
-    at = dialect.datetime_param(now)
+    at = db.dialect.datetime_param(now)
     ids = f"{AUDIENCE_PREFIX}{micros(now):014x}-"
     changes = [
         (
@@ -177,13 +184,14 @@ def transition_rows(
     return TransitionRows(now, cause, changes)
 
 
-def record_transitions(conn: Connection, dialect: Dialect, rows: TransitionRows) -> None:
+def record_transitions(conn: Connection, rows: TransitionRows) -> None:
     """Write `transition_rows`, through `Dialect.insert_bulk_driver_rows`: a batch of new
     people can enter hundreds of segments at once."""
+    dialect = dialect_of(conn)
     dialect.insert_bulk_driver_rows(conn, segment_changes, _CHANGE_COLUMNS, rows.changes)
 
 
-def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | None = None) -> int:
+def catch_up(conn: Connection, profile_ids: Collection[str] | None = None) -> int:
     """Apply the recorded changes (of `profile_ids` only, if given) to memberships and
     their history, and record what happened for the bus; how many there were.
 
@@ -194,6 +202,7 @@ def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | 
     recorded when it began; rows move between tables in SQL, picked by id: on PostgreSQL
     a row with a smaller id may commit later, unseen until the next round.
     """
+    dialect = dialect_of(conn)
     dialect.hold_projection(conn)
     columns = segment_changes.c
     whose = [] if profile_ids is None else [columns.profile_id.in_(sorted(profile_ids))]
@@ -211,16 +220,15 @@ def catch_up(conn: Connection, dialect: Dialect, profile_ids: Collection[str] | 
         ).all()
         if not rows:
             return applied
-        _apply_changes(conn, dialect, rows)
+        _apply_changes(conn, rows)
         applied += len(rows)
         after = rows[-1][0]
 
 
-def _apply_changes(
-    conn: Connection, dialect: Dialect, rows: Sequence[tuple[int, str, str, str]]
-) -> None:
+def _apply_changes(conn: Connection, rows: Sequence[tuple[int, str, str, str]]) -> None:
     """`rows` of `segment_changes` (id, segment, profile, change), in id order, into the
     history and the bus's outbox, then the memberships."""
+    dialect = dialect_of(conn)
     columns = segment_changes.c
     ids = [row[0] for row in rows]
     picked = dialect.among(columns.id, ids)

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
+from ariane.domain.messages import INTERNAL_SOURCE as INTERNAL_SOURCE
+from ariane.domain.messages import LOYALTY_SOURCE as LOYALTY_SOURCE
 from ariane.domain.profiles import SEARCH_KEY_LENGTH
 
 metadata = sa.MetaData(
@@ -45,13 +47,6 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         moment: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
-
-# The source of the events Ariane records itself (Audience Entered/Exited): never a
-# person's behaviour.
-INTERNAL_SOURCE = "ariane"
-# The source of the events loyalty records (its movements, and the sales tills send it):
-# unlike Ariane's Audience events, segments may count them; earn rules never read them.
-LOYALTY_SOURCE = "loyalty"
 
 JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")

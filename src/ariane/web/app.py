@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
@@ -147,11 +146,9 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     )
     def health() -> Any:
         """Whether the service can reach its database: 200 when it can, 503 when not."""
-        try:
-            with container.db.read() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        except sa.exc.SQLAlchemyError as exc:
-            log.error("health check: database unreachable: %s", exc)
+        failure = container.db.unreachable()
+        if failure is not None:
+            log.error("health check: database unreachable: %s", failure)
             return error(
                 503,
                 "database_unavailable",
