@@ -289,6 +289,40 @@ def test_a_commit_wakes_the_running_handlers_at_once(
         runner.join()
 
 
+def test_a_process_runs_a_bounded_number_of_rounds_at_once(
+    container: Container, clock: FakeClock
+) -> None:
+    # Each round holds database connections: ten destinations must not take them all.
+    lock = threading.Lock()
+    running, most = [0], [0]
+    handled: set[str] = set()
+
+    def handle(entries: Sequence[Entry]) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+            handled.add(threading.current_thread().name)
+
+    handlers = [Handler(f"slow-{n}", "outbox", handle) for n in range(10)]
+    bus = Dispatcher(container.db, container.clock, lambda: handlers, FAST, concurrent=3)
+    record(container, *(earned(n, clock) for n in range(5)))
+    stop = threading.Event()
+    runner = threading.Thread(target=bus.run, args=(stop,), kwargs={"idle": 60})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(handled) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        runner.join()
+    assert len(handled) == 10
+    assert most[0] == 3
+
+
 def test_the_outbox_is_emptied_up_to_where_every_handler_has_read(
     container: Container, clock: FakeClock
 ) -> None:

@@ -28,6 +28,12 @@ from ariane.storage.database import Database
 
 log = logging.getLogger(__name__)
 
+# Rounds of handlers run at once in one process, in `Dispatcher.run`. A round holds up to
+# two of the database pool's connections (its turn, then a read or a write): with one
+# thread per handler and two handlers per destination, unbounded rounds would take the
+# connections the requests need as soon as there are a few destinations.
+CONCURRENT_ROUNDS = 4
+
 
 class RetryLater(Exception):
     """The handler cannot do it now but will later (a destination down or throttling):
@@ -116,12 +122,15 @@ class Dispatcher:
         clock: Callable[[], datetime],
         handlers: Callable[[], Sequence[Handler]],
         policy: RetryPolicy | None = None,
+        *,
+        concurrent: int = CONCURRENT_ROUNDS,
     ) -> None:
         self.db = db
         self.clock = clock
         self.handlers = handlers
         self.policy = policy or RetryPolicy()
         self._failing: dict[str, _Failing] = {}
+        self._rounds = threading.BoundedSemaphore(concurrent)
 
     # --- one round ------------------------------------------------------------------------
 
@@ -324,6 +333,8 @@ class Dispatcher:
                         running[handler.name] = thread
                         thread.start()
                 stop.wait(idle)
+            # Handlers waiting for a commit look at `stop` now, not at their next look.
+            self.db.commits.committed()
             for thread in running.values():
                 thread.join(timeout=10)
 
@@ -368,7 +379,8 @@ class Dispatcher:
                 return
             seen = commits.generation(handler.stream)
             try:
-                done = self.run_once(handler)
+                with self._rounds:
+                    done = self.run_once(handler)
             except Exception:
                 log.exception("bus: a round of %s failed; trying again", handler.name)
                 done = 0
