@@ -398,3 +398,41 @@ def test_a_handler_asleep_skips_to_the_head_of_its_log_unread(
     record(container, earned(3, clock))
     bus.drain()
     assert seen == ["earned-3"]
+
+
+def test_a_handler_asleep_is_not_woken_by_every_commit(
+    container: Container, clock: FakeClock
+) -> None:
+    """Asleep, a handler has nothing to do whatever commits: it looks again at its idle
+    round, and a busy log's commits cost it no round each (earn rules with no programme,
+    while events pour in)."""
+    looks: list[float] = []
+    awake = {"now": False}
+
+    def asleep() -> bool:
+        looks.append(time.monotonic())
+        return not awake["now"]
+
+    sleeper, seen = recorder("sleeper", asleep=asleep)
+    bus = dispatcher(container, sleeper)
+    stop = threading.Event()
+    runner = threading.Thread(target=bus.run, args=(stop,), kwargs={"idle": 60})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not looks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert looks
+        for n in range(5):
+            record(container, earned(n, clock))
+        time.sleep(0.5)
+        assert len(looks) == 1
+        assert seen == []
+    finally:
+        stop.set()
+        runner.join()
+    # Woken, it reads from where it was at its last look.
+    awake["now"] = True
+    record(container, earned(9, clock))
+    bus.drain()
+    assert seen[-1] == "earned-9"

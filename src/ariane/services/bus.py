@@ -130,6 +130,8 @@ class Dispatcher:
         self.handlers = handlers
         self.policy = policy or RetryPolicy()
         self._failing: dict[str, _Failing] = {}
+        # The handlers found asleep at their last round (`Handler.asleep`).
+        self._asleep: set[str] = set()
         self._rounds = threading.BoundedSemaphore(concurrent)
 
     # --- one round ------------------------------------------------------------------------
@@ -146,6 +148,10 @@ class Dispatcher:
             with self.db.lookup() as conn:
                 horizon = store.horizon(conn)
             asleep = handler.asleep is not None and handler.asleep()
+            if asleep:
+                self._asleep.add(handler.name)
+            else:
+                self._asleep.discard(handler.name)
             with self.db.read() as conn:
                 position, known = self._position(conn, handler, horizon)
                 entries: list[Entry] = []
@@ -391,6 +397,13 @@ class Dispatcher:
             wait = idle
             if failing is not None:
                 wait = min(idle, max(0.0, failing.not_before - time.monotonic()))
-            commits.wait(handler.stream, seen, wait)
+            if handler.name in self._asleep:
+                # Asleep, it has nothing to do whatever commits: it looks again at its
+                # next idle round, rather than costing every batch stored a round of
+                # queries and a write of its position. Woken, it starts from where it was
+                # then, at most `idle` seconds behind the log's head.
+                stop.wait(wait)
+            else:
+                commits.wait(handler.stream, seen, wait)
             if stop.is_set():
                 return
