@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from ariane.bootstrap import Container
 from ariane.domain.identity import Merge
 from ariane.services.ingest import Envelope
-from ariane.services.loyalty import RewardUnavailable
+from ariane.services.redemptions import RewardUnavailable
 from ariane.storage.profiles import record_merge
 from ariane.storage.tables import loyalty_entries
 from tests.integration.test_loyalty_ledger import at_once

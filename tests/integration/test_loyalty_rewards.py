@@ -18,7 +18,7 @@ from ariane.domain.clock import iso
 from ariane.domain.errors import Conflict, NotFound
 from ariane.domain.loyalty import NotEnoughPoints
 from ariane.services.coupons import CouponUnusable
-from ariane.services.loyalty import RewardUnavailable
+from ariane.services.redemptions import RewardUnavailable
 from ariane.settings import Settings
 from ariane.storage.tables import loyalty_coupon_uses, loyalty_entries, loyalty_redemptions
 from tests.conftest import FakeClock

@@ -47,7 +47,7 @@ def lock_account(conn: Connection, programme: str, profile_id: str, now: datetim
     row = conn.execute(locked, member).first()
     if row is None:
         # A new member; or one whose account a merge dropped while this waited for it,
-        # whose movement runs again under the survivor (`LoyaltyService._lock`).
+        # whose movement runs again under the survivor (`ledger.begin_movement`).
         dialect.insert_ignoring_conflicts(
             conn,
             loyalty_accounts,
