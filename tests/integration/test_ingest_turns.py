@@ -15,7 +15,9 @@ import sqlalchemy as sa
 
 from ariane.bootstrap import Container, build
 from ariane.domain.clock import iso
+from ariane.services.batch_plan import BatchPlanner
 from ariane.services.ingest import Envelope, IngestService
+from ariane.services.ingest_turns import Turns
 from ariane.settings import IdentitySettings, Settings
 from ariane.storage.tables import (
     events,
@@ -63,13 +65,13 @@ def meanwhile(
     Returns what each turn found: the positions of the batch's events found stale, or
     None when all were.
     """
-    prepare, stale = IngestService._prepare, IngestService._stale
+    prepare, stale = Turns.prepare, Turns.stale
     pending = [interfere] * times
     found: list[set[int] | None] = []
 
     interfering = False
 
-    def prepared_then_interfere(self: IngestService, *args: Any) -> Any:
+    def prepared_then_interfere(self: Turns, *args: Any) -> Any:
         nonlocal interfering
         batch = prepare(self, *args)
         if pending and batch is not None and not interfering:
@@ -80,13 +82,13 @@ def meanwhile(
                 interfering = False
         return batch
 
-    def checked(self: IngestService, *args: Any) -> set[int] | None:
+    def checked(self: Turns, *args: Any) -> set[int] | None:
         positions = stale(self, *args)
         found.append(positions)
         return positions
 
-    monkeypatch.setattr(IngestService, "_prepare", prepared_then_interfere)
-    monkeypatch.setattr(IngestService, "_stale", checked)
+    monkeypatch.setattr(Turns, "prepare", prepared_then_interfere)
+    monkeypatch.setattr(Turns, "stale", checked)
     return found
 
 
@@ -203,16 +205,14 @@ def send_batch(world: World, messages: list[dict[str, Any]]) -> list[str]:
 
 def redone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many events each turn worked out again."""
-    redo = IngestService._redo
+    redo = BatchPlanner.plan_in_turn
     counts: list[int] = []
 
-    def counted(
-        self: IngestService, conn: Any, source_id: str, planned: list[Any], now: Any
-    ) -> Any:
+    def counted(self: BatchPlanner, conn: Any, source_id: str, planned: list[Any], now: Any) -> Any:
         counts.append(len(planned))
         return redo(self, conn, source_id, planned, now)
 
-    monkeypatch.setattr(IngestService, "_redo", counted)
+    monkeypatch.setattr(BatchPlanner, "plan_in_turn", counted)
     return counts
 
 
@@ -400,13 +400,13 @@ def test_the_people_kept_are_checked_at_the_moment_the_others_are_worked_out_aga
     found = meanwhile(
         monkeypatch, world.container, lambda: world.send("ada", traits={"plan": "pro"})
     )
-    redo = IngestService._redo
+    redo = BatchPlanner.plan_in_turn
 
-    def slow(self: IngestService, *args: Any) -> Any:
+    def slow(self: BatchPlanner, *args: Any) -> Any:
         world.clock.advance(milliseconds=2)
         return redo(self, *args)
 
-    monkeypatch.setattr(IngestService, "_redo", slow)
+    monkeypatch.setattr(BatchPlanner, "plan_in_turn", slow)
 
     send_batch(
         world,
