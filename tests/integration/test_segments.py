@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from ariane.bootstrap import Container, build
 from ariane.domain.clock import iso
 from ariane.domain.events import AudienceChange
+from ariane.services import segment_backfill
 from ariane.services.ingest import Envelope
-from ariane.services.segments import SegmentService
 from ariane.settings import Settings
 from ariane.storage import bus as bus_store
 from ariane.storage.tables import events, profiles, segment_history
@@ -474,14 +474,14 @@ def test_a_batch_for_a_new_person_waits_for_a_change_of_definitions(
     if db_url.startswith("sqlite"):
         pytest.skip("SQLite runs one write transaction at a time: there is no race to lose")
     paused, release = threading.Event(), threading.Event()
-    backfill = SegmentService._backfill
+    backfill = segment_backfill.backfill
 
-    def held_open(self: SegmentService, *args: Any) -> None:
-        backfill(self, *args)
+    def held_open(*args: Any) -> None:
+        backfill(*args)
         paused.set()
         release.wait(10)
 
-    monkeypatch.setattr(SegmentService, "_backfill", held_open)
+    monkeypatch.setattr(segment_backfill, "backfill", held_open)
     saver = threading.Thread(
         target=world.segment, args=("buyers", {"event": "Order Completed", "count": {"gte": 1}})
     )

@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from ariane.bootstrap import Container
 from ariane.domain.errors import Conflict, DomainError
 from ariane.services.segment_exports import MEDIA_TYPES
-from ariane.services.segments import MAX_PAGE
+from ariane.services.segment_members import MAX_PAGE
 from ariane.storage.access import Token
 from ariane.web.api.auth import container, read_access, write_access
 from ariane.web.api.checks import CheckedRoute
