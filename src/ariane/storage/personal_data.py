@@ -19,6 +19,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ariane.storage import profiles as profile_store
 from ariane.storage.database import RetryTransaction, dialect_of
 from ariane.storage.tables import (
     PERSONAL_DATA,
@@ -54,21 +55,16 @@ def profile_id_columns(table: sa.Table) -> list[sa.Column[Any]]:
 def find_person(conn: Connection, profile_id: str, *, lock: bool = False) -> Person:
     """The profiles and identifiers that make up one person.
 
-    To erase, pass `lock`: the profile row is locked against concurrent
-    ingestion, and a profile merged away since it was resolved means a concurrent merge
-    won the race, so the transaction starts again.
+    To erase, pass `lock`: the profile row is locked against concurrent ingestion, and a
+    profile merged away since it was resolved means a concurrent merge won the race, so
+    the transaction starts again.
     """
     if lock:
-        row = conn.execute(
-            dialect_of(conn).lock_rows(
-                sa.select(profiles.c.merged_into).where(profiles.c.id == profile_id)
-            )
-        ).first()
+        query = sa.select(profiles.c.merged_into).where(profiles.c.id == profile_id)
+        row = conn.execute(dialect_of(conn).lock_rows(query)).first()
         if row is None or row.merged_into is not None:
             raise RetryTransaction(f"profile {profile_id} was merged or erased meanwhile")
-    absorbed = conn.execute(
-        sa.select(profiles.c.id).where(profiles.c.merged_into == profile_id).order_by(profiles.c.id)
-    ).scalars()
+    absorbed = profile_store.absorbed_by(conn, profile_id)
     held = conn.execute(
         sa.select(identities.c.type, identities.c.value)
         .where(identities.c.profile_id == profile_id)

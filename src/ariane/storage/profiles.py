@@ -480,8 +480,9 @@ def identities_listed(conn: Connection, profile_id: str) -> list[tuple[str, str,
 
 
 def absorbed_by(conn: Connection, profile_id: str) -> list[str]:
-    """The profiles merged straight into this one."""
+    """The profiles merged straight into this one, in id order."""
     query = sa.select(profiles.c.id).where(profiles.c.merged_into == profile_id)
+    query = query.order_by(profiles.c.id)
     return list(conn.execute(query).scalars())
 
 
