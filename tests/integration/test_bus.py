@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container, build
 from ariane.domain.events import (
+    ComputedValueChanged,
     ConsentChanged,
     PointsEarned,
     ProfileErased,
@@ -383,6 +384,63 @@ def test_merges_consents_and_erasures_are_recorded_for_the_handlers(
     assert isinstance(taken_back, ConsentChanged)
     assert (taken_back.status, taken_back.previous) == ("withdrawn", "granted")
     assert isinstance(erased, ProfileErased) and erased.profile_id is None
+
+
+def test_computed_trait_changes_are_recorded_once_per_person_and_batch(
+    container: Container, client: TestClient, write_key: str, admin_token: dict[str, str]
+) -> None:
+    for name, definition in {
+        "orders": {"kind": "count", "event": "Order Completed"},
+        "spent": {"kind": "sum", "event": "Order Completed", "property": "total"},
+        "pages": {"kind": "count", "event": "Page Viewed"},
+    }.items():
+        made = client.post(
+            "/api/computed-traits", json={"name": name, **definition}, headers=admin_token
+        )
+        assert made.status_code == 201, made.text
+    kept: list[Entry] = []
+    bus = dispatcher(
+        container,
+        Handler("computed", "outbox", kept.extend, kinds=frozenset({"ComputedValueChanged"})),
+    )
+    auth = basic(write_key)
+
+    def order(user: str, total: int) -> dict[str, object]:
+        return {
+            "type": "track",
+            "userId": user,
+            "event": "Order Completed",
+            "properties": {"total": total},
+        }
+
+    # Two orders in one batch: one change per trait, from before the batch to after.
+    batch = {"batch": [order("ada", 10), order("ada", 5), order("bob", 7)]}
+    assert client.post("/v1/batch", json=batch, headers=auth).status_code == 200
+    # An event no computed trait reads changes nothing.
+    client.post("/v1/track", json={"userId": "ada", "event": "Signed In"}, headers=auth)
+    again = {"batch": [order("ada", 1)]}
+    assert client.post("/v1/batch", json=again, headers=auth).status_code == 200
+    bus.drain()
+    ada = container.profiles.lookup("user_id", "ada")
+    bob = container.profiles.lookup("user_id", "bob")
+    found = [entry.event for entry in kept]
+    assert all(isinstance(event, ComputedValueChanged) for event in found)
+    changes = [
+        (e.profile_id, e.name, e.previous, e.value)
+        for e in found
+        if isinstance(e, ComputedValueChanged)
+    ]
+    assert sorted(changes[:4]) == [
+        (ada, "orders", 0, 2),
+        (ada, "spent", 0, 15),
+        (bob, "orders", 0, 1),
+        (bob, "spent", 0, 7),
+    ]
+    assert sorted(changes[4:]) == [(ada, "orders", 2, 3), (ada, "spent", 15, 16)]
+    assert len({e.event_id for e in kept}) == len(kept) == 6
+    # What the 360° view shows is what the last change said.
+    view = client.get(f"/api/profiles/{ada}", headers=admin_token).json()
+    assert view["computed_traits"] == {"orders": 3, "pages": 0, "spent": 16}
 
 
 def test_a_handler_asleep_skips_to_the_head_of_its_log_unread(

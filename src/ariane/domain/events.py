@@ -9,7 +9,7 @@ handler that sees it twice does nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, ClassVar
@@ -107,10 +107,36 @@ def consent_changed(
 
 @dataclass(frozen=True)
 class ComputedValueChanged(DomainEvent):
+    """A named computed trait of a person took another value: once per trait, person
+    and batch of events, from its value before the batch to its value after."""
+
     _: KW_ONLY
     name: str
     value: Any
     previous: Any = None
+
+
+def computed_changes(
+    profile_id: str,
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    at: datetime,
+    make_id: Callable[[], str],
+) -> list[ComputedValueChanged]:
+    """A change for each computed trait whose value differs between the two readings
+    (a trait missing from `before` was None)."""
+    return [
+        ComputedValueChanged(
+            event_id=f"computed-{make_id()}",
+            profile_id=profile_id,
+            at=at,
+            name=name,
+            value=value,
+            previous=before.get(name),
+        )
+        for name, value in sorted(after.items())
+        if value != before.get(name)
+    ]
 
 
 # --- segments ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from ariane.domain.conditions import (
 )
 from ariane.domain.consent import ConsentDecision
 from ariane.domain.messages import Message
-from ariane.domain.predicates import age_boundary
+from ariane.domain.predicates import MISSING, age_boundary
 from ariane.domain.profiles import FeatureMerge, ProfileState
 
 
@@ -126,6 +126,16 @@ class Catalogue:
         self._blank_members = frozenset(name for name, inside in blank.segments.items() if inside)
         self._clocks = _Clocks(segments, self.computed)
         self._affected: dict[tuple[Any, ...], list[SegmentDefinition]] = {}
+
+    def computed_values(self, profile: ProfileState, now: datetime) -> dict[str, Any]:
+        """The value of each named computed trait for the profile at `now` (None where
+        undefined), as the 360° view shows them."""
+        states = profile.computed.get("features", {})
+        values = {}
+        for name, feature in self.computed.items():
+            value = comp.value(feature, states.get(feature.key), now, profile.first_seen)
+            values[name] = None if value is MISSING else value
+        return values
 
     # --- folding events ---------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ worked out ahead of that turn (`services.ingest_turns`).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,13 @@ from typing import Any
 import orjson
 
 from ariane.domain.consent import ConsentDecision, consents_from_message
-from ariane.domain.events import DomainEvent, consent_changed, profiles_merged
+from ariane.domain.events import (
+    ComputedValueChanged,
+    DomainEvent,
+    computed_changes,
+    consent_changed,
+    profiles_merged,
+)
 from ariane.domain.identity import Identifier, IdentityIndex, Merge, Resolver
 from ariane.domain.messages import Message
 from ariane.domain.profiles import ProfileState, apply_message, merge_profiles
@@ -76,6 +83,10 @@ class BatchPlan:
     merge_log: list[tuple[Merge, str, str]] = field(default_factory=list)
     consent_updates: list[tuple[str, ConsentDecision]] = field(default_factory=list)
     assigned: list[str] = field(default_factory=list)
+    # The named computed traits of each stored profile before the batch, and what the
+    # batch changed of them, for each person at the end (`ComputedValueChanged`).
+    computed_before: dict[str, dict[str, Any]] = field(default_factory=dict)
+    computed_changed: list[ComputedValueChanged] = field(default_factory=list)
     settlement: Settlement | None = None
     # Mended in the turn: what the people kept as worked out before it settled, and when.
     earlier: tuple[Settlement, datetime] | None = None
@@ -127,6 +138,10 @@ class BatchPlanner:
             keys=keys,
             existing=set(existing),
         )
+        if catalogue.computed:
+            batch.computed_before = {
+                pid: catalogue.computed_values(state, now) for pid, state in existing.items()
+            }
         if fingerprint:
             batch.owners = {(t, v): p for t, v, p in owners}
             batch.held = by_profile(held)
@@ -178,6 +193,8 @@ class BatchPlanner:
             message = item.message
             for decision in consents_of(message, source_id):
                 batch.consent_updates.append((batch.final(profile_id), decision))
+        if catalogue.computed:
+            batch.computed_changed = _computed_changed(batch)
         return batch
 
     def plan_in_turn(
@@ -222,6 +239,19 @@ class BatchPlanner:
             settling[owner][1].consent = True
         consents = self.segments.consents(conn, catalogue, settling)
         return self.segments.settle(catalogue, settling, batch.now, consents)
+
+
+def _computed_changed(batch: BatchPlan) -> list[ComputedValueChanged]:
+    """What the batch changed of each person's named computed traits, read at its `now`
+    before and after (someone new had the values of no one: counts of 0, ...)."""
+    catalogue, now = batch.catalogue, batch.now
+    blank = catalogue.computed_values(ProfileState(""), now)
+    changed = []
+    for owner in dict.fromkeys(batch.final(p) for p in batch.assigned):
+        after = catalogue.computed_values(batch.live[owner], now)
+        before = batch.computed_before.get(owner, blank)
+        changed += computed_changes(owner, before, after, now, lambda: uuid.uuid4().hex)
+    return changed
 
 
 def _fold(batch: BatchPlan, item: PlannedEvent, profile_id: str, live_segments: bool) -> None:

@@ -27,6 +27,7 @@ from ariane.services.batch_plan import BatchPlan, BatchPlanner, PlannedEvent
 from ariane.services.ingest_turns import Turns
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
+from ariane.storage import bus as bus_store
 from ariane.storage import events as event_store
 from ariane.storage import profiles as profile_store
 from ariane.storage.database import Connection, Database
@@ -221,6 +222,7 @@ class IngestService:
         profile_store.record_decisions(
             conn, [(final(p), ident, reason, mid) for p, ident, reason, mid in batch.dropped], now
         )
+        bus_store.record(conn, batch.computed_changed)
         # Only the profiles this batch changed: an owner found for an identifier that was
         # then dropped is left as it was.
         changed = set(holders) | dues.keys()

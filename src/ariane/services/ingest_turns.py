@@ -142,6 +142,9 @@ class Turns:
         mended.dropped = [d for d in batch.dropped if batch.final(d[0]) in kept] + again.dropped
         mended.merge_log = again.merge_log
         mended.consent_updates = again.consent_updates
+        mended.computed_changed = [
+            c for c in batch.computed_changed if c.profile_id in kept
+        ] + again.computed_changed
         mended.settlement = again.settlement
         if batch.settlement is not None:
             # Recorded at the time the kept people were worked out, which their profiles

@@ -12,11 +12,9 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from ariane.domain import computed as comp
 from ariane.domain.clock import parse_timestamp
 from ariane.domain.conditions import Names, check_size, parse_condition, to_json
 from ariane.domain.errors import DomainError
-from ariane.domain.predicates import MISSING
 from ariane.domain.profiles import ProfileState
 from ariane.domain.segments import memberships
 from ariane.services import paging
@@ -120,11 +118,7 @@ class SegmentMembers:
     def profile_view(self, conn: Connection, state: ProfileState, now: datetime) -> dict[str, Any]:
         """Current segments and computed-trait values, for the 360° view."""
         catalogue = self.catalogues.current(conn)
-        states = state.computed.get("features", {})
-        values = {}
-        for name, feature in sorted(catalogue.computed.items()):
-            value = comp.value(feature, states.get(feature.key), now, state.first_seen)
-            values[name] = None if value is MISSING else value
+        values = dict(sorted(catalogue.computed_values(state, now).items()))
         # The profile holds its memberships as they are decided: no catching up.
         held = memberships(state)
         named = sorted((catalogue.by_id[sid].name, sid) for sid in held if sid in catalogue.by_id)
