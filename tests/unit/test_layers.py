@@ -16,6 +16,7 @@ FORBIDDEN = {
     "domain": ("sqlalchemy", "fastapi", "ariane.storage", "ariane.services", "ariane.web"),
     "services": ("sqlalchemy", "fastapi", "ariane.storage.tables", "ariane.web"),
     "destinations": ("sqlalchemy", "fastapi", "ariane.storage", "ariane.web"),
+    "channels": ("sqlalchemy", "fastapi", "ariane.storage", "ariane.web"),
     "web": ("sqlalchemy", "ariane.storage.tables"),
     "handlers.py": ("sqlalchemy", "ariane.storage.tables", "ariane.web"),
     "loops.py": ("sqlalchemy", "ariane.storage.tables", "ariane.web"),
@@ -53,7 +54,9 @@ def test_imports_point_inward(part: str) -> None:
     assert found == []
 
 
-@pytest.mark.parametrize("part", ["services", "handlers.py", "loops.py", "destinations"])
+@pytest.mark.parametrize(
+    "part", ["services", "handlers.py", "loops.py", "destinations", "channels"]
+)
 def test_statements_and_dialects_stay_in_storage(part: str) -> None:
     found = []
     for path in _modules(part):
