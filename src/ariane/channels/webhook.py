@@ -1,0 +1,99 @@
+"""Webhook channel: each message POSTed as JSON to the receiver, which sends it on.
+
+Headers: the channel's own (secrets), `Idempotency-Key` and `X-Ariane-Send-Key` (the send
+key: a receiver drops a message handed twice by it), `X-Ariane-Timestamp`, and with a
+secret `X-Ariane-Signature: t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>`.
+The answer is read as a destination's: 2xx taken; 408, 425, 429, 5xx and no answer tried
+later, honouring Retry-After; any other 4xx fails the message with the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from ariane.channels import Context, Message, Sent, register
+from ariane.destinations.http import USER_AGENT
+from ariane.domain.destinations import retry_after, signature
+from ariane.services.bus import GiveUp, RetryLater
+
+# Statuses worth sending again later, besides 5xx.
+_LATER = frozenset({408, 425, 429})
+
+
+class WebhookChannel:
+    carries_key = True
+
+    def __init__(self, settings: Mapping[str, Any], context: Context) -> None:
+        url = settings.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError("webhook channel: the setting 'url' must be an http(s) URL")
+        headers = settings.get("headers") or {}
+        if not isinstance(headers, Mapping):
+            raise ValueError("webhook channel: the setting 'headers' must map names to values")
+        timeout = settings.get("timeout", 10.0)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ValueError("webhook channel: the setting 'timeout' must be seconds above 0")
+        self.url = url
+        self.host = httpx.URL(url).host
+        self.headers = {str(name): str(value) for name, value in headers.items()}
+        self.secret: str | None = settings.get("secret")
+        self.clock = context.clock
+        self.client = httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT})
+
+    def send(self, message: Message) -> Sent:
+        now = self.clock()
+        body = orjson.dumps(
+            {
+                "send_key": message.send_key,
+                "profile_id": message.profile_id,
+                "address": message.address,
+                "category": message.category,
+                "subject": message.subject,
+                "text": message.text,
+                "html": message.html,
+                "data": dict(message.data),
+                "journey": message.journey,
+                "step": message.step,
+                "sent_at": now.isoformat(),
+            }
+        )
+        timestamp = int(now.timestamp())
+        headers = {
+            **self.headers,
+            "Content-Type": "application/json",
+            "Idempotency-Key": message.send_key,
+            "X-Ariane-Send-Key": message.send_key,
+            "X-Ariane-Timestamp": str(timestamp),
+        }
+        if self.secret:
+            headers["X-Ariane-Signature"] = signature(self.secret, timestamp, body)
+        try:
+            answer = self.client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as error:
+            raise RetryLater(f"no answer from {self.host}: {error}") from None
+        status = answer.status_code
+        said = answer.text[:500]
+        if 200 <= status < 300:
+            return Sent(detail=f"{status} {said}")
+        if status in _LATER or status >= 500:
+            wait = retry_after(answer.headers.get("retry-after"), self.clock())
+            raise RetryLater(f"{status} from {self.host}: {said}", retry_after=wait)
+        raise GiveUp(f"{status} from {self.host}: {said}")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+register(
+    "webhook",
+    WebhookChannel,
+    settings=("timeout",),
+    required=("url",),
+    secrets=("secret",),
+    secret_values=("headers",),
+    default_address="user_id",
+)
