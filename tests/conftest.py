@@ -19,6 +19,7 @@ from ariane.storage.database import Database
 from ariane.storage.migrate import upgrade
 from ariane.storage.tables import metadata
 from ariane.web.app import create_app
+from tests.smtp import smtp as smtp  # a fixture: a real SMTP server on localhost
 
 POSTGRES_URL = os.environ.get(
     "ARIANE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

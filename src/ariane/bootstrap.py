@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,18 +11,24 @@ from ariane.destinations import Sender, senders
 from ariane.domain.clock import utcnow
 from ariane.services.access import AccessService
 from ariane.services.bus import Dispatcher
+from ariane.services.channels import Channels
 from ariane.services.coupons import CouponService
 from ariane.services.destinations import DestinationService
 from ariane.services.earning import EarnService
+from ariane.services.inbox import Inbox
 from ariane.services.ingest import IngestService
+from ariane.services.journey_engine import JourneyEngine
+from ariane.services.journeys import Journeys
 from ariane.services.loyalty import LoyaltyService
 from ariane.services.loyalty_timeline import LoyaltyTimeline
+from ariane.services.messaging import Links, Messaging
 from ariane.services.privacy import PrivacyService
 from ariane.services.profiles import ProfileService
 from ariane.services.programmes import ProgrammeService
 from ariane.services.segment_exports import SegmentExportService
 from ariane.services.segments import SegmentService
 from ariane.settings import Settings
+from ariane.storage import channels as channel_store
 from ariane.storage.database import Database
 
 
@@ -43,11 +50,17 @@ class Container:
     earning: EarnService
     destinations: DestinationService
     senders: dict[str, Sender]
+    inbox: Inbox
+    channels: Channels
+    journeys: Journeys
+    journey_engine: JourneyEngine
+    messaging: Messaging
     bus: Dispatcher
 
     def close(self) -> None:
         for sender in self.senders.values():
             sender.close()
+        self.channels.close()
         self.db.dispose()
 
 
@@ -62,6 +75,10 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
     loyalty = LoyaltyService(db, clock, programmes)
     made = senders(clock)
     destinations = DestinationService(db, clock, made)
+    inbox = Inbox(db, clock, settings.inbox_secret)
+    channels = Channels(db, clock, inbox.deliver)
+    journeys = Journeys(db, clock, segments, channels)
+    links = _links(db, settings, clock)
     container = Container(
         settings=settings,
         db=db,
@@ -79,6 +96,26 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
         earning=EarnService(db, clock, programmes, loyalty, segments, profiles),
         destinations=destinations,
         senders=made,
+        inbox=inbox,
+        channels=channels,
+        journeys=journeys,
+        journey_engine=JourneyEngine(db, clock, journeys, channels, segments),
+        messaging=Messaging(db, clock, channels, segments, links),
         bus=Dispatcher(db, clock, lambda: handler_table(container)()),
     )
     return container
+
+
+def _links(db: Database, settings: Settings, clock: Callable[[], datetime]) -> Callable[[], Links]:
+    """The signer of the links in messages, with the secret kept in the database (made
+    the first time it is needed, the same for every process)."""
+    made: list[Links] = []
+
+    def links() -> Links:
+        if not made:
+            fresh = secrets.token_urlsafe(32)
+            secret = db.write(lambda conn: channel_store.link_secret(conn, fresh, clock()))
+            made.append(Links(settings.public_url.rstrip("/"), secret.encode()))
+        return made[0]
+
+    return links

@@ -457,6 +457,14 @@ destinations_app = typer.Typer(
     help="Destinations: other tools that receive what Ariane knows.", no_args_is_help=True
 )
 app.add_typer(destinations_app, name="destinations")
+journeys_app = typer.Typer(
+    help="Journeys: who enters, what they are sent and when.", no_args_is_help=True
+)
+app.add_typer(journeys_app, name="journeys")
+channels_app = typer.Typer(
+    help="Channels, message templates and the sending rules.", no_args_is_help=True
+)
+app.add_typer(channels_app, name="channels")
 outbox_app = typer.Typer(help="What the bus's handlers gave up on.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
 
@@ -488,6 +496,79 @@ def destinations_list() -> None:
                 f"{found['id']}\t{found['type']}\tdelivered {found['delivered']}"
                 f"\tfailed {found['failed']}\tparked {found['parked']}"
             )
+
+
+@journeys_app.command("apply")
+def journeys_apply(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="YAML or JSON, under `journeys` (and `channels`, `templates`).",
+        ),
+    ],
+) -> None:
+    """Create or update the journeys (and the channels and templates) a file declares;
+    all are checked before any is saved. A changed journey gets a new version."""
+    with _container() as container:
+        try:
+            outcome = container.journeys.apply(_definitions(file))
+        except DomainError as error:
+            raise _fail(error) from None
+    for journey in outcome:
+        print(f"{journey['change']}\t{journey['id']}\tversion {journey['version']}")
+
+
+@journeys_app.command("list")
+def journeys_list() -> None:
+    """Each journey: id, version, enabled, tab-separated."""
+    with _container() as container:
+        for found in container.journeys.every():
+            state = "enabled" if found["enabled"] else "disabled"
+            print(f"{found['id']}\tversion {found['version']}\t{state}")
+
+
+@channels_app.command("apply")
+def channels_apply(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="YAML or JSON: `channels`, `templates`, `frequency_caps`, `global_control`.",
+        ),
+    ],
+) -> None:
+    """Create or update the channels, templates and sending rules a file declares."""
+    with _container() as container:
+        try:
+            outcome = container.channels.apply(_definitions(file))
+        except DomainError as error:
+            raise _fail(error) from None
+    for kind, done in outcome.items():
+        for found in done:
+            print(f"{found['change']}\t{kind[:-1]} {found['name']}\tversion {found['version']}")
+
+
+@channels_app.command("test")
+def channels_test(
+    name: Annotated[str, typer.Argument(help="The channel's name.")],
+    to: Annotated[str, typer.Option(help="The address to send to.")],
+    template: Annotated[
+        str | None, typer.Option(help="A template's name; else a short test text.")
+    ] = None,
+) -> None:
+    """Send one message now on a channel, outside any journey."""
+    body: dict[str, Any] = {"to": to}
+    if template is not None:
+        body["template"] = template
+    with _container() as container:
+        try:
+            sent = container.messaging.send_test(name, body)
+        except DomainError as error:
+            raise _fail(error) from None
+    print(f"sent\t{sent['send_key']}\t{sent['provider_id'] or ''}")
 
 
 @outbox_app.command("parked")

@@ -18,11 +18,13 @@ from ariane.storage import bus as bus_store
 
 # What happened                     who reacts
 EVENT_HANDLERS: dict[type, list[str]] = {
-    happened.StoredEvent: ["earn_rules", "destinations"],
-    happened.SegmentEntered: ["destinations"],
-    happened.SegmentExited: ["destinations"],
-    **{kind: ["loyalty_timeline"] for kind in happened.LOYALTY_EVENTS.values()},
-    happened.SaleRecorded: ["loyalty_timeline"],
+    happened.StoredEvent: ["earn_rules", "destinations", "journeys"],
+    happened.SegmentEntered: ["destinations", "journeys"],
+    happened.SegmentExited: ["destinations", "journeys"],
+    happened.MessageQueued: ["channels"],
+    **{kind: ["timeline"] for kind in happened.LOYALTY_EVENTS.values()},
+    happened.SaleRecorded: ["timeline"],
+    **{kind: ["timeline"] for kind in happened.MESSAGE_EVENTS.values()},
 }
 
 # How often the outbox is emptied of what every handler has read, in seconds.
@@ -41,16 +43,29 @@ def handler_table(container: Container) -> Callable[[], Sequence[Handler]]:
     """The handlers now: the table's own, and one or two per destination in force."""
     table = [
         Handler("earn-rules", "events", container.earning.handle, asleep=container.earning.asleep),
+        # Named when it carried loyalty alone: the name keeps its position.
         Handler(
             "loyalty-timeline",
             "outbox",
             container.loyalty_timeline.handle,
-            kinds=_kinds("loyalty_timeline"),
+            kinds=_kinds("timeline"),
+        ),
+        Handler(
+            "journeys",
+            "events",
+            container.journey_engine.on_events,
+            asleep=container.journey_engine.asleep,
+        ),
+        Handler(
+            "journeys:audiences",
+            "outbox",
+            container.journey_engine.on_audiences,
+            kinds=_kinds("journeys"),
         ),
     ]
 
     def current() -> list[Handler]:
-        return [*table, *container.destinations.handlers()]
+        return [*table, *container.destinations.handlers(), *container.messaging.handlers()]
 
     return current
 
@@ -67,7 +82,7 @@ def jobs(container: Container) -> list[Job]:
         found.append(
             Job(
                 "segment-timers",
-                lambda: container.segments.fire_and_apply(apply_every),
+                lambda: fire_timers(container, apply_every),
                 settings.segment_timer_interval,
             )
         )
@@ -80,6 +95,15 @@ def jobs(container: Container) -> list[Job]:
             )
         )
     return found
+
+
+def fire_timers(container: Container, apply_every: float) -> int:
+    """The durable timers: segments' (time alone changes a membership), then journeys'
+    (a delay ran out, a wait timed out, quiet hours ended)."""
+    fired = container.segments.fire_and_apply(apply_every)
+    while done := container.journey_engine.fire_due():
+        fired += done
+    return fired
 
 
 def empty_outbox(container: Container) -> int:

@@ -129,6 +129,16 @@ class Settings(BaseSettings):
         " reviews). `ariane serve --workers N` with N above 1 runs them once,"
         " in the process that supervises the workers, and turns them off in the workers.",
     )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="The address people reach Ariane at, for the links it puts in messages"
+        " (one-click unsubscribe, opens, clicks).",
+    )
+    inbox_secret: str | None = Field(
+        default=None,
+        description="The secret your backend signs each user's in-app inbox token with"
+        " (HMAC-SHA256 of the user id, in hex); the inbox is closed while it is unset.",
+    )
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     @classmethod

@@ -30,7 +30,11 @@ ADMIN_READS = {
     ("GET", "/api/segments/{segment}/export"),
 }
 # Reads that are POSTs: what they ask for does not fit in a query string.
-POSTED_READS = {("POST", "/api/segments/preview"), ("POST", "/api/loyalty/simulate")}
+POSTED_READS = {
+    ("POST", "/api/segments/preview"),
+    ("POST", "/api/loyalty/simulate"),
+    ("POST", "/api/templates/preview"),
+}
 
 
 def basic(key: str) -> dict[str, str]:

@@ -4,18 +4,14 @@ HTTP receiver for webhooks, Apprise's json:// service and a web push service."""
 from __future__ import annotations
 
 import base64
-import email
-import email.policy
 import hashlib
 import hmac
 import os
-import socket
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -24,7 +20,6 @@ import http_ece  # type: ignore[import-untyped]
 import orjson
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -39,6 +34,7 @@ from ariane.channels.webpush import WebPushChannel
 from ariane.services.bus import GiveUp, RetryLater
 from tests.conftest import FakeClock
 from tests.receiver import Receiver, receiving
+from tests.smtp import Mailbox, SMTPServer, free_port
 
 CONTEXT = Context(clock=FakeClock())
 
@@ -52,66 +48,6 @@ def message(**changes: Any) -> Message:
         "text": "Hello Ada",
     }
     return Message(**(values | changes))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-# --- email ---------------------------------------------------------------------------
-
-
-@dataclass
-class Mailbox:
-    """An SMTP server's handler: records what it accepts, or refuses as told."""
-
-    refuse_rcpt: str | None = None
-    refuse_data: str | None = None
-    received: list[tuple[Envelope, Any]] = field(default_factory=list)
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
-    ) -> str:
-        if self.refuse_rcpt:
-            return self.refuse_rcpt
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.refuse_data:
-            return self.refuse_data
-        self.received.append((envelope, session.peer))
-        return f"250 OK queued as q{len(self.received)}"
-
-    def emails(self) -> list[EmailMessage]:
-        found = []
-        for envelope, _ in self.received:
-            assert isinstance(envelope.content, bytes)
-            parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-            assert isinstance(parsed, EmailMessage)
-            found.append(parsed)
-        return found
-
-
-@dataclass
-class SMTPServer:
-    mailbox: Mailbox
-    port: int
-
-
-@pytest.fixture
-def smtp() -> Iterator[SMTPServer]:
-    mailbox = Mailbox()
-    port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port, timeout=1)
-    controller.start()
-    try:
-        yield SMTPServer(mailbox, port)
-    finally:
-        controller.stop()
 
 
 def email_channel(server: SMTPServer, **settings: Any) -> EmailChannel:

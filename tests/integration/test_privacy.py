@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
 from ariane.services.bus import Dispatcher, GiveUp, Handler
+from ariane.services.inbox import user_token
 from ariane.storage import personal_data
 from ariane.storage.bus import Entry
 from ariane.storage.tables import PERSONAL_DATA, metadata
@@ -148,8 +149,43 @@ def build_rich_person(client: TestClient, write_key: str, headers: dict[str, str
         headers={**headers, "Idempotency-Key": "till-1"},
     )
     assert burned.status_code == 200, burned.text
-    # What a handler of the bus gave up on about her, parked.
     container = client.app.state.container  # type: ignore[attr-defined]
+    # In a journey: her enrollment, what its steps did, a message in her in-app inbox,
+    # and the goal she reached; and a browser's push subscription.
+    journey = {
+        "channels": [{"name": "in-app", "type": "inbox", "purpose": "marketing_app"}],
+        "templates": [{"name": "hi", "subject": "Hi", "text": "Hello {{ traits.email }}"}],
+        "journeys": [
+            {
+                "id": "welcome",
+                "entry": {"api": True},
+                "goal": {"event": "Checked Out", "within": "P30D"},
+                "steps": [
+                    {"send": {"channel": "in-app", "template": "hi", "category": "transactional"}},
+                    {"wait": {"event": "Never", "timeout": "P30D"}},
+                ],
+            }
+        ],
+    }
+    assert client.post("/api/journeys", json=journey, headers=headers).status_code == 200
+    entered = client.post(
+        "/api/journeys/welcome/enrollments", json={"profile_id": profile["id"]}, headers=headers
+    )
+    assert entered.status_code == 200, entered.text
+    container.bus.drain()
+    assert post("/v1/track", {"userId": "ada-42", "event": "Checked Out"}).is_success
+    container.bus.drain()
+    container.inbox.secret = "inbox-s3cret"
+    subscribed = client.post(
+        "/v1/push/subscriptions",
+        json={"endpoint": "https://push.example/ada", "keys": {"p256dh": "k", "auth": "a"}},
+        headers={
+            "X-Ariane-User": "ada-42",
+            "X-Ariane-User-Token": user_token("inbox-s3cret", "ada-42"),
+        },
+    )
+    assert subscribed.status_code == 200, subscribed.text
+    # What a handler of the bus gave up on about her, parked.
 
     def refuse(_: Sequence[Entry]) -> None:
         raise GiveUp("the receiver refused it")
@@ -219,9 +255,10 @@ def test_export_then_erase_a_rich_profile(
     receipt = erased.json()
     assert set(receipt) == {"id", "erased_at", "requested_by", "counts"}
     assert receipt["counts"]["profiles"] == 2
-    # Her four events; her two Audience Entered are the entry in her history and the
-    # one recorded but not yet applied.
-    assert receipt["counts"]["events"] == 4
+    # Her events, as exported (what she sent, and what loyalty and her journey put on
+    # her timeline); her two Audience Entered are the entry in her history and the one
+    # recorded but not yet applied.
+    assert receipt["counts"]["events"] == len(export["data"]["events"]) > 4
     assert receipt["counts"]["segment_history"] == 1
     assert receipt["counts"]["segment_changes"] == 1
     assert receipt["counts"]["quarantine"] == 2

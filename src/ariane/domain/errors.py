@@ -22,3 +22,13 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     code = "conflict"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+class ProviderFailed(DomainError):
+    """A channel's provider did not take a message sent on demand (a test send)."""
+
+    code = "provider_failed"

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from ariane.domain.clock import iso, parse_timestamp
+from ariane.domain.messages import LOYALTY_SOURCE, MESSAGES_SOURCE
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,10 @@ class SegmentExited(AudienceChange):
 
 @dataclass(frozen=True)
 class OnTimeline(DomainEvent):
-    """What loyalty records to be put on a member's timeline, as a track event."""
+    """What loyalty or a channel records to be put on a person's timeline, as a track
+    event of `source`."""
+
+    source: ClassVar[str] = LOYALTY_SOURCE
 
     def track(self) -> dict[str, Any]:
         """The Segment track message of it, as it appears on the member's timeline."""
@@ -316,3 +320,80 @@ class StoredEvent:
     @property
     def event_id(self) -> str:
         return f"{self.source_id}:{self.message_id}"
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageQueued(DomainEvent):
+    """A journey step made a message due on `channel`: the channel's handler sends it.
+    Named by the message's send key."""
+
+    _: KW_ONLY
+    message: int
+    channel: str
+
+
+@dataclass(frozen=True)
+class MessageEvent(OnTimeline):
+    """What became of a message, put on the person's timeline as a track event named
+    `track_name`, which segments, goals and other journeys can use."""
+
+    _: KW_ONLY
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+    track_name: ClassVar[str] = ""
+    source: ClassVar[str] = MESSAGES_SOURCE
+
+    def track(self) -> dict[str, Any]:
+        return _track(self.track_name, self, dict(self.properties))
+
+
+@dataclass(frozen=True)
+class MessageSent(MessageEvent):
+    track_name: ClassVar[str] = "Message Sent"
+
+
+@dataclass(frozen=True)
+class MessageFailed(MessageEvent):
+    track_name: ClassVar[str] = "Message Failed"
+
+
+@dataclass(frozen=True)
+class MessageSkipped(MessageEvent):
+    track_name: ClassVar[str] = "Message Skipped"
+
+
+@dataclass(frozen=True)
+class MessageUnknown(MessageEvent):
+    track_name: ClassVar[str] = "Message Unknown"
+
+
+@dataclass(frozen=True)
+class MessageOpened(MessageEvent):
+    track_name: ClassVar[str] = "Message Opened"
+
+
+@dataclass(frozen=True)
+class MessageClicked(MessageEvent):
+    track_name: ClassVar[str] = "Message Clicked"
+
+
+@dataclass(frozen=True)
+class Unsubscribed(MessageEvent):
+    track_name: ClassVar[str] = "Unsubscribed"
+
+
+MESSAGE_EVENTS: dict[str, type[MessageEvent]] = {
+    cls.track_name: cls
+    for cls in (
+        MessageSent,
+        MessageFailed,
+        MessageSkipped,
+        MessageUnknown,
+        MessageOpened,
+        MessageClicked,
+        Unsubscribed,
+    )
+}

@@ -25,6 +25,8 @@ INTERNAL_SOURCE = "ariane"
 # The source of the events loyalty records (its movements, and the sales tills send it):
 # unlike Ariane's Audience events, segments may count them; earn rules never read them.
 LOYALTY_SOURCE = "loyalty"
+# The source of what became of the messages journeys send (Message Sent, Opened, ...).
+MESSAGES_SOURCE = "messages"
 # Stored in indexed columns of this width (storage.tables.events).
 MAX_NAME_LENGTH = 200
 # An event dated further ahead of its receipt than this comes from a clock that is wrong:

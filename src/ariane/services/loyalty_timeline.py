@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any
 
 from ariane.domain.events import OnTimeline
-from ariane.domain.messages import LOYALTY_SOURCE
 from ariane.services.ingest import Envelope, IngestService
 from ariane.storage import profiles as profile_store
 from ariane.storage.bus import Entry
@@ -45,14 +44,15 @@ class LoyaltyTimeline:
                 conn, {m for m in members.values() if m}, per_type=1
             )
         # An erased member's events went with them; a merged one's go to the survivor.
-        kept = [
-            (member, named(event.track(), held.get(member, {})))
-            for event in movements
-            if event.profile_id and (member := members.get(event.profile_id)) is not None
-        ]
-        if kept:
+        by_source: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for event in movements:
+            member = members.get(event.profile_id) if event.profile_id else None
+            if member is not None:
+                message = named(event.track(), held.get(member, {}))
+                by_source.setdefault(event.source, []).append((member, message))
+        for source, kept in by_source.items():
             self.ingest.ingest(
-                LOYALTY_SOURCE,
+                source,
                 [message for _, message in kept],
                 Envelope(received_at=self.clock()),
                 profiles=[member for member, _ in kept],

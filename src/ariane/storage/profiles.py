@@ -455,6 +455,24 @@ def identifiers_of(
     return held
 
 
+def read_profiles(conn: Connection, profile_ids: Collection[str]) -> dict[str, ProfileState]:
+    """The live profiles among `profile_ids`, as they are, unlocked."""
+    states: dict[str, ProfileState] = {}
+    for chunk in chunked(sorted(profile_ids), _CHUNK):
+        query = sa.select(
+            profiles.c.id,
+            profiles.c.traits,
+            profiles.c.computed,
+            profiles.c.first_seen,
+            profiles.c.last_seen,
+        ).where(profiles.c.id.in_(chunk), profiles.c.merged_into.is_(None))
+        for row in conn.execute(query):
+            states[row.id] = ProfileState(
+                row.id, row.traits, row.computed, row.first_seen, row.last_seen
+            )
+    return states
+
+
 def computed_of(conn: Connection, profile_id: str) -> dict[str, Any] | None:
     """The computed values of a profile, or None if there is no such profile."""
     found: dict[str, Any] | None = conn.execute(

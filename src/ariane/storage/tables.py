@@ -575,6 +575,13 @@ PERSONAL_DATA: dict[str, dict[str, str]] = {
     "loyalty_redemptions": {"profile_column": "profile_id"},
     "loyalty_coupons": {"profile_column": "profile_id"},
     "loyalty_coupon_uses": {"profile_column": "profile_id"},
+    # A merge moves a person's journeys, messages and inbox to the survivor.
+    "enrollments": {"profile_column": "profile_id"},
+    "journey_steps": {"profile_column": "profile_id"},
+    "journey_conversions": {"profile_column": "profile_id"},
+    "messages": {"profile_column": "profile_id"},
+    "inbox": {"profile_column": "profile_id"},
+    "push_subscriptions": {"profile_column": "profile_id"},
     "quarantine": {"identified_by": "quarantine_identifiers"},
     "quarantine_identifiers": {"part_of": "quarantine"},
 }
@@ -604,4 +611,178 @@ destination_stats = sa.Table(
     sa.Column("last_delivered_at", UTCDateTime, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("last_error_at", UTCDateTime, nullable=True),
+)
+
+# Channels, templates and journeys (`domain.channels`, `domain.templates`,
+# `domain.journeys`): their definitions as given, secrets included (never shown).
+channels = sa.Table(
+    "channels",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("definition", JSONDoc, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("definition", JSONDoc, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Workspace-wide sending rules: frequency caps, the global control group.
+messaging_policies = sa.Table(
+    "messaging_policies",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("definition", JSONDoc, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+journeys = sa.Table(
+    "journeys",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Every version a journey had: people stay on the version they entered.
+journey_versions = sa.Table(
+    "journey_versions",
+    metadata,
+    sa.Column("journey_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("definition", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# A person in a journey: where they are, and when they are due or what they wait for.
+enrollments = sa.Table(
+    "enrollments",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("entry_key", sa.String(200), nullable=False),
+    # "journey|profile|key" while active, else None: one active enrollment per key.
+    sa.Column("active_key", sa.String(300), nullable=True, unique=True),
+    # "journey|what made them enter" (an event, a segment change): entered once for it.
+    sa.Column("entry_id", sa.String(300), nullable=False, unique=True),
+    sa.Column("arm", sa.String(16), nullable=False),
+    sa.Column("variants", JSONDoc, nullable=False),
+    sa.Column("step", sa.String(64), nullable=False),
+    # active (due at `due_at`), waiting (for `waiting_for`, until `due_at`), done, exited.
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=True, index=True),
+    # "event:<name>" or "segment:<name>"; with the profile, what a wait is found by.
+    sa.Column("waiting_for", sa.String(250), nullable=True),
+    # How often each step was run, for the occurrence of its send key.
+    sa.Column("visits", JSONDoc, nullable=False),
+    # The entering event's properties and name, for templates and keyed waits.
+    sa.Column("entry", JSONDoc, nullable=False),
+    sa.Column("entered_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("end_reason", sa.String(200), nullable=True),
+    sa.Index("ix_enrollments_profile_id_waiting_for", "profile_id", "waiting_for"),
+    sa.Index("ix_enrollments_journey_id_step_status", "journey_id", "step", "status"),
+)
+
+# What each step did to each person: moved on, exited, skipped (with the reason).
+journey_steps = sa.Table(
+    "journey_steps",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("enrollment_id", BigId, nullable=False, index=True),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(300), nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_journey_steps_journey_id_step_outcome", "journey_id", "step", "outcome"),
+)
+
+# A journey's goal reached, once per enrollment, within its window.
+journey_conversions = sa.Table(
+    "journey_conversions",
+    metadata,
+    sa.Column("enrollment_id", BigId, primary_key=True),
+    sa.Column("journey_id", sa.String(64), nullable=False, index=True),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("arm", sa.String(16), nullable=False),
+    sa.Column("event_id", sa.String(300), nullable=True),
+    sa.Column("revenue", sa.Float, nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+# Every message a journey sent, held back (holdout) or skipped, under its send key.
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("send_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("journey_id", sa.String(64), nullable=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("enrollment_id", BigId, nullable=True, index=True),
+    sa.Column("step", sa.String(64), nullable=True),
+    sa.Column("profile_id", sa.String(32), nullable=False),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("template", sa.String(64), nullable=False),
+    sa.Column("category", sa.String(16), nullable=False),
+    sa.Column("arm", sa.String(16), nullable=False),
+    sa.Column("variant", sa.String(64), nullable=True),
+    # queued, sending, sent, failed, skipped, unknown; held: the holdout's, not sent.
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("provider_id", sa.String(300), nullable=True),
+    # The step's context for the template: the journey's entry and variant.
+    sa.Column("context", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+    # Frequency caps count a person's messages by when they were made due.
+    sa.Index("ix_messages_profile_id_created_at", "profile_id", "created_at"),
+    sa.Index("ix_messages_journey_id_status", "journey_id", "status"),
+)
+
+# The in-app inbox: what the inbox channel delivered to each person.
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("send_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("profile_id", sa.String(32), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("html", sa.Text, nullable=True),
+    sa.Column("data", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("read_at", UTCDateTime, nullable=True),
+    sa.Column("dismissed_at", UTCDateTime, nullable=True),
+    sa.Index("ix_inbox_profile_id_id", "profile_id", "id"),
+)
+
+# Web push subscriptions, one per browser or device of a person.
+push_subscriptions = sa.Table(
+    "push_subscriptions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("profile_id", sa.String(32), nullable=False, index=True),
+    sa.Column("endpoint", sa.String(2000), nullable=False, unique=True),
+    sa.Column("keys", JSONDoc, nullable=False),
+    sa.Column("device", sa.String(200), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )

@@ -16,9 +16,18 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from ariane.bootstrap import Container
-from ariane.domain.errors import Conflict, DomainError, NotFound
+from ariane.domain.errors import Conflict, DomainError, Forbidden, NotFound, ProviderFailed
 from ariane.loops import running_loops
-from ariane.web.api import destinations, loyalty, operations, outbox, profiles, segments
+from ariane.web import messages as message_links
+from ariane.web.api import (
+    destinations,
+    journeys,
+    loyalty,
+    operations,
+    outbox,
+    profiles,
+    segments,
+)
 from ariane.web.cors import TrackingCORS
 from ariane.web.limits import BoundedAdminBodies
 from ariane.web.metrics import Metrics, RequestTimer
@@ -33,7 +42,7 @@ GC_THRESHOLDS = (50_000, 20, 10)
 
 log = logging.getLogger(__name__)
 
-_STATUS = {NotFound: 404, Conflict: 409}
+_STATUS = {NotFound: 404, Conflict: 409, Forbidden: 403, ProviderFailed: 502}
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -110,6 +119,8 @@ def create_app(container: Container, *, owns_container: bool = False) -> FastAPI
     app.include_router(operations.router)
     app.include_router(segments.router)
     app.include_router(destinations.router)
+    app.include_router(journeys.router)
+    app.include_router(message_links.router)
     app.include_router(outbox.router)
     app.include_router(sdk_settings_router)
 

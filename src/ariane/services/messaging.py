@@ -1,0 +1,484 @@
+"""Sending: each channel is a handler of the bus that hands the messages journeys made
+due (`MessageQueued`) to its provider, with the policies that hold at that moment.
+
+For a batch of messages, in three steps:
+
+1. In one transaction, each message is looked at as it is now. A marketing message whose
+   channel's consent purpose is not granted (or has expired) now is skipped, as is one
+   with no address; what remains is rendered and marked `sending`.
+2. Each is handed to the channel, at most `rate_limit` a second. A channel is run by one
+   process at a time (the bus's turn), so the limit holds across processes.
+3. In one transaction, what became of each is recorded: `sent`, `failed` with the
+   provider's answer, or back to `queued` for those not handed over because the provider
+   asked to wait (429, an SMTP 4xx, `Retry-After`): the bus tries again after the pause.
+
+A message found `sending` was being handed over when a process died. On a channel that
+carries the send key to the provider (an email's Message-ID, a webhook's Idempotency-Key,
+the inbox), it is handed again with the same key, which the provider drops if it got it;
+on any other channel it is marked `unknown` and shown, never sent blindly twice.
+
+What became of each message goes on the person's timeline (`Message Sent`, `Message
+Failed`, `Message Skipped`, `Message Unknown`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import orjson
+
+from ariane.channels import Message, Sent
+from ariane.destinations.http import Pacer
+from ariane.domain.channels import ChannelConfig
+from ariane.domain.consent import latest_decisions
+from ariane.domain.definitions import keyed
+from ariane.domain.errors import DomainError, NotFound, ProviderFailed
+from ariane.domain.events import (
+    DomainEvent,
+    MessageEvent,
+    MessageFailed,
+    MessageQueued,
+    MessageSent,
+    MessageSkipped,
+    MessageUnknown,
+)
+from ariane.domain.message_templates import parse_message_template
+from ariane.domain.predicates import lookup
+from ariane.domain.profiles import ProfileState
+from ariane.domain.templates import TemplateError, template_context
+from ariane.services.bus import GiveUp, Handler, Partial, RetryLater
+from ariane.services.channels import Channels
+from ariane.services.segments import SegmentService
+from ariane.storage import bus as bus_store
+from ariane.storage import consents as consent_store
+from ariane.storage import messages as store
+from ariane.storage import profiles as profile_store
+from ariane.storage.bus import Entry
+from ariane.storage.database import Connection, Database
+
+log = logging.getLogger(__name__)
+
+# Failures of one message other than "wait" (RetryLater) before it is failed for good.
+MAX_ATTEMPTS = 5
+QUEUED_KINDS = frozenset({MessageQueued.kind})
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    row: dict[str, Any]
+    message: Message
+    entry: int  # its index among the entries handed to the handler
+
+
+class Messaging:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], datetime],
+        channels: Channels,
+        segments: SegmentService,
+        links: Callable[[], Links],
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.channels = channels
+        self.segments = segments
+        self.links = links
+        self._pacers: dict[str, Pacer] = {}
+
+    def handlers(self) -> list[Handler]:
+        return [
+            Handler(
+                f"channel:{name}",
+                "outbox",
+                partial(self.deliver, name),
+                kinds=QUEUED_KINDS,
+                batch=100,
+            )
+            for name, config in sorted(self.channels.configs().items())
+            if config.enabled
+        ]
+
+    def deliver(self, name: str, entries: Sequence[Entry]) -> None:
+        config = self.channels.config(name)
+        if config is None:
+            return
+        wanted = {
+            entry.event.message: index
+            for index, entry in enumerate(entries)
+            if isinstance(entry.event, MessageQueued) and entry.event.channel == name
+        }
+        if not wanted:
+            return
+        channel = self.channels.built(config)
+        # Made before the transaction: the first time, it writes the secret in its own.
+        self.links()
+        outgoing = self.db.write(lambda conn: self._prepare(conn, config, channel, wanted))
+        pacer = self._pacers.setdefault(name, Pacer())
+        handed: list[tuple[_Outgoing, Sent]] = []
+        for position, item in enumerate(outgoing):
+            pacer.wait(config.rate_limit)
+            try:
+                handed.append((item, channel.send(item.message)))
+            except GiveUp as refused:
+                self._record(handed, failed=(item, str(refused)), back=outgoing[position + 1 :])
+                handed = []
+                continue
+            except Exception as error:
+                self._record(handed, failing=(item, error), back=outgoing[position + 1 :])
+                if isinstance(error, RetryLater) or item.row["attempts"] < MAX_ATTEMPTS:
+                    raise Partial(item.entry, error) from None
+                return
+        self._record(handed)
+
+    # --- before the hand-over -------------------------------------------------------------
+
+    def _prepare(
+        self, conn: Connection, config: ChannelConfig, channel: Any, wanted: Mapping[int, int]
+    ) -> list[_Outgoing]:
+        now = self.clock()
+        rows = store.lock(conn, list(wanted))
+        happened: list[DomainEvent] = []
+        outgoing: list[_Outgoing] = []
+        for ident in sorted(rows, key=lambda i: wanted[i]):
+            row = rows[ident]
+            if row["status"] == "sending" and not channel.carries_key:
+                store.update(conn, [ident], {"status": "unknown", "updated_at": now})
+                happened.append(_told(MessageUnknown, row, now, reason="interrupted hand-over"))
+                continue
+            if row["status"] not in ("queued", "sending"):
+                continue
+            why, message = self._message(conn, config, row, now)
+            if message is None:
+                store.update(conn, [ident], {"status": "skipped", "reason": why, "updated_at": now})
+                happened.append(_told(MessageSkipped, row, now, reason=why))
+                continue
+            attempts = row["attempts"] + 1
+            store.update(
+                conn, [ident], {"status": "sending", "attempts": attempts, "updated_at": now}
+            )
+            outgoing.append(_Outgoing({**row, "attempts": attempts}, message, wanted[ident]))
+        bus_store.record(conn, happened)
+        return outgoing
+
+    def _message(
+        self, conn: Connection, config: ChannelConfig, row: Mapping[str, Any], now: datetime
+    ) -> tuple[str, Message | None]:
+        """The message to hand over, or why there is none."""
+        person = row["profile_id"]
+        state = profile_store.read_profiles(conn, [person]).get(person)
+        if state is None:
+            return "the person is gone", None
+        if row["category"] == "marketing":
+            decision = latest_decisions(consent_store.history(conn, person)).get(config.purpose)
+            status = "unknown" if decision is None else decision.status_at(now)
+            if status != "granted":
+                return f"consent {config.purpose} is {status}", None
+        identifiers = profile_store.identifiers_of(conn, [person], per_type=5).get(person, {})
+        address = self._address(conn, config, person, state.trait_values(), identifiers)
+        if address is None:
+            return f"no address at {'.'.join(config.address)}", None
+        template = self.channels.template(row["template"])
+        if template is None:
+            return f"no template {row['template']}", None
+        unsubscribe = (
+            self.links().unsubscribe(person, config.purpose, row["send_key"])
+            if row["category"] == "marketing"
+            else None
+        )
+        journey = {
+            "id": row["journey_id"],
+            "step": row["step"],
+            "variants": row["context"].get("variants", {}),
+        }
+        context = self._context(
+            conn, state, identifiers, now, row["context"].get("entry"), journey, unsubscribe
+        )
+        try:
+            rendered = template.render(context)
+        except TemplateError as error:
+            return f"template {row['template']}: {error.message}", None
+        return "", Message(
+            send_key=row["send_key"],
+            profile_id=person,
+            address=address,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            data=rendered.data,
+            category=row["category"],
+            unsubscribe_url=unsubscribe,
+            journey=row["journey_id"],
+            step=row["step"],
+        )
+
+    def _context(
+        self,
+        conn: Connection,
+        state: ProfileState,
+        identifiers: Mapping[str, list[str]],
+        now: datetime,
+        event: Mapping[str, Any] | None,
+        journey: Mapping[str, Any] | None,
+        unsubscribe: str | None,
+    ) -> dict[str, Any]:
+        """What a template sees of the person, the event and the journey."""
+        catalogue = self.segments.catalogue(conn)
+        members = state.computed.get("segments", {})
+        return template_context(
+            profile_id=state.id,
+            traits=state.trait_values(),
+            identifiers=[(kind, value) for kind, values in identifiers.items() for value in values],
+            computed=catalogue.computed_values(state, now),
+            segments=[s.name for s in catalogue.by_id.values() if s.id in members],
+            loyalty=None,
+            event=event,
+            journey=journey,
+            links={"unsubscribe": unsubscribe or ""},
+        )
+
+    # --- on demand ------------------------------------------------------------------------
+
+    def preview(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A template rendered for one profile (`POST /api/templates/preview`)."""
+        node = keyed(body, "body", ("template", "profile_id", "event"))
+        raw = node.get("template")
+        if isinstance(raw, str):
+            template = self.channels.template(raw)
+            if template is None:
+                raise NotFound(f"no template {raw!r}", field="template")
+        elif isinstance(raw, Mapping):
+            template = parse_message_template({"name": "preview", **raw}, "template")
+        else:
+            raise DomainError("needs a template's name or definition", field="template")
+        event = node.get("event")
+        if event is not None and not isinstance(event, Mapping):
+            raise DomainError("needs an object with name and properties", field="event")
+        person = node.get("profile_id")
+        if not isinstance(person, str):
+            raise DomainError("needs a profile id", field="profile_id")
+        now = self.clock()
+        with self.db.read() as conn:
+            found = profile_store.resolve_profile_id(conn, person)
+            state = profile_store.read_profiles(conn, [found]).get(found) if found else None
+            if state is None:
+                raise NotFound(f"no profile {person!r}", field="profile_id")
+            identifiers = profile_store.identifiers_of(conn, [state.id], per_type=5)[state.id]
+            context = self._context(conn, state, identifiers, now, event, None, None)
+        rendered = template.render(context)
+        return {
+            "subject": rendered.subject,
+            "text": rendered.text,
+            "html": rendered.html,
+            "data": rendered.data,
+        }
+
+    def send_test(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One message to the address `to`, now, outside any journey (`ariane channels
+        test`): the template's, rendered with no profile, or the `subject` and `text`."""
+        node = keyed(body, "body", ("to", "template", "subject", "text"))
+        config = self.channels.config(name)
+        if config is None:
+            raise NotFound(f"no channel {name!r}", field="channel")
+        to = node.get("to")
+        if not isinstance(to, str) or not to.strip():
+            raise DomainError("needs the address to send to", field="to")
+        if "template" in node:
+            template = self.channels.template(str(node["template"]))
+            if template is None:
+                raise NotFound(f"no template {node['template']!r}", field="template")
+            context = template_context(
+                profile_id="test", traits={}, identifiers=[], computed={}, segments=[],
+                loyalty=None, event=None,
+            )  # fmt: skip
+            rendered = template.render(context)
+            subject, text, html, data = (
+                rendered.subject,
+                rendered.text,
+                rendered.html,
+                rendered.data,
+            )
+        else:
+            subject = str(node.get("subject", "A test from Ariane"))
+            text = str(node.get("text", "This is a test message from Ariane."))
+            html, data = None, {}
+        key = f"test.{name}.{secrets.token_hex(8)}"
+        message = Message(
+            send_key=key, profile_id="test", address=to, subject=subject, text=text, html=html,
+            data=data, category="transactional",
+        )  # fmt: skip
+        try:
+            sent = self.channels.built(config).send(message)
+        except Exception as error:
+            raise ProviderFailed(f"{name} did not take it: {error}", field="to") from None
+        return {
+            "sent": True,
+            "send_key": key,
+            "provider_id": sent.provider_id,
+            "detail": sent.detail,
+        }
+
+    def _address(
+        self,
+        conn: Connection,
+        config: ChannelConfig,
+        person: str,
+        traits: Mapping[str, Any],
+        identifiers: Mapping[str, list[str]],
+    ) -> str | None:
+        where = config.address
+        if where == ("profile_id",):
+            return person
+        if where == ("user_id",):
+            return identifiers.get("user_id", [None])[0]
+        if where == ("push_subscriptions",):
+            found = store.subscriptions_of(conn, person)
+            return orjson.dumps(found).decode() if found else None
+        if where[0] == "identifiers":
+            return identifiers.get(where[1], [None])[0]
+        value = lookup(traits, where[1:])
+        return str(value) if isinstance(value, str | int) and str(value).strip() else None
+
+    # --- after it -------------------------------------------------------------------------
+
+    def _record(
+        self,
+        handed: Sequence[tuple[_Outgoing, Sent]],
+        *,
+        failed: tuple[_Outgoing, str] | None = None,
+        failing: tuple[_Outgoing, Exception] | None = None,
+        back: Sequence[_Outgoing] = (),
+    ) -> None:
+        now = self.clock()
+
+        def work(conn: Connection) -> None:
+            happened: list[DomainEvent] = []
+            for item, sent in handed:
+                store.update(
+                    conn,
+                    [item.row["id"]],
+                    {
+                        "status": "sent",
+                        "sent_at": now,
+                        "provider_id": sent.provider_id,
+                        "reason": None,
+                        "updated_at": now,
+                    },
+                )
+                happened.append(_told(MessageSent, item.row, now, address_kind=None))
+                store.forget_subscriptions(conn, sent.gone)
+            if failed is not None:
+                item, why = failed
+                store.update(
+                    conn, [item.row["id"]], {"status": "failed", "reason": why, "updated_at": now}
+                )
+                happened.append(_told(MessageFailed, item.row, now, reason=why))
+            if failing is not None:
+                item, error = failing
+                why = str(error) or type(error).__name__
+                later = isinstance(error, RetryLater)
+                if later or item.row["attempts"] < MAX_ATTEMPTS:
+                    # Not handed over: it goes back in the queue, and the bus tries again.
+                    store.update(
+                        conn,
+                        [item.row["id"]],
+                        {
+                            "status": "queued",
+                            "reason": why,
+                            "attempts": item.row["attempts"] - (1 if later else 0),
+                            "updated_at": now,
+                        },
+                    )
+                else:
+                    store.update(
+                        conn,
+                        [item.row["id"]],
+                        {"status": "failed", "reason": why, "updated_at": now},
+                    )
+                    happened.append(_told(MessageFailed, item.row, now, reason=why))
+            if back:
+                for item in back:
+                    store.update(
+                        conn,
+                        [item.row["id"]],
+                        {
+                            "status": "queued",
+                            "attempts": item.row["attempts"] - 1,
+                            "updated_at": now,
+                        },
+                    )
+            bus_store.record(conn, happened)
+
+        self.db.write(work)
+
+
+def _told(
+    kind: type[MessageEvent], row: Mapping[str, Any], now: datetime, **more: Any
+) -> MessageEvent:
+    properties = {
+        "journey": row["journey_id"],
+        "step": row["step"],
+        "channel": row["channel"],
+        "template": row["template"],
+        "category": row["category"],
+        "send_key": row["send_key"],
+        **{name: value for name, value in more.items() if value is not None},
+    }
+    return kind(
+        event_id=f"{kind.track_name.lower().replace(' ', '-')}-{row['send_key']}",
+        profile_id=row["profile_id"],
+        at=now,
+        properties=properties,
+    )
+
+
+# --- signed links -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """The links Ariane serves in messages, signed so that nobody can make one for
+    someone else: one-click unsubscribe (RFC 8058), the open pixel, clicks."""
+
+    base_url: str
+    secret: bytes
+
+    def sign(self, *parts: str) -> str:
+        body = "\x1f".join(parts).encode()
+        mac = hmac.new(self.secret, body, hashlib.sha256).digest()[:16]
+        return _b64(body) + "." + _b64(mac)
+
+    def verify(self, token: str) -> list[str] | None:
+        body_text, _, mac_text = token.partition(".")
+        try:
+            body, mac = _unb64(body_text), _unb64(mac_text)
+        except ValueError:
+            return None
+        expected = hmac.new(self.secret, body, hashlib.sha256).digest()[:16]
+        if not hmac.compare_digest(mac, expected):
+            return None
+        return body.decode().split("\x1f")
+
+    def unsubscribe(self, profile_id: str, purpose: str, send_key: str) -> str:
+        token = self.sign("unsubscribe", profile_id, purpose, send_key)
+        return f"{self.base_url}/v1/unsubscribe?t={token}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as error:
+        raise ValueError("not base64") from error

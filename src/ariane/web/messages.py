@@ -1,0 +1,128 @@
+"""What people reach from their messages: the one-click unsubscribe link (RFC 8058), and
+the in-app inbox their app reads with a token the publisher's backend signed for them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from ariane.bootstrap import Container
+from ariane.domain.errors import Forbidden
+from ariane.domain.events import Unsubscribed
+from ariane.storage import bus as bus_store
+from ariane.web.api.auth import container
+from ariane.web.api.journeys import LARGEST_ID
+
+# Served to apps and mail clients beside the tracking API, and like it not in the admin
+# API's OpenAPI description (`/api/openapi.json`).
+router = APIRouter(prefix="/v1", tags=["messages"], include_in_schema=False)
+
+_LINK: dict[int | str, dict[str, Any]] = {403: {"description": "a link Ariane did not sign"}}
+_INBOX: dict[int | str, dict[str, Any]] = {
+    403: {"description": "no user token, one that does not match, or the inbox closed"},
+    404: {"description": "no such message in this person's inbox"},
+    422: {"description": "a parameter cannot be used; `field` names it"},
+}
+
+_DONE = """<!doctype html><html lang="en"><meta charset="utf-8">
+<title>Unsubscribed</title><body><p>You will no longer receive these messages.</p></body></html>"""
+_ASK = """<!doctype html><html lang="en"><meta charset="utf-8">
+<title>Unsubscribe</title><body><form method="post"><p>Stop receiving these messages?</p>
+<button type="submit">Unsubscribe</button></form></body></html>"""
+
+
+def _unsubscribe(app: Container, token: str) -> None:
+    parts = app.messaging.links().verify(token)
+    if parts is None or len(parts) != 4 or parts[0] != "unsubscribe":
+        raise Forbidden("this unsubscribe link is not one Ariane signed", field="t")
+    _, profile_id, purpose, send_key = parts
+    app.profiles.set_consent(profile_id, purpose, "withdrawn", source="unsubscribe")
+    told = Unsubscribed(
+        event_id=f"unsubscribed-{send_key}",
+        profile_id=profile_id,
+        at=app.clock(),
+        properties={"purpose": purpose, "send_key": send_key, "via": "link"},
+    )
+    app.db.write(lambda conn: bus_store.record_once(conn, [told]))
+
+
+@router.get("/unsubscribe", response_class=HTMLResponse)
+def ask_to_unsubscribe(t: str = Query(description="the signed token of the link")) -> Any:
+    """The page the link opens: a button that posts the one-click form. Opening a link
+    withdraws nothing: mail scanners open links."""
+    del t
+    return HTMLResponse(_ASK)
+
+
+@router.post("/unsubscribe", response_class=HTMLResponse, responses=_LINK)
+async def unsubscribe(
+    t: str = Query(description="the signed token of the link"),
+    app: Container = Depends(container),
+) -> Any:
+    """One click (RFC 8058: `List-Unsubscribe=One-Click`, or the page's button): the
+    channel's consent purpose is withdrawn for the person."""
+    await run_in_threadpool(_unsubscribe, app, t)
+    return HTMLResponse(_DONE)
+
+
+def _profiles(app: Container, user_id: str | None, token: str | None) -> list[str]:
+    if not user_id or not token:
+        raise Forbidden("needs X-Ariane-User and X-Ariane-User-Token headers", field="token")
+    return app.inbox.profiles_of(user_id, token)
+
+
+@router.get("/inbox", responses=_INBOX)
+def read_inbox(
+    request: Request,
+    after: int = Query(0, ge=0, le=LARGEST_ID),
+    limit: int = Query(50, ge=1, le=100),
+    dismissed: bool = False,
+    x_ariane_user: str | None = Header(None),
+    x_ariane_user_token: str | None = Header(None),
+    app: Container = Depends(container),
+) -> Any:
+    """The person's inbox, oldest first after `after`."""
+    del request
+    profiles = _profiles(app, x_ariane_user, x_ariane_user_token)
+    return {"messages": app.inbox.messages(profiles, after=after, limit=limit, dismissed=dismissed)}
+
+
+@router.post("/inbox/{message}/read", responses=_INBOX)
+def read_message(
+    message: int = Path(ge=1, le=LARGEST_ID),
+    x_ariane_user: str | None = Header(None),
+    x_ariane_user_token: str | None = Header(None),
+    app: Container = Depends(container),
+) -> Any:
+    profiles = _profiles(app, x_ariane_user, x_ariane_user_token)
+    return app.inbox.mark(profiles, message, "read")
+
+
+@router.post("/inbox/{message}/dismiss", responses=_INBOX)
+def dismiss_message(
+    message: int = Path(ge=1, le=LARGEST_ID),
+    x_ariane_user: str | None = Header(None),
+    x_ariane_user_token: str | None = Header(None),
+    app: Container = Depends(container),
+) -> Any:
+    profiles = _profiles(app, x_ariane_user, x_ariane_user_token)
+    return app.inbox.mark(profiles, message, "dismissed")
+
+
+@router.post("/push/subscriptions", responses=_INBOX)
+def subscribe_to_push(
+    body: dict[str, Any] = Body(
+        examples=[
+            {"endpoint": "https://push.example/abc", "keys": {"p256dh": "...", "auth": "..."}}
+        ]
+    ),
+    x_ariane_user: str | None = Header(None),
+    x_ariane_user_token: str | None = Header(None),
+    app: Container = Depends(container),
+) -> Any:
+    """Keep this browser's web push subscription for the person."""
+    profiles = _profiles(app, x_ariane_user, x_ariane_user_token)
+    return app.inbox.subscribe(profiles, body)
