@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from ariane.channels import Message
 from ariane.domain.definitions import keyed
@@ -94,8 +95,11 @@ class Inbox:
             raise NotFound("no profile holds this user id yet", field="user_id")
         node = keyed(body, "body", ("endpoint", "keys", "device", "expirationTime"))
         endpoint, keys, device = node.get("endpoint"), node.get("keys"), node.get("device")
-        if not isinstance(endpoint, str) or not endpoint.startswith("https://"):
-            raise DomainError("needs the push service's https:// endpoint", field="endpoint")
+        if not isinstance(endpoint, str) or not _push_service(endpoint):
+            raise DomainError(
+                "needs the push service's https:// endpoint (http:// only on this machine)",
+                field="endpoint",
+            )
         if len(endpoint) > 2000:
             raise DomainError("is longer than 2,000 characters", field="endpoint")
         if not (
@@ -136,3 +140,12 @@ def _shown(row: dict[str, Any]) -> dict[str, Any]:
         "read_at": row["read_at"],
         "dismissed": row["dismissed_at"] is not None,
     }
+
+
+def _push_service(endpoint: str) -> bool:
+    """Push services speak https; plain http only for one on this machine (a local push
+    service in development)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
