@@ -79,6 +79,7 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
     channels = Channels(db, clock, inbox.deliver)
     journeys = Journeys(db, clock, segments, channels)
     links = _links(db, settings, clock)
+    segments.told_at_once = lambda: journeys.segments_read() | destinations.audience_segments()
     container = Container(
         settings=settings,
         db=db,

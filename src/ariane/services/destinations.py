@@ -185,6 +185,10 @@ class DestinationService:
             self._cached = (time.monotonic(), found)
         return found
 
+    def audience_segments(self) -> frozenset[str]:
+        """The segments some enabled destination receives the entries or exits of."""
+        return frozenset(name for d in self.destinations() if d.enabled for name in d.audiences)
+
     def handlers(self) -> list[Handler]:
         made = []
         for destination in self.destinations():

@@ -164,6 +164,13 @@ class Journeys:
             rows = [row for row in store.every(conn) if row["id"] == ident]
         return rows[0]["version"] if rows else None
 
+    def segments_read(self) -> frozenset[str]:
+        """The segments some journey in use enters, waits, exits or converts on."""
+        found: set[str] = set()
+        for journey in self.in_use().values():
+            found |= journey.segments()
+        return frozenset(found)
+
     def in_use(self) -> dict[tuple[str, int], Journey]:
         self._refresh()
         return self._versions

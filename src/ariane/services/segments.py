@@ -18,7 +18,7 @@ history and previews (`segment_members`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,6 +54,10 @@ class SegmentService:
         self.memberships = SegmentMembers(db, clock, self.catalogues)
         self.definitions = SegmentDefinitions(db, clock, self.memberships)
         self.as_code = SegmentsAsCode(db, self.catalogues, self.definitions)
+        # The segments whose entries and exits the bus is told of as they are decided,
+        # in the transaction that decides them: those a journey or a destination reacts
+        # to. The others' are told when they are applied (`catch_up`).
+        self.told_at_once: Callable[[], Collection[str]] = frozenset
 
     def catalogue(self, conn: Connection, *, hold: bool = False) -> Catalogue:
         """The definitions in force for this transaction (`Catalogues.current`)."""
@@ -86,13 +90,17 @@ class SegmentService:
 
     def prepare(self, settlement: Settlement, now: datetime, cause: str) -> None:
         """Build the rows `record` will write at `now`, before the write transaction."""
-        settlement.rows = store.transition_rows(self.db, settlement.transitions, now, cause)
+        settlement.rows = store.transition_rows(
+            self.db, settlement.transitions, now, cause, self.told_at_once()
+        )
 
     def record(self, conn: Connection, settlement: Settlement, now: datetime, cause: str) -> None:
         """Write the transitions; the timers go with the profiles (`Settlement.dues`)."""
         rows = settlement.rows
         if rows is None or (rows.at, rows.cause) != (now, cause):
-            rows = store.transition_rows(self.db, settlement.transitions, now, cause)
+            rows = store.transition_rows(
+                self.db, settlement.transitions, now, cause, self.told_at_once()
+            )
         store.record_transitions(conn, rows)
 
     def reevaluate(
@@ -143,7 +151,7 @@ class SegmentService:
                     state, timed, now, consents.get(profile_id)
                 )
                 transitions += changes
-            rows = store.transition_rows(self.db, transitions, now, "time")
+            rows = store.transition_rows(self.db, transitions, now, "time", self.told_at_once())
             store.record_transitions(conn, rows)
             profile_store.update_profiles(conn, list(states.values()), now, dues)
             return len(claimed)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain.clock import iso
-from ariane.domain.events import SegmentEntered, SegmentExited
+from ariane.domain.events import AudienceChange, SegmentEntered, SegmentExited
 from ariane.domain.predicates import micros
 from ariane.domain.segments import Transition
 from ariane.storage import bus as bus_store
@@ -141,7 +141,7 @@ _MESSAGE_COUNT = itertools.count()
 _COUNT_CYCLE = 16**12
 
 # The columns of a change, in the order of `TransitionRows.changes`.
-_CHANGE_COLUMNS = ("segment_id", "profile_id", "change", "cause", "at", "message_id")
+_CHANGE_COLUMNS = ("segment_id", "profile_id", "change", "cause", "at", "message_id", "told")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +154,16 @@ class TransitionRows:
     at: datetime
     cause: str
     changes: list[tuple[Any, ...]]
+    # What the bus is told at once: the changes of segments someone reacts to live.
+    told: list[AudienceChange]
 
 
 def transition_rows(
-    db: Database, transitions: Sequence[Transition], now: datetime, cause: str
+    db: Database,
+    transitions: Sequence[Transition],
+    now: datetime,
+    cause: str,
+    told_at_once: Collection[str] = (),
 ) -> TransitionRows:
     """Each transition's change, with the message id of its Audience event.
 
@@ -170,18 +176,25 @@ def transition_rows(
     """
     at = db.dialect.datetime_param(now)
     ids = f"{AUDIENCE_PREFIX}{micros(now):014x}-"
-    changes = [
-        (
-            t.segment.id,
-            t.profile_id,
-            "entered" if t.entered else "exited",
-            cause,
-            at,
-            f"{ids}{next(_MESSAGE_COUNT) % _COUNT_CYCLE:012x}{random.getrandbits(96):024x}",
-        )
-        for t in transitions
-    ]
-    return TransitionRows(now, cause, changes)
+    changes = []
+    told: list[AudienceChange] = []
+    for t in transitions:
+        message_id = f"{ids}{next(_MESSAGE_COUNT) % _COUNT_CYCLE:012x}{random.getrandbits(96):024x}"
+        tell = t.segment.name in told_at_once
+        change = "entered" if t.entered else "exited"
+        changes.append((t.segment.id, t.profile_id, change, cause, at, message_id, tell))
+        if tell:
+            told.append(
+                (SegmentEntered if t.entered else SegmentExited)(
+                    event_id=message_id,
+                    profile_id=t.profile_id,
+                    at=now,
+                    segment_id=t.segment.id,
+                    segment=t.segment.name,
+                    cause=cause,
+                )
+            )
+    return TransitionRows(now, cause, changes, told)
 
 
 def record_transitions(conn: Connection, rows: TransitionRows) -> None:
@@ -189,6 +202,7 @@ def record_transitions(conn: Connection, rows: TransitionRows) -> None:
     people can enter hundreds of segments at once."""
     dialect = dialect_of(conn)
     dialect.insert_bulk_driver_rows(conn, segment_changes, _CHANGE_COLUMNS, rows.changes)
+    bus_store.record(conn, rows.told)
 
 
 def catch_up(conn: Connection, profile_ids: Collection[str] | None = None) -> int:
@@ -261,7 +275,7 @@ def _apply_changes(conn: Connection, rows: Sequence[tuple[int, str, str, str]]) 
             columns.cause,
         )
         .select_from(segment_changes.outerjoin(segments, segments.c.id == columns.segment_id))
-        .where(picked, columns.message_id.is_not(None))
+        .where(picked, columns.message_id.is_not(None), columns.told.is_(sa.false()))
         .order_by(columns.id)
     ).all()
     bus_store.record(

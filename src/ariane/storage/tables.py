@@ -322,6 +322,10 @@ segment_changes = sa.Table(
     # applying the change records it for the bus (`SegmentEntered`, `SegmentExited`).
     # None for changes recorded before migration 0007.
     sa.Column("message_id", sa.String(200), nullable=True),
+    # Whether the change was recorded for the bus when it was decided (a segment that a
+    # journey or a destination reads, `SegmentService.told_at_once`), rather than when
+    # it is applied.
+    sa.Column("told", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # What happened (`domain.events`), written in the transaction that made it happen, read

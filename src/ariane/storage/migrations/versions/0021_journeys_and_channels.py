@@ -19,6 +19,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("segment_changes", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("told", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
     op.create_table(
         "channels",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -262,6 +266,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("segment_changes", schema=None) as batch_op:
+        batch_op.drop_column("told")
     op.drop_table("templates")
     with op.batch_alter_table("push_subscriptions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_push_subscriptions_profile_id"))
