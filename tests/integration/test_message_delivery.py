@@ -1,0 +1,199 @@
+"""Handing messages over, on both databases: a channel type of one's own registered like
+the built-in ones; a hand-over cut short by a crash handed again under the same key where
+the provider drops duplicates, marked `unknown` where it cannot; a provider that asks to
+wait is waited for, and a message it refuses ends `failed` with its answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ariane.bootstrap import Container
+from ariane.channels import TYPES, Context, Message, Sent, register
+from ariane.services.bus import RetryPolicy
+from tests.integration.test_journey_use_cases import apply, event, person, send, settle
+from tests.receiver import Receiver, receiving
+
+
+class Crash(BaseException):
+    """The process dies in the middle of a hand-over."""
+
+
+@dataclass
+class Pigeon:
+    """A channel of the test's own: it records what it is handed, and can die doing it."""
+
+    carries_key: bool
+    handed: list[Message] = field(default_factory=list)
+    crash_once: bool = False
+
+    def send(self, message: Message) -> Sent:
+        self.handed.append(message)
+        if self.crash_once:
+            self.crash_once = False
+            raise Crash
+        return Sent(provider_id=f"p-{len(self.handed)}")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def pigeons() -> Iterator[dict[str, Pigeon]]:
+    made: dict[str, Pigeon] = {}
+
+    def make(settings: Mapping[str, Any], context: Context) -> Pigeon:
+        found = made[settings["flock"]] = Pigeon(carries_key=settings["carries_key"])
+        return found
+
+    register("pigeon", make, settings=("flock", "carries_key"), default_address="user_id")
+    try:
+        yield made
+    finally:
+        TYPES.pop("pigeon", None)
+
+
+def campaign(
+    client: TestClient, admin: dict[str, str], container: Container, carries_key: bool
+) -> None:
+    container.channels.types["pigeon"] = TYPES["pigeon"]
+    apply(
+        client,
+        admin,
+        {
+            "channels": [
+                {"name": "pigeon", "type": "pigeon", "purpose": "marketing_pigeon",
+                 "settings": {"flock": "f", "carries_key": carries_key}}
+            ],
+            "templates": [{"name": "note", "subject": "Note", "text": "Hello"}],
+            "journeys": [
+                {"id": "notes", "entry": {"event": "Go"},
+                 "steps": [{"send": {"channel": "pigeon", "template": "note",
+                                     "category": "transactional"}}]}
+            ],
+        },
+    )  # fmt: skip
+
+
+def crash_during_hand_over(container: Container) -> None:
+    with pytest.raises(Crash):
+        settle(container)
+
+
+def statuses(client: TestClient, admin: dict[str, str]) -> dict[str, int]:
+    steps = client.get("/api/journeys/notes/steps", headers=admin).json()["steps"]
+    found: dict[str, int] = steps[0]["messages"]
+    return found
+
+
+def test_a_hand_over_cut_short_is_handed_again_under_the_same_key_where_it_is_carried(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    pigeons: dict[str, Pigeon],
+) -> None:
+    campaign(client, admin_token, container, carries_key=True)
+    pigeon = container.channels.built(container.channels.configs()["pigeon"])
+    assert isinstance(pigeon, Pigeon)
+    pigeon.crash_once = True
+    send(client, write_key, person("ada"), event("ada", "Go"))
+    crash_during_hand_over(container)
+    settle(container)
+    assert [m.send_key for m in pigeon.handed] == [pigeon.handed[0].send_key] * 2
+    assert statuses(client, admin_token) == {"sent": 1}
+
+
+def test_a_hand_over_cut_short_is_unknown_where_the_key_is_not_carried(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    pigeons: dict[str, Pigeon],
+) -> None:
+    campaign(client, admin_token, container, carries_key=False)
+    pigeon = container.channels.built(container.channels.configs()["pigeon"])
+    assert isinstance(pigeon, Pigeon)
+    pigeon.crash_once = True
+    send(client, write_key, person("ada"), event("ada", "Go"))
+    crash_during_hand_over(container)
+    settle(container)
+    # Never sent blindly a second time: shown as unknown, on the timeline too.
+    assert len(pigeon.handed) == 1
+    assert statuses(client, admin_token) == {"unknown": 1}
+    view = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
+    ).json()
+    timeline = client.get(f"/api/profiles/{view['id']}/events", headers=admin_token).json()
+    assert [e.get("event") for e in timeline["events"]].count("Message Unknown") == 1
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as running:
+        yield running
+
+
+def webhook_campaign(client: TestClient, admin: dict[str, str], receiver: Receiver) -> None:
+    apply(
+        client,
+        admin,
+        {
+            "channels": [
+                {"name": "hook", "type": "webhook", "purpose": "marketing_app",
+                 "settings": {"url": f"{receiver.url}/messages", "secret": "s3cret"}}
+            ],
+            "templates": [{"name": "note", "subject": "Note", "text": "Hello {{ traits.name }}"}],
+            "journeys": [
+                {"id": "notes", "entry": {"event": "Go"},
+                 "steps": [{"send": {"channel": "hook", "template": "note"}}]}
+            ],
+        },
+    )  # fmt: skip
+
+
+def test_a_provider_that_asks_to_wait_is_waited_for_and_sent_once(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    receiver: Receiver,
+) -> None:
+    container.bus.policy = RetryPolicy(first=0.001, ceiling=0.01, attempts=3)
+    webhook_campaign(client, admin_token, receiver)
+    receiver.script.extend([(429, {"Retry-After": "0"}, b"slow down"), (503, {}, b"busy")])
+    send(client, write_key, person("ada", name="Ada"), event("ada", "Go"))
+    for _ in range(50):
+        settle(container)
+        if receiver.delivered():
+            break
+    answered = [r.headers["x-answered"] for r in receiver.received]
+    assert answered == ["429", "503", "200"]
+    keys = {r.headers["idempotency-key"] for r in receiver.received}
+    assert len(keys) == 1
+    assert receiver.delivered()[0].json["text"] == "Hello Ada"
+    assert statuses(client, admin_token) == {"sent": 1}
+
+
+def test_a_message_the_provider_refuses_ends_failed_with_its_answer(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    receiver: Receiver,
+) -> None:
+    webhook_campaign(client, admin_token, receiver)
+    receiver.always = (400, {}, b"no such user")
+    send(client, write_key, person("ada", name="Ada"), event("ada", "Go"))
+    settle(container)
+    assert statuses(client, admin_token) == {"failed": 1}
+    view = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
+    ).json()
+    timeline = client.get(f"/api/profiles/{view['id']}/events", headers=admin_token).json()
+    failed = [e for e in timeline["events"] if e.get("event") == "Message Failed"]
+    assert len(failed) == 1 and "no such user" in failed[0]["properties"]["reason"]
