@@ -325,3 +325,45 @@ def test_an_in_app_message_reaches_only_its_owners_inbox(
     assert read["read"] is True
     client.post(f"/v1/inbox/{inbox[0]['id']}/dismiss", headers=headers)
     assert client.get("/v1/inbox", headers=headers).json()["messages"] == []
+
+
+def test_opens_and_clicks_go_on_the_timeline_once(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    clock: FakeClock,
+    smtp: SMTPServer,
+) -> None:
+    setup(client, admin_token, smtp)
+    html = '<p><a href="https://shop.test/cart?id={{ event.properties.cartId }}&x=1">Back</a></p>'
+    template = {"subject": "Your cart", "text": "Back to it", "html": html}
+    put = client.put("/api/templates/cart-reminder", json=template, headers=admin_token)
+    assert put.status_code == 200, put.text
+    send(client, write_key, ada(), cart("Cart Abandoned", "c9"))
+    settle(container)
+    clock.advance(hours=1, seconds=1)
+    settle(container)
+    body = smtp.mailbox.emails()[0].get_body(("html",))
+    assert body is not None
+    sent_html = body.get_content()
+    base = container.settings.public_url
+    click = sent_html.split('href="')[1].split('"')[0]
+    pixel = sent_html.split('<img src="')[1].split('"')[0]
+    assert click.startswith(f"{base}/v1/messages/click?t=")
+    assert pixel.startswith(f"{base}/v1/messages/open?t=")
+    for _ in range(2):
+        followed = client.get(click.removeprefix(base), follow_redirects=False)
+        assert followed.status_code == 302
+        assert followed.headers["location"] == "https://shop.test/cart?id=c9&x=1"
+        seen = client.get(pixel.removeprefix(base))
+        assert seen.status_code == 200 and seen.headers["content-type"] == "image/gif"
+    assert client.get(pixel.removeprefix(base)[:-4] + "abcd").status_code == 403
+    settle(container)
+    view = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
+    ).json()
+    timeline = client.get(f"/api/profiles/{view['id']}/events", headers=admin_token).json()
+    names = [e.get("event") for e in timeline["events"]]
+    assert names.count("Message Opened") == 1
+    assert names.count("Message Clicked") == 1

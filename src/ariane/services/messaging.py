@@ -27,11 +27,13 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from html import unescape
 from typing import Any
 
 import orjson
@@ -207,13 +209,16 @@ class Messaging:
             rendered = template.render(context)
         except TemplateError as error:
             return f"template {row['template']}: {error.message}", None
+        html = rendered.html
+        if html is not None:
+            html = self.links().tracked(html, person, row["send_key"])
         return "", Message(
             send_key=row["send_key"],
             profile_id=person,
             address=address,
             subject=rendered.subject,
             text=rendered.text,
-            html=rendered.html,
+            html=html,
             data=rendered.data,
             category=row["category"],
             unsubscribe_url=unsubscribe,
@@ -471,6 +476,30 @@ class Links:
     def unsubscribe(self, profile_id: str, purpose: str, send_key: str) -> str:
         token = self.sign("unsubscribe", profile_id, purpose, send_key)
         return f"{self.base_url}/v1/unsubscribe?t={token}"
+
+    def tracked(self, html: str, profile_id: str, send_key: str) -> str:
+        """The HTML with each link to elsewhere made a signed redirect through Ariane
+        (`Message Clicked`), and a pixel at the end (`Message Opened`)."""
+
+        def through_ariane(found: re.Match[str]) -> str:
+            quote, url = found.group(1), unescape(found.group(2))
+            if url.startswith(self.base_url):
+                return found.group(0)
+            token = self.sign("click", profile_id, send_key, url)
+            return f"href={quote}{self.base_url}/v1/messages/click?t={token}{quote}"
+
+        linked = _LINK.sub(through_ariane, html)
+        token = self.sign("open", profile_id, send_key)
+        pixel = (
+            f'<img src="{self.base_url}/v1/messages/open?t={token}" width="1" height="1" '
+            'alt="" style="display:none">'
+        )
+        at = linked.lower().rfind("</body>")
+        return linked + pixel if at < 0 else linked[:at] + pixel + linked[at:]
+
+
+# A link in HTML to a web page: href="http(s)://...", in double or single quotes.
+_LINK = re.compile(r"""href=(["'])(https?://[^"']+)\1""", re.IGNORECASE)
 
 
 def _b64(data: bytes) -> str:

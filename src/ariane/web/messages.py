@@ -3,15 +3,17 @@ the in-app inbox their app reads with a token the publisher's backend signed for
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ariane.bootstrap import Container
 from ariane.domain.errors import Forbidden
-from ariane.domain.events import Unsubscribed
+from ariane.domain.events import MessageClicked, MessageEvent, MessageOpened, Unsubscribed
 from ariane.storage import bus as bus_store
 from ariane.web.api.auth import container
 from ariane.web.api.journeys import LARGEST_ID
@@ -66,6 +68,50 @@ async def unsubscribe(
     channel's consent purpose is withdrawn for the person."""
     await run_in_threadpool(_unsubscribe, app, t)
     return HTMLResponse(_DONE)
+
+
+# A transparent 1x1 GIF.
+_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+def _tell(
+    app: Container, kind: type[MessageEvent], event_id: str, profile_id: str, **more: Any
+) -> None:
+    told = kind(event_id=event_id, profile_id=profile_id, at=app.clock(), properties=more)
+    app.db.write(lambda conn: bus_store.record_once(conn, [told]))
+
+
+@router.get("/messages/open", responses=_LINK)
+def opened(
+    t: str = Query(description="the signed token of the pixel"), app: Container = Depends(container)
+) -> Any:
+    """The pixel at the end of an HTML message: its first fetch puts `Message Opened` on
+    the person's timeline. Mail clients that fetch images ahead (Apple Mail's privacy
+    protection) count as opens: read opens as an upper bound."""
+    parts = app.messaging.links().verify(t)
+    if parts is None or len(parts) != 3 or parts[0] != "open":
+        raise Forbidden("this pixel is not one Ariane signed", field="t")
+    _, profile_id, send_key = parts
+    _tell(app, MessageOpened, f"message-opened-{send_key}", profile_id, send_key=send_key)
+    return Response(_PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/messages/click", responses=_LINK)
+def clicked(
+    t: str = Query(description="the signed token of the link"), app: Container = Depends(container)
+) -> Any:
+    """A link of an HTML message: `Message Clicked` on the person's timeline (once per
+    link and message), then on to the page."""
+    parts = app.messaging.links().verify(t)
+    if parts is None or len(parts) != 4 or parts[0] != "click":
+        raise Forbidden("this link is not one Ariane signed", field="t")
+    _, profile_id, send_key, url = parts
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    _tell(
+        app, MessageClicked, f"message-clicked-{send_key}-{digest}", profile_id,
+        send_key=send_key, url=url,
+    )  # fmt: skip
+    return RedirectResponse(url, status_code=302)
 
 
 def _profiles(app: Container, user_id: str | None, token: str | None) -> list[str]:
