@@ -101,7 +101,7 @@ def build(settings: Settings, clock: Callable[[], datetime] = utcnow) -> Contain
         channels=channels,
         journeys=journeys,
         journey_engine=JourneyEngine(db, clock, journeys, channels, segments),
-        messaging=Messaging(db, clock, channels, segments, links),
+        messaging=Messaging(db, clock, channels, segments, links, profiles),
         bus=Dispatcher(db, clock, lambda: handler_table(container)()),
     )
     return container

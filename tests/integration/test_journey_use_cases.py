@@ -353,3 +353,31 @@ def test_quiet_hours_defer_to_their_end_in_the_persons_time_across_a_change_of_c
     at(clock, datetime(2026, 3, 29, 6, 0, 1, tzinfo=UTC))
     settle(container)
     assert len(smtp.mailbox.emails()) == 1
+
+
+def test_a_stop_reply_withdraws_the_channels_consent(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    receiver: Receiver,
+) -> None:
+    sms = receiver.url.replace("http://", "json://") + "/sms/{address}"
+    channel = {"type": "apprise", "purpose": "marketing_sms", "address": "traits.phone",
+               "settings": {"url": sms}}  # fmt: skip
+    assert client.put("/api/channels/sms", json=channel, headers=admin_token).status_code == 200
+    send(client, write_key, person("ada", phone="+33612345678"))
+    inbound = "/api/channels/sms/inbound"
+    chatter = client.post(inbound, json={"from": "+33612345678", "text": "thanks!"},
+                          headers=admin_token)  # fmt: skip
+    assert chatter.json() == {"stop": False, "unsubscribed": []}
+    # Any form of the number that normalises to hers, any case of the word.
+    stop = client.post(inbound, json={"from": "+33 6 12 34 56 78", "text": " Stop "},
+                       headers=admin_token)  # fmt: skip
+    assert stop.status_code == 200, stop.text
+    [profile_id] = stop.json()["unsubscribed"]
+    consents = client.get(f"/api/profiles/{profile_id}/consents", headers=admin_token).json()
+    assert consents["current"]["marketing_sms"]["status"] == "withdrawn"
+    assert consents["current"]["marketing_email"]["status"] == "granted"
+    nobody = client.post(inbound, json={"from": "+33699999999", "text": "STOP"},
+                         headers=admin_token)  # fmt: skip
+    assert nobody.json() == {"stop": True, "unsubscribed": []}

@@ -52,6 +52,7 @@ from ariane.domain.events import (
     MessageSent,
     MessageSkipped,
     MessageUnknown,
+    Unsubscribed,
 )
 from ariane.domain.message_templates import parse_message_template
 from ariane.domain.predicates import lookup
@@ -59,6 +60,7 @@ from ariane.domain.profiles import ProfileState
 from ariane.domain.templates import TemplateError, template_context
 from ariane.services.bus import GiveUp, Handler, Partial, RetryLater
 from ariane.services.channels import Channels
+from ariane.services.profiles import ProfileService
 from ariane.services.segments import SegmentService
 from ariane.storage import bus as bus_store
 from ariane.storage import consents as consent_store
@@ -69,6 +71,11 @@ from ariane.storage.database import Connection, Database
 
 log = logging.getLogger(__name__)
 
+# Replies that unsubscribe, as carriers and regulators expect them (CTIA, the French
+# "STOP" short code rules).
+STOP_WORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "ARRET", "ARRÊT", "STOP SMS"}
+)
 # Failures of one message other than "wait" (RetryLater) before it is failed for good.
 MAX_ATTEMPTS = 5
 QUEUED_KINDS = frozenset({MessageQueued.kind})
@@ -89,12 +96,14 @@ class Messaging:
         channels: Channels,
         segments: SegmentService,
         links: Callable[[], Links],
+        profiles: ProfileService,
     ) -> None:
         self.db = db
         self.clock = clock
         self.channels = channels
         self.segments = segments
         self.links = links
+        self.profiles = profiles
         self._pacers: dict[str, Pacer] = {}
 
     def handlers(self) -> list[Handler]:
@@ -331,6 +340,44 @@ class Messaging:
             "provider_id": sent.provider_id,
             "detail": sent.detail,
         }
+
+    def inbound(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A message a person sent back on a channel (an SMS reply, relayed by your
+        provider's webhook): a stop word withdraws the channel's consent purpose for the
+        person the sender's address names."""
+        node = keyed(body, "body", ("from", "text"))
+        config = self.channels.config(name)
+        if config is None:
+            raise NotFound(f"no channel {name!r}", field="channel")
+        sender, text = node.get("from"), node.get("text")
+        if not isinstance(sender, str) or not sender.strip():
+            raise DomainError("needs the sender's address", field="from")
+        if not isinstance(text, str):
+            raise DomainError("needs the text the person sent", field="text")
+        if text.strip().upper() not in STOP_WORDS:
+            return {"stop": False, "unsubscribed": []}
+        where = config.address
+        id_type = where[1] if len(where) == 2 else where[0]
+        if where[0] not in ("traits", "identifiers", "user_id") or len(where) > 2:
+            raise DomainError(
+                f"channel {name} addresses people by {'.'.join(where)}, which Ariane does not"
+                " look people up by",
+                field="channel",
+            )
+        try:
+            person = self.profiles.lookup(id_type, sender)
+        except NotFound:
+            return {"stop": True, "unsubscribed": []}
+        self.profiles.set_consent(person, config.purpose, "withdrawn", source=f"inbound:{name}")
+        now = self.clock()
+        told = Unsubscribed(
+            event_id=f"unsubscribed-{name}-{person}-{now.isoformat()}",
+            profile_id=person,
+            at=now,
+            properties={"purpose": config.purpose, "channel": name, "via": "reply"},
+        )
+        self.db.write(lambda conn: bus_store.record_once(conn, [told]))
+        return {"stop": True, "unsubscribed": [person]}
 
     def _address(
         self,

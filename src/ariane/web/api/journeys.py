@@ -99,6 +99,18 @@ def test_channel(
     return app.messaging.send_test(name, body)
 
 
+@router.post("/channels/{name}/inbound", responses=_ERRORS)
+def inbound_message(
+    name: str,
+    body: dict[str, Any] = Body(examples=[{"from": "+33612345678", "text": "STOP"}]),
+    app: Container = Depends(container),
+    _: Token = Depends(write_access),
+) -> Any:
+    """A reply a person sent on the channel, relayed by your provider's webhook: `STOP`
+    (or `UNSUBSCRIBE`, `ARRET`, ...) withdraws the channel's consent purpose."""
+    return app.messaging.inbound(name, body)
+
+
 # --- templates --------------------------------------------------------------------------
 
 
