@@ -4,11 +4,14 @@ moment of sending, one message per send key, the holdout held back, quiet hours.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import orjson
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container
+from ariane.channels import Message
 from ariane.services.inbox import user_token
 from tests.conftest import FakeClock
 from tests.integration.test_tracking import basic
@@ -367,3 +370,40 @@ def test_opens_and_clicks_go_on_the_timeline_once(
     names = [e.get("event") for e in timeline["events"]]
     assert names.count("Message Opened") == 1
     assert names.count("Message Clicked") == 1
+
+
+def test_the_inbox_streams_new_messages_as_server_sent_events(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+) -> None:
+    container.inbox.secret = "inbox-s3cret"
+    send(client, write_key, ada())
+    view = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
+    ).json()
+
+    def deliver(n: int) -> None:
+        container.inbox.deliver(
+            Message(send_key=f"k{n}", profile_id=view["id"], address="", subject=f"S{n}", text="")
+        )
+
+    deliver(1)
+    later = threading.Timer(0.3, deliver, args=(2,))
+    later.start()
+    headers = {"X-Ariane-User": "ada", "X-Ariane-User-Token": user_token("inbox-s3cret", "ada")}
+    streamed = client.get("/v1/inbox/stream", params={"seconds": 1.5}, headers=headers)
+    later.join()
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    frames = [frame for frame in streamed.text.split("\n\n") if frame.startswith("id:")]
+    subjects = [orjson.loads(frame.split("data: ", 1)[1])["subject"] for frame in frames]
+    assert subjects == ["S1", "S2"]
+    # Reconnecting with the last id seen sends nothing twice.
+    last = frames[0].split("\n")[0].removeprefix("id: ")
+    again = client.get(
+        "/v1/inbox/stream", params={"seconds": 0.2}, headers={**headers, "Last-Event-ID": last}
+    )
+    assert [f for f in again.text.split("\n\n") if f.startswith("id:")] == frames[1:]
+    assert client.get("/v1/inbox/stream", params={"seconds": 0.2}).status_code == 403

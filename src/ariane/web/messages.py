@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ariane.bootstrap import Container
@@ -70,6 +73,8 @@ async def unsubscribe(
     return HTMLResponse(_DONE)
 
 
+# Seconds of silence after which a server-sent event stream says it is alive.
+KEEP_ALIVE = 15.0
 # A transparent 1x1 GIF.
 _PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
@@ -134,6 +139,52 @@ def read_inbox(
     del request
     profiles = _profiles(app, x_ariane_user, x_ariane_user_token)
     return {"messages": app.inbox.messages(profiles, after=after, limit=limit, dismissed=dismissed)}
+
+
+@router.get("/inbox/stream", responses=_INBOX)
+async def stream_inbox(
+    request: Request,
+    after: int = Query(0, ge=0, le=LARGEST_ID),
+    seconds: float = Query(300, gt=0, le=3600, description="how long to keep the stream open"),
+    x_ariane_user: str | None = Header(None),
+    x_ariane_user_token: str | None = Header(None),
+    last_event_id: str | None = Header(None),
+    app: Container = Depends(container),
+) -> Any:
+    """Server-sent events: each new message of the person's inbox as it arrives (`event:
+    message`, `id:` its id, `data:` the message), after `after` or the `Last-Event-ID`
+    the browser sends when it reconnects; a comment every 15 s keeps proxies from closing
+    it. The stream ends after `seconds`; `EventSource` reconnects by itself."""
+    profiles = await run_in_threadpool(_profiles, app, x_ariane_user, x_ariane_user_token)
+    if last_event_id and last_event_id.isdigit():
+        after = max(after, min(int(last_event_id), LARGEST_ID))
+
+    async def events() -> AsyncIterator[bytes]:
+        seen = after
+        end = time.monotonic() + seconds
+        quiet_since = time.monotonic()
+        generation = app.inbox.generation
+        while time.monotonic() < end and not await request.is_disconnected():
+            found = await run_in_threadpool(app.inbox.messages, profiles, after=seen, limit=100)
+            for message in found:
+                seen = message["id"]
+                data = orjson.dumps(message).decode()
+                yield f"id: {seen}\nevent: message\ndata: {data}\n\n".encode()
+            if found:
+                quiet_since = time.monotonic()
+                continue
+            if time.monotonic() - quiet_since >= KEEP_ALIVE:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
+            # Woken at once by a delivery in this process; other processes' within a second.
+            wait = min(1.0, max(0.0, end - time.monotonic()))
+            generation = await run_in_threadpool(app.inbox.wait, generation, wait)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post("/inbox/{message}/read", responses=_INBOX)
