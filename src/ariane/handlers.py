@@ -99,8 +99,10 @@ def jobs(container: Container) -> list[Job]:
 
 def fire_timers(container: Container, apply_every: float) -> int:
     """The durable timers: segments' (time alone changes a membership), then journeys'
-    (a delay ran out, a wait timed out, quiet hours ended)."""
+    (a scheduled entry, a delay that ran out, a wait that timed out, quiet hours that
+    ended)."""
     fired = container.segments.fire_and_apply(apply_every)
+    fired += container.journey_engine.run_schedules()
     while done := container.journey_engine.fire_due():
         fired += done
     return fired

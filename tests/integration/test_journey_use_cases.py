@@ -381,3 +381,56 @@ def test_a_stop_reply_withdraws_the_channels_consent(
     nobody = client.post(inbound, json={"from": "+33699999999", "text": "STOP"},
                          headers=admin_token)  # fmt: skip
     assert nobody.json() == {"stop": True, "unsubscribed": []}
+
+
+def test_a_scheduled_journey_enters_its_segments_members_once_per_moment(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    clock: FakeClock,
+    smtp: SMTPServer,
+) -> None:
+    at(clock, datetime(2026, 3, 2, 7, 0, tzinfo=UTC))  # 08:00 in Paris
+    segment = {"name": "readers", "condition": {"trait": "newsletter", "op": "eq", "value": True}}
+    assert client.post("/api/segments", json=segment, headers=admin_token).status_code == 201
+    apply(
+        client,
+        admin_token,
+        {
+            "channels": [email_channel(smtp)],
+            "timezone": "Europe/Paris",
+            "templates": [{"name": "daily", "subject": "Today", "text": "..."}],
+            "journeys": [
+                {
+                    "id": "daily",
+                    "entry": {"schedule": {"segment": "readers", "every": "P1D", "at": "09:00"}},
+                    "steps": [{"send": {"channel": "email", "template": "daily"}}],
+                }
+            ],
+        },
+    )
+    send(
+        client,
+        write_key,
+        person("ada", email="ada@example.com", newsletter=True),
+        person("bob", email="bob@example.com", newsletter=True),
+        person("eve", email="eve@example.com", newsletter=False),
+    )
+    settle(container)
+    assert container.journey_engine.run_schedules() == 0
+    at(clock, datetime(2026, 3, 2, 8, 0, 1, tzinfo=UTC))  # 09:00 in Paris
+    assert container.journey_engine.run_schedules() == 2
+    assert container.journey_engine.run_schedules() == 0
+    settle(container)
+    assert sorted(str(m["To"]) for m in smtp.mailbox.emails()) == [
+        "ada@example.com",
+        "bob@example.com",
+    ]
+    # The next day's moment enters them again; another process repeating it, nobody.
+    at(clock, datetime(2026, 3, 3, 8, 0, 1, tzinfo=UTC))
+    assert container.journey_engine.run_schedules() == 2
+    container.journey_engine._scheduled.clear()
+    assert container.journey_engine.run_schedules() == 0
+    settle(container)
+    assert len(smtp.mailbox.emails()) == 4

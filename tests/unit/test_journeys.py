@@ -3,7 +3,9 @@ stable draws that assign arms and variants."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -12,6 +14,7 @@ from ariane.domain.errors import DomainError
 from ariane.domain.journeys import (
     EXIT,
     in_holdout,
+    last_moment,
     parse_journey,
     send_key,
     variant_of,
@@ -119,3 +122,29 @@ def test_the_holdout_is_a_stable_share() -> None:
 def test_a_send_key_names_the_step_and_its_occurrence() -> None:
     assert send_key("cart", 2, 17, "remind", 0) != send_key("cart", 2, 17, "remind", 1)
     assert send_key("cart", 2, 17, "remind", 0) == send_key("cart", 2, 17, "remind", 0)
+
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def test_a_daily_schedule_keeps_its_local_time_across_a_change_of_clocks() -> None:
+    since = datetime(2026, 3, 27, 12, 0, tzinfo=UTC)
+    # 09:00 in Paris is 08:00 UTC before the 29th, 07:00 UTC from it.
+    before = last_moment(since, datetime(2026, 3, 28, 12, 0, tzinfo=UTC), timedelta(days=1),
+                         time(9), PARIS)  # fmt: skip
+    after = last_moment(since, datetime(2026, 3, 29, 12, 0, tzinfo=UTC), timedelta(days=1),
+                        time(9), PARIS)  # fmt: skip
+    assert before == datetime(2026, 3, 28, 8, 0, tzinfo=UTC)
+    assert after == datetime(2026, 3, 29, 7, 0, tzinfo=UTC)
+    # Nothing before the first moment after the journey was declared.
+    assert last_moment(since, since, timedelta(days=1), time(9), PARIS) is None
+
+
+def test_a_weekly_schedule_and_an_hourly_one() -> None:
+    since = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, 11:00 in Paris
+    weekly = last_moment(since, datetime(2026, 3, 20, 12, 0, tzinfo=UTC), timedelta(days=7),
+                         time(9), PARIS)  # fmt: skip
+    assert weekly == datetime(2026, 3, 17, 8, 0, tzinfo=UTC)  # Tuesday 3rd + 2 weeks
+    hourly = last_moment(since, datetime(2026, 3, 2, 13, 30, tzinfo=UTC), timedelta(hours=1),
+                         None, PARIS)  # fmt: skip
+    assert hourly == datetime(2026, 3, 2, 13, 0, tzinfo=UTC)

@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ariane.domain.conditions import (
     Behaviour,
@@ -54,7 +55,12 @@ from ariane.domain.conditions import (
 )
 from ariane.domain.definitions import duration, keyed, listed
 from ariane.domain.events import StoredEvent
-from ariane.domain.local_time import QuietHours, parse_time_of_day, parse_weekdays
+from ariane.domain.local_time import (
+    QuietHours,
+    next_time_of_day,
+    parse_time_of_day,
+    parse_weekdays,
+)
 from ariane.domain.predicates import (
     InvalidDefinition,
     TestFunction,
@@ -604,6 +610,34 @@ def _with(step: Step, **values: Any) -> Step:
     return Step(**{**{name: getattr(step, name) for name in step.__slots__}, **values})
 
 
+# --- schedules --------------------------------------------------------------------------
+
+
+def last_moment(
+    since: datetime, now: datetime, every: timedelta | None, at: time | None, zone: ZoneInfo
+) -> datetime | None:
+    """The latest moment of a schedule at or before `now`, none before `since`: every
+    `every` from the first `at` (local time in `zone`) after `since`; a whole number of
+    days is counted in local days, so that 09:00 stays 09:00 across a change of clocks."""
+    step = every or timedelta(days=1)
+    first = since if at is None else next_time_of_day(since, zone, at)
+    if first > now:
+        return None
+    if at is not None and step % timedelta(days=1) == timedelta(0):
+        days = step.days
+        local_first = first.astimezone(zone).date()
+        elapsed = (now.astimezone(zone).date() - local_first).days // days * days
+        for back in (0, days):
+            day = local_first + timedelta(days=elapsed - back)
+            moment = next_time_of_day(
+                datetime.combine(day, time(0), zone).astimezone(UTC), zone, at
+            )
+            if first <= moment <= now:
+                return moment
+        return first
+    return first + (now - first) // step * step
+
+
 # --- stable draws -----------------------------------------------------------------------
 
 
@@ -638,7 +672,3 @@ def send_key(journey: str, version: int, enrollment: int, step: str, occurrence:
     """The deterministic key of a send: the same step of the same enrollment, the same
     time round, always has the same key, so that it is sent once."""
     return f"{journey}.{version}.{enrollment}.{step}.{occurrence}"
-
-
-def cap_key(values: Sequence[str]) -> str:
-    return ",".join(values)

@@ -47,6 +47,7 @@ from ariane.domain.journeys import (
     Step,
     in_global_control,
     in_holdout,
+    last_moment,
     send_key,
     variant_of,
 )
@@ -111,6 +112,8 @@ class JourneyEngine:
         self.journeys = journeys
         self.channels = channels
         self.segments = segments
+        # The latest scheduled moment each scheduled journey's members were entered at.
+        self._scheduled: dict[str, datetime] = {}
 
     # --- the bus's handlers ----------------------------------------------------------------
 
@@ -165,6 +168,45 @@ class JourneyEngine:
                 self._advance(run, journey, row)
             self._finish(run)
             return len(due)
+
+        return self.db.write(work)
+
+    # --- entering on a schedule -----------------------------------------------------------
+
+    def run_schedules(self, chunk: int = 500) -> int:
+        """Enter the members of each scheduled journey's segment at its latest moment, if
+        that has not been done: each moment is an entry key of its own, so a person enters
+        once per moment, whatever the processes. How many entered."""
+        entered = 0
+        zone = zone_of(self.channels.policies().timezone, "UTC")
+        now = self.clock()
+        for journey in self.journeys.current().values():
+            entry = journey.entry
+            since = self.journeys.since(journey.id)
+            if entry.kind != "schedule" or entry.segment is None or since is None:
+                continue
+            moment = last_moment(since, now, entry.every, entry.at, zone)
+            if moment is None or self._scheduled.get(journey.id) == moment:
+                continue
+            key = moment.isoformat()
+            members = [person for person, _ in self.segments.all_members(entry.segment)]
+            for start in range(0, len(members), chunk):
+                entered += self._enter_all(journey, members[start : start + chunk], key)
+            self._scheduled[journey.id] = moment
+        return entered
+
+    def _enter_all(self, journey: Journey, people: Sequence[str], key: str) -> int:
+        context: dict[str, Any] = {"name": None, "properties": {}, "scheduled_at": key}
+
+        def work(conn: Connection) -> int:
+            run = _Round(conn, self.clock())
+            made = sum(
+                self._enter(run, journey, person, key, f"schedule|{key}|{person}", context)
+                is not None
+                for person in people
+            )
+            self._finish(run)
+            return made
 
         return self.db.write(work)
 
