@@ -434,3 +434,38 @@ def test_a_scheduled_journey_enters_its_segments_members_once_per_moment(
     assert container.journey_engine.run_schedules() == 0
     settle(container)
     assert len(smtp.mailbox.emails()) == 4
+
+
+def test_a_template_previews_with_the_persons_traits_segments_and_points(
+    client: TestClient, admin_token: dict[str, str], write_key: str
+) -> None:
+    segment = {"name": "vips", "condition": {"trait": "vip", "op": "eq", "value": True}}
+    assert client.post("/api/segments", json=segment, headers=admin_token).status_code == 201
+    send(client, write_key, person("ada", first_name="Ada", vip=True))
+    profile = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
+    ).json()["id"]
+    club = {"earn_rules": [{"id": "buy", "event": "Order Completed", "points_per_unit": 1}]}
+    assert client.put("/api/loyalty/programmes/club", json=club, headers=admin_token).is_success
+    earned = client.post(
+        f"/api/loyalty/programmes/club/members/{profile}/earn",
+        json={"points": 120},
+        headers={**admin_token, "Idempotency-Key": "gift-1"},
+    )
+    assert earned.status_code == 200, earned.text
+    template = {
+        "subject": "{{ traits.first_name }}, {{ loyalty.balance }} points",
+        "text": "{% if in_segment.vips %}VIP{% endif %} {{ event.properties.sku }}"
+        " {{ loyalty.tier | default: 'no tier' }}",
+    }
+    body = {"template": template, "profile_id": profile, "event": {"properties": {"sku": "A1"}}}
+    shown = client.post("/api/templates/preview", json=body, headers=admin_token)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["subject"] == "Ada, 120 points"
+    assert shown.json()["text"] == "VIP A1 no tier"
+    # A template that does not parse is refused naming where.
+    broken = {**body, "template": {"subject": "Hi", "text": "line one\n{% if %}"}}
+    refused = client.post("/api/templates/preview", json=broken, headers=admin_token)
+    assert refused.status_code == 422
+    assert refused.json()["field"] == "template.text"
+    assert "line 2" in refused.json()["message"]

@@ -54,6 +54,7 @@ from ariane.domain.events import (
     MessageUnknown,
     Unsubscribed,
 )
+from ariane.domain.loyalty import balance
 from ariane.domain.message_templates import parse_message_template
 from ariane.domain.predicates import lookup
 from ariane.domain.profiles import ProfileState
@@ -64,6 +65,7 @@ from ariane.services.profiles import ProfileService
 from ariane.services.segments import SegmentService
 from ariane.storage import bus as bus_store
 from ariane.storage import consents as consent_store
+from ariane.storage import loyalty as loyalty_store
 from ariane.storage import messages as store
 from ariane.storage import profiles as profile_store
 from ariane.storage.bus import Entry
@@ -254,7 +256,7 @@ class Messaging:
             identifiers=[(kind, value) for kind, values in identifiers.items() for value in values],
             computed=catalogue.computed_values(state, now),
             segments=[s.name for s in catalogue.by_id.values() if s.id in members],
-            loyalty=None,
+            loyalty=_loyalty(conn, state.id, now),
             event=event,
             journey=journey,
             links={"unsubscribe": unsubscribe or ""},
@@ -471,6 +473,20 @@ class Messaging:
             bus_store.record(conn, happened)
 
         self.db.write(work)
+
+
+def _loyalty(conn: Connection, profile_id: str, now: datetime) -> dict[str, Any] | None:
+    """What templates see of the person's loyalty: the points they can spend and their
+    tier in their programme (the first by name, if they are a member of several), and
+    every programme's under `programmes`."""
+    found: dict[str, dict[str, Any]] = {}
+    for programme in loyalty_store.programmes_of(conn, profile_id):
+        held = balance(loyalty_store.lots(conn, programme, profile_id), now)
+        tier = loyalty_store.standing(conn, programme, profile_id).tier
+        found[programme] = {"balance": held.available, "tier": tier}
+    if not found:
+        return None
+    return {**next(iter(found.values())), "programmes": found}
 
 
 def _told(

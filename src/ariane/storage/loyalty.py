@@ -308,6 +308,16 @@ def rule_uses(
 # --- tiers ---------------------------------------------------------------------------------
 
 
+def programmes_of(conn: Connection, profile_id: str) -> list[str]:
+    """The programmes the person is a member of, by name."""
+    query = (
+        sa.select(loyalty_accounts.c.programme)
+        .where(loyalty_accounts.c.profile_id == profile_id)
+        .order_by(loyalty_accounts.c.programme)
+    )
+    return list(conn.execute(query).scalars())
+
+
 def standing(conn: Connection, programme: str, profile_id: str) -> Standing:
     c = loyalty_accounts.c
     row = conn.execute(
