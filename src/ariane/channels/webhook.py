@@ -16,12 +16,9 @@ import httpx
 import orjson
 
 from ariane.channels import Context, Message, Sent, register
-from ariane.destinations.http import USER_AGENT
-from ariane.domain.destinations import retry_after, signature
-from ariane.services.bus import GiveUp, RetryLater
-
-# Statuses worth sending again later, besides 5xx.
-_LATER = frozenset({408, 425, 429})
+from ariane.destinations.http import USER_AGENT, read_answer
+from ariane.domain.destinations import signature
+from ariane.services.bus import RetryLater
 
 
 class WebhookChannel:
@@ -75,14 +72,7 @@ class WebhookChannel:
             answer = self.client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as error:
             raise RetryLater(f"no answer from {self.host}: {error}") from None
-        status = answer.status_code
-        said = answer.text[:500]
-        if 200 <= status < 300:
-            return Sent(detail=f"{status} {said}")
-        if status in _LATER or status >= 500:
-            wait = retry_after(answer.headers.get("retry-after"), self.clock())
-            raise RetryLater(f"{status} from {self.host}: {said}", retry_after=wait)
-        raise GiveUp(f"{status} from {self.host}: {said}")
+        return Sent(detail=read_answer(answer, self.host, self.clock()))
 
     def close(self) -> None:
         self.client.close()

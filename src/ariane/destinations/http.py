@@ -63,14 +63,7 @@ class HTTPSender:
             answer = self.client(destination).post(url, content=body, headers=headers)
         except httpx.HTTPError as error:
             raise RetryLater(f"no answer from {_host(url)}: {error}") from None
-        status = answer.status_code
-        if 200 <= status < 300:
-            return
-        said = answer.text[:500]
-        if status in _LATER or status >= 500:
-            wait = retry_after(answer.headers.get("retry-after"), self.clock())
-            raise RetryLater(f"{status} from {_host(url)}: {said}", retry_after=wait)
-        raise GiveUp(f"{status} from {_host(url)}: {said}")
+        read_answer(answer, _host(url), self.clock())
 
     def pacer(self, destination: Destination) -> Pacer:
         with self._lock:
@@ -81,6 +74,20 @@ class HTTPSender:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+def read_answer(answer: httpx.Response, host: str, now: datetime) -> str:
+    """What the receiver's answer means: its status and text when it took the request;
+    `RetryLater` (honouring Retry-After) when it asks to try later or is down; `GiveUp`
+    with its answer when it refuses the request as wrong."""
+    status = answer.status_code
+    said = answer.text[:500]
+    if 200 <= status < 300:
+        return f"{status} {said}"
+    if status in _LATER or status >= 500:
+        wait = retry_after(answer.headers.get("retry-after"), now)
+        raise RetryLater(f"{status} from {host}: {said}", retry_after=wait)
+    raise GiveUp(f"{status} from {host}: {said}")
 
 
 def _host(url: str) -> str:

@@ -8,7 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 from ariane.domain.clock import parse_duration
-from ariane.domain.predicates import InvalidDefinition
+from ariane.domain.predicates import (
+    InvalidDefinition,
+    TestFunction,
+    compile_test,
+    parse_path,
+    parse_test,
+)
 
 # Beyond a hundred years, a duration is a mistake (and past the year 9999, no time).
 MAX_DURATION = timedelta(days=36_500)
@@ -52,3 +58,22 @@ def duration(value: Any, path: str, *, zero: bool = False) -> timedelta:
     if not zero and length == timedelta(0):
         raise InvalidDefinition("needs a duration above zero, such as P30D", field=path)
     return length
+
+
+# Tests of properties: (the path of a property, its test).
+PropertyTests = tuple[tuple[tuple[str, ...], TestFunction], ...]
+
+
+def property_tests(value: Any, path: str) -> PropertyTests:
+    """`where: [{property, op, value}, ...]`: tests an event's properties must all pass."""
+    tests = []
+    for index, item in enumerate(listed(value, path)):
+        where = f"{path}[{index}]"
+        item = keyed(item, where, ("property", "op", "value"))
+        tests.append(
+            (
+                parse_path(item.get("property"), f"{where}.property"),
+                compile_test(parse_test(item, where)),
+            )
+        )
+    return tuple(tests)

@@ -33,15 +33,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ariane.domain.clock import iso
-from ariane.domain.definitions import duration, keyed, listed, whole
+from ariane.domain.definitions import PropertyTests, duration, keyed, listed, property_tests, whole
 from ariane.domain.events import AudienceChange, SegmentEntered, StoredEvent
 from ariane.domain.predicates import (
     InvalidDefinition,
-    TestFunction,
-    compile_test,
     lookup,
-    parse_path,
-    parse_test,
 )
 
 TYPES = ("webhook", "segment")
@@ -67,7 +63,7 @@ class Filter:
 
     types: frozenset[str] | None = None
     names: frozenset[str] | None = None
-    where: tuple[tuple[tuple[str, ...], TestFunction], ...] = ()
+    where: PropertyTests = ()
     traits: frozenset[str] | None = None
 
     def takes(self, event: StoredEvent) -> bool:
@@ -238,20 +234,10 @@ def _names(value: Any, path: str, allowed: Sequence[str] | None = None) -> froze
 
 def _filter(raw: Any, path: str) -> Filter:
     node = keyed(raw or {}, path, ("types", "names", "where", "traits"))
-    tests = []
-    for index, item in enumerate(listed(node.get("where", []), f"{path}.where")):
-        where = f"{path}.where[{index}]"
-        item = keyed(item, where, ("property", "op", "value"))
-        tests.append(
-            (
-                parse_path(item.get("property"), f"{where}.property"),
-                compile_test(parse_test(item, where)),
-            )
-        )
     return Filter(
         types=_names(node["types"], f"{path}.types", EVENT_TYPES) if "types" in node else None,
         names=_names(node["names"], f"{path}.names") if "names" in node else None,
-        where=tuple(tests),
+        where=property_tests(node.get("where", []), f"{path}.where"),
         traits=_names(node["traits"], f"{path}.traits") if "traits" in node else None,
     )
 

@@ -53,7 +53,7 @@ from ariane.domain.conditions import (
     parse_condition,
     walk,
 )
-from ariane.domain.definitions import duration, keyed, listed
+from ariane.domain.definitions import PropertyTests, duration, keyed, listed, property_tests
 from ariane.domain.events import StoredEvent
 from ariane.domain.local_time import (
     QuietHours,
@@ -63,11 +63,8 @@ from ariane.domain.local_time import (
 )
 from ariane.domain.predicates import (
     InvalidDefinition,
-    TestFunction,
-    compile_test,
     lookup,
     parse_path,
-    parse_test,
 )
 
 CATEGORIES = ("marketing", "transactional")
@@ -99,7 +96,7 @@ class EventMatch:
     """Track events of one name whose properties pass every test of `where`."""
 
     name: str
-    where: tuple[tuple[tuple[str, ...], TestFunction], ...] = ()
+    where: PropertyTests = ()
 
     def matches(self, event: StoredEvent) -> bool:
         if event.type != "track" or event.event != self.name:
@@ -305,17 +302,7 @@ def parse_event_match(raw: Mapping[str, Any], path: str) -> EventMatch:
     name = raw.get("event")
     if not isinstance(name, str) or not 0 < len(name) <= 200:
         raise InvalidDefinition("needs an event name", field=f"{path}.event")
-    tests = []
-    for index, item in enumerate(listed(raw.get("where", []), f"{path}.where")):
-        where = f"{path}.where[{index}]"
-        item = keyed(item, where, ("property", "op", "value"))
-        tests.append(
-            (
-                parse_path(item.get("property"), f"{where}.property"),
-                compile_test(parse_test(item, where)),
-            )
-        )
-    return EventMatch(name, tuple(tests))
+    return EventMatch(name, property_tests(raw.get("where", []), f"{path}.where"))
 
 
 def _segment(value: Any, path: str, names: Names) -> str:

@@ -1,5 +1,5 @@
 """Channels, templates and the workspace's sending rules, as declared: each a named
-definition with a version that moves when it changes."""
+definition with a version that moves when it changes (`storage.definitions`)."""
 
 from __future__ import annotations
 
@@ -11,58 +11,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.storage.database import dialect_of
+from ariane.storage.definitions import delete, every, get, save
 from ariane.storage.tables import channels, messaging_policies, templates
 
 POLICIES = "policies"
 LINK_SECRET = "link-secret"
-
-
-def every(conn: Connection, table: sa.Table) -> list[dict[str, Any]]:
-    rows = conn.execute(sa.select(table).order_by(table.c.name))
-    return [dict(row._mapping) for row in rows]
-
-
-def get(conn: Connection, table: sa.Table, name: str) -> dict[str, Any] | None:
-    row = conn.execute(sa.select(table).where(table.c.name == name)).first()
-    return None if row is None else dict(row._mapping)
-
-
-def save(
-    conn: Connection,
-    table: sa.Table,
-    name: str,
-    definition: Mapping[str, Any],
-    now: datetime,
-    **columns: Any,
-) -> tuple[str, int]:
-    """Create or replace; ("created" | "updated" | "unchanged", version)."""
-    found = conn.execute(
-        sa.select(table.c.definition, table.c.version).where(table.c.name == name).with_for_update()
-    ).first()
-    if found is None:
-        conn.execute(
-            table.insert().values(
-                name=name,
-                definition=dict(definition),
-                version=1,
-                created_at=now,
-                updated_at=now,
-                **columns,
-            )
-        )
-        return "created", 1
-    if found.definition == definition:
-        return "unchanged", found.version
-    conn.execute(
-        table.update()
-        .where(table.c.name == name)
-        .values(definition=dict(definition), version=found.version + 1, updated_at=now, **columns)
-    )
-    return "updated", found.version + 1
-
-
-def delete(conn: Connection, table: sa.Table, name: str) -> bool:
-    return bool(conn.execute(table.delete().where(table.c.name == name)).rowcount)
 
 
 def save_channel(

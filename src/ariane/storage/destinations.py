@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ariane.storage import definitions
 from ariane.storage.tables import destination_stats, destinations
 
 # Upper bounds, in seconds from an event's receipt to its delivery, of the latency
@@ -20,13 +21,11 @@ DELIVERY_BUCKETS = (
 
 
 def get(conn: Connection, ident: str) -> dict[str, Any] | None:
-    row = conn.execute(sa.select(destinations).where(destinations.c.id == ident)).first()
-    return None if row is None else dict(row._mapping)
+    return definitions.get(conn, destinations, ident)
 
 
 def every(conn: Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(sa.select(destinations).order_by(destinations.c.id))
-    return [dict(row._mapping) for row in rows]
+    return definitions.every(conn, destinations)
 
 
 def versions(conn: Connection) -> dict[str, int]:
@@ -38,36 +37,12 @@ def save(
     conn: Connection, ident: str, kind: str, definition: Mapping[str, Any], now: datetime
 ) -> tuple[str, int]:
     """Create or replace; ("created" | "updated" | "unchanged", version)."""
-    found = conn.execute(
-        sa.select(destinations.c.definition, destinations.c.version)
-        .where(destinations.c.id == ident)
-        .with_for_update()
-    ).first()
-    if found is None:
-        conn.execute(
-            destinations.insert().values(
-                id=ident,
-                type=kind,
-                definition=dict(definition),
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        return "created", 1
-    if found.definition == definition:
-        return "unchanged", found.version
-    conn.execute(
-        destinations.update()
-        .where(destinations.c.id == ident)
-        .values(type=kind, definition=dict(definition), version=found.version + 1, updated_at=now)
-    )
-    return "updated", found.version + 1
+    return definitions.save(conn, destinations, ident, definition, now, type=kind)
 
 
 def delete(conn: Connection, ident: str) -> bool:
     conn.execute(destination_stats.delete().where(destination_stats.c.destination == ident))
-    return bool(conn.execute(destinations.delete().where(destinations.c.id == ident)).rowcount)
+    return definitions.delete(conn, destinations, ident)
 
 
 # --- what deliveries did ----------------------------------------------------------------
