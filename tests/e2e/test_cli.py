@@ -1,4 +1,5 @@
-"""The `ariane` command on both databases: sources, tokens, profiles and file imports."""
+"""The `ariane` command on both databases: sources, tokens, profiles, file imports,
+loyalty, journeys and channels."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ariane.bootstrap import Container
 from ariane.cli import app
 from ariane.services.ingest import Envelope
 from ariane.storage.tables import loyalty_lots, quarantine
+from tests.smtp import SMTPServer
 
 
 @pytest.fixture
@@ -383,3 +385,38 @@ def test_loyalty_apply_declares_programmes_idempotently_and_names_a_fault(
     assert failed.exit_code == 1
     assert "programme.rewards[0].cost" in failed.stderr
     assert container.programmes.get("club")["definition"]["rewards"][0]["cost"] == 400
+
+
+def test_journeys_apply_and_a_channel_test_send(
+    cli: Any, container: Container, tmp_path: Path, smtp: SMTPServer
+) -> None:
+    file = tmp_path / "cart.yaml"
+    file.write_text(
+        "channels:\n"
+        "  - name: email\n"
+        "    type: email\n"
+        f"    settings: {{host: 127.0.0.1, port: {smtp.port}, from: 'Shop <news@shop.test>',"
+        " password: s3cret}\n"
+        "templates:\n"
+        "  - {name: reminder, subject: 'Your cart', text: 'Still there'}\n"
+        "journeys:\n"
+        "  - id: cart\n"
+        "    entry: {event: Cart Abandoned, key: properties.cartId}\n"
+        "    steps:\n"
+        "      - wait: {event: Order Completed, keyed: true, timeout: PT1H}\n"
+        "        on_event: exit\n"
+        "      - send: {channel: email, template: reminder}\n"
+    )
+    assert cli("journeys", "apply", str(file)).stdout.splitlines() == ["created\tcart\tversion 1"]
+    assert cli("journeys", "apply", str(file)).stdout.splitlines() == ["unchanged\tcart\tversion 1"]
+    assert cli("journeys", "list").stdout.splitlines() == ["cart\tversion 1\tenabled"]
+    sent = cli("channels", "test", "email", "--to", "ada@example.com", "--template", "reminder")
+    assert last_line(sent).startswith("sent\ttest.email.")
+    [email] = smtp.mailbox.emails()
+    assert (email["To"], email["Subject"]) == ("ada@example.com", "Your cart")
+    # A fault names the node; a secret is never printed.
+    file.write_text(file.read_text().replace("timeout: PT1H", "timeout: soon"))
+    failed = cli("journeys", "apply", str(file), ok=False)
+    assert failed.exit_code == 1
+    assert "journeys[0].steps[0].wait.timeout" in failed.stderr
+    assert "s3cret" not in failed.stdout + failed.stderr
