@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from ariane.bootstrap import Container
 from ariane.channels import TYPES, Context, Message, Sent, register
 from ariane.services.bus import RetryPolicy
+from ariane.services.messaging import MAX_ATTEMPTS
 from tests.integration.test_journey_use_cases import apply, event, person, send, settle
 from tests.receiver import Receiver, receiving
 
@@ -30,12 +31,16 @@ class Pigeon:
     carries_key: bool
     handed: list[Message] = field(default_factory=list)
     crash_once: bool = False
+    # Addresses it fails for, every time, as a provider that errs.
+    failing: set[str] = field(default_factory=set)
 
     def send(self, message: Message) -> Sent:
         self.handed.append(message)
         if self.crash_once:
             self.crash_once = False
             raise Crash
+        if message.address in self.failing:
+            raise RuntimeError(f"the pigeon lost its way to {message.address}")
         return Sent(provider_id=f"p-{len(self.handed)}")
 
     def close(self) -> None:
@@ -119,17 +124,41 @@ def test_a_hand_over_cut_short_is_unknown_where_the_key_is_not_carried(
     pigeon = container.channels.built(container.channels.configs()["pigeon"])
     assert isinstance(pigeon, Pigeon)
     pigeon.crash_once = True
-    send(client, write_key, person("ada"), event("ada", "Go"))
+    send(client, write_key, person("ada"), person("bob"), event("ada", "Go"), event("bob", "Go"))
     crash_during_hand_over(container)
     settle(container)
-    # Never sent blindly a second time: shown as unknown, on the timeline too.
-    assert len(pigeon.handed) == 1
-    assert statuses(client, admin_token) == {"unknown": 1}
+    # Never sent blindly a second time: shown as unknown, on the timeline too. Bob's,
+    # which was not being handed over when the process died, is sent.
+    assert [m.address for m in pigeon.handed] == ["ada", "bob"]
+    assert statuses(client, admin_token) == {"unknown": 1, "sent": 1}
     view = client.get(
         "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
     ).json()
     timeline = client.get(f"/api/profiles/{view['id']}/events", headers=admin_token).json()
     assert [e.get("event") for e in timeline["events"]].count("Message Unknown") == 1
+
+
+def test_a_message_that_keeps_failing_ends_failed_and_the_others_go(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    pigeons: dict[str, Pigeon],
+) -> None:
+    container.bus.policy = RetryPolicy(first=0.001, ceiling=0.01, attempts=8)
+    campaign(client, admin_token, container, carries_key=True)
+    pigeon = container.channels.built(container.channels.configs()["pigeon"])
+    assert isinstance(pigeon, Pigeon)
+    pigeon.failing = {"ada"}
+    people = ("ada", "bob", "eve")
+    send(client, write_key, *(person(p) for p in people), *(event(p, "Go") for p in people))
+    for _ in range(100):
+        settle(container)
+        if statuses(client, admin_token) == {"failed": 1, "sent": 2}:
+            break
+    assert statuses(client, admin_token) == {"failed": 1, "sent": 2}
+    assert [m.address for m in pigeon.handed].count("ada") == MAX_ATTEMPTS
+    assert container.bus.parked() == []
 
 
 @pytest.fixture

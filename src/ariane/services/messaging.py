@@ -78,6 +78,11 @@ log = logging.getLogger(__name__)
 STOP_WORDS = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "ARRET", "ARRÊT", "STOP SMS"}
 )
+# Messages marked `sending` together before they are handed over, on a channel that
+# carries the send key: a crash hands at most these again, with their keys. On one that
+# does not, each is marked on its own, so that a crash leaves `unknown` only the message
+# that was being handed over.
+SEND_GROUP = 20
 # Failures of one message other than "wait" (RetryLater) before it is failed for good.
 MAX_ATTEMPTS = 5
 QUEUED_KINDS = frozenset({MessageQueued.kind})
@@ -137,20 +142,25 @@ class Messaging:
         self.links()
         outgoing = self.db.write(lambda conn: self._prepare(conn, config, channel, wanted))
         pacer = self._pacers.setdefault(name, Pacer())
+        size = SEND_GROUP if channel.carries_key else 1
         handed: list[tuple[_Outgoing, Sent]] = []
-        for position, item in enumerate(outgoing):
-            pacer.wait(config.rate_limit)
-            try:
-                handed.append((item, channel.send(item.message)))
-            except GiveUp as refused:
-                self._record(handed, failed=(item, str(refused)), back=outgoing[position + 1 :])
-                handed = []
-                continue
-            except Exception as error:
-                self._record(handed, failing=(item, error), back=outgoing[position + 1 :])
-                if isinstance(error, RetryLater) or item.row["attempts"] < MAX_ATTEMPTS:
-                    raise Partial(item.entry, error) from None
-                return
+        for start in range(0, len(outgoing), size):
+            group = outgoing[start : start + size]
+            # What the last group did, and this one marked `sending`, in one transaction.
+            self._record(handed, sending=group)
+            handed = []
+            for position, item in enumerate(group):
+                pacer.wait(config.rate_limit)
+                try:
+                    handed.append((item, channel.send(item.message)))
+                except GiveUp as refused:
+                    self._record(handed, failed=(item, str(refused)))
+                    handed = []
+                except Exception as error:
+                    self._record(handed, failing=(item, error), back=group[position + 1 :])
+                    handed = []
+                    if isinstance(error, RetryLater) or item.row["attempts"] < MAX_ATTEMPTS:
+                        raise Partial(item.entry, error) from None
         self._record(handed)
 
     # --- before the hand-over -------------------------------------------------------------
@@ -175,11 +185,7 @@ class Messaging:
                 store.update(conn, [ident], {"status": "skipped", "reason": why, "updated_at": now})
                 happened.append(_told(MessageSkipped, row, now, reason=why))
                 continue
-            attempts = row["attempts"] + 1
-            store.update(
-                conn, [ident], {"status": "sending", "attempts": attempts, "updated_at": now}
-            )
-            outgoing.append(_Outgoing({**row, "attempts": attempts}, message, wanted[ident]))
+            outgoing.append(_Outgoing(dict(row), message, wanted[ident]))
         bus_store.record(conn, happened)
         return outgoing
 
@@ -411,11 +417,23 @@ class Messaging:
         failed: tuple[_Outgoing, str] | None = None,
         failing: tuple[_Outgoing, Exception] | None = None,
         back: Sequence[_Outgoing] = (),
+        sending: Sequence[_Outgoing] = (),
     ) -> None:
+        """Record what became of the messages handed over, and mark those about to be."""
+        if not (handed or failed or failing or back or sending):
+            return
         now = self.clock()
+        for item in sending:
+            item.row["attempts"] += 1
 
         def work(conn: Connection) -> None:
             happened: list[DomainEvent] = []
+            for item in sending:
+                store.update(
+                    conn,
+                    [item.row["id"]],
+                    {"status": "sending", "attempts": item.row["attempts"], "updated_at": now},
+                )
             for item, sent in handed:
                 store.update(
                     conn,
