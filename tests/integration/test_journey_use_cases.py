@@ -469,3 +469,54 @@ def test_a_template_previews_with_the_persons_traits_segments_and_points(
     assert refused.status_code == 422
     assert refused.json()["field"] == "template.text"
     assert "line 2" in refused.json()["message"]
+
+
+def test_the_holdout_meets_quiet_hours_and_caps_as_the_treated_do(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    clock: FakeClock,
+    smtp: SMTPServer,
+) -> None:
+    at(clock, datetime(2026, 3, 2, 22, 0, tzinfo=UTC))  # 23:00 in Paris
+    apply(
+        client,
+        admin_token,
+        {
+            "channels": [email_channel(smtp)],
+            "frequency_caps": [{"max": 1, "days": 1}],
+            "templates": [{"name": "promo", "subject": "Promo", "text": "..."}],
+            "journeys": [
+                {
+                    "id": "held",
+                    "entry": {"event": "Viewed Promo", "key": "properties.promo"},
+                    "holdout": 0.999,
+                    "quiet_hours": {"start": "21:00", "end": "08:00"},
+                    "steps": [{"send": {"channel": "email", "template": "promo"}}],
+                }
+            ],
+        },
+    )
+    send(
+        client,
+        write_key,
+        person("ada", email="ada@example.com", timezone="Europe/Paris"),
+        event("ada", "Viewed Promo", 1, promo="a"),
+        event("ada", "Viewed Promo", 2, promo="b"),
+    )
+    settle(container)
+    steps = client.get("/api/journeys/held/steps", headers=admin_token).json()
+    assert steps["arms"] == {"holdout": {"entered": 2, "converted": 0, "revenue": 0.0}}
+    assert client.get("/api/journeys/held/messages", headers=admin_token).json()["messages"] == []
+    # At 08:00 in Paris the first would have been sent; the cap would have stopped the other.
+    at(clock, datetime(2026, 3, 3, 7, 0, 1, tzinfo=UTC))
+    settle(container)
+    found = client.get("/api/journeys/held/messages", headers=admin_token).json()["messages"]
+    assert sorted((m["status"], m["reason"]) for m in found) == [
+        ("held", None),
+        ("skipped", "frequency cap: 1 in 1 days"),
+    ]
+    held = next(m for m in found if m["status"] == "held")
+    assert held["created_at"].startswith("2026-03-03T07:00:01")
+    assert smtp.mailbox.emails() == []

@@ -342,6 +342,14 @@ class JourneyEngine:
             rows = store.at_step(conn, ident, step, after=after, limit=limit)
         return [_shown(row) for row in rows]
 
+    def messages(
+        self, ident: str, status: str | None = None, *, after: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The journey's messages (of one status: `unknown`, `failed`...), oldest first."""
+        with self.db.read() as conn:
+            rows = message_store.of_journey(conn, ident, status=status, after=after, limit=limit)
+        return [_message_shown(row) for row in rows]
+
     def report(self, ident: str) -> dict[str, Any]:
         """Per step: who is there now, and what the step did to whom, with the reasons
         of the skips; per arm, who entered and converted."""
@@ -666,7 +674,9 @@ class JourneyEngine:
         key = send_key(journey.id, row["version"], row["id"], step.id, occurrence)
         held = row["arm"] != TREATED and step.category == "marketing"
         zone = self._zone(run, row)
-        if journey.quiet is not None and step.category == "marketing" and not held:
+        # The control arms meet quiet hours and caps as the treated do, so that the moment
+        # and the count of what they would have been sent compare honestly.
+        if journey.quiet is not None and step.category == "marketing":
             hours = journey.quiet.hours
             if hours.quiet(run.now, zone):
                 if journey.quiet.then == "defer":
@@ -680,8 +690,8 @@ class JourneyEngine:
         config = self.channels.config(step.channel)
         if config is None or not config.enabled:
             return self._skip(run, journey, row, step, key, f"channel {step.channel} is off")
-        if step.category == "marketing" and not held:
-            over = self._over_cap(run, row["profile_id"], step.channel, zone)
+        if step.category == "marketing":
+            over = self._over_cap(run, row["profile_id"], step.channel, zone, held=held)
             if over is not None:
                 return self._skip(run, journey, row, step, key, over)
         made = message_store.add(
@@ -744,13 +754,17 @@ class JourneyEngine:
             "sent_at": None,
         }
 
-    def _over_cap(self, run: _Round, person: str, channel: str, zone: Any) -> str | None:
-        """Why a marketing message on `channel` would break a frequency cap, if it would."""
+    def _over_cap(
+        self, run: _Round, person: str, channel: str, zone: Any, *, held: bool
+    ) -> str | None:
+        """Why a marketing message on `channel` would break a frequency cap, if it would.
+        A message held back counts what the person was sent and would have been sent."""
         caps = [c for c in self.channels.policies().caps if c.channel in (None, channel)]
         if not caps:
             return None
         starts = [day_start(run.now, zone, cap.days - 1) for cap in caps]
-        recent = message_store.recent(run.conn, person, min(starts))
+        counted = (*message_store.COUNTED, "held") if held else message_store.COUNTED
+        recent = message_store.recent(run.conn, person, min(starts), counted)
         for cap, start in zip(caps, starts, strict=True):
             count = sum(
                 1
@@ -919,6 +933,15 @@ def _message_properties(journey: str, step: Step, key: str, **more: Any) -> dict
         "send_key": key,
         **more,
     }
+
+
+def _message_shown(row: Mapping[str, Any]) -> dict[str, Any]:
+    names = (
+        "id", "send_key", "journey_id", "version", "enrollment_id", "step", "profile_id",
+        "channel", "template", "category", "arm", "variant", "status", "reason", "attempts",
+        "provider_id", "created_at", "updated_at", "sent_at",
+    )  # fmt: skip
+    return {name: row[name] for name in names}
 
 
 def _shown(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -56,13 +56,15 @@ def update(conn: Connection, ids: Collection[int], values: Mapping[str, Any]) ->
         conn.execute(messages.update().where(messages.c.id.in_(sorted(ids))).values(**values))
 
 
-def recent(conn: Connection, profile_id: str, since: datetime) -> list[tuple[str, str, datetime]]:
+def recent(
+    conn: Connection, profile_id: str, since: datetime, statuses: Collection[str] = COUNTED
+) -> list[tuple[str, str, datetime]]:
     """(channel, category, made due at) of the person's messages made due since `since`
-    that count towards a cap."""
+    whose status counts towards a cap."""
     query = sa.select(messages.c.channel, messages.c.category, messages.c.created_at).where(
         messages.c.profile_id == profile_id,
         messages.c.created_at >= since,
-        messages.c.status.in_(COUNTED),
+        messages.c.status.in_(sorted(statuses)),
     )
     return [(row[0], row[1], row[2]) for row in conn.execute(query)]
 

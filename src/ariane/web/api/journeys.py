@@ -227,6 +227,21 @@ def journey_enrollments(
     return {"enrollments": app.journey_engine.waiting(journey, step, after=after, limit=limit)}
 
 
+@router.get("/journeys/{journey}/messages", responses=_ERRORS)
+def journey_messages(
+    journey: str,
+    status: str | None = Query(
+        None, description="queued, sending, sent, failed, skipped, unknown or held"
+    ),
+    after: int = Query(0, ge=0, le=LARGEST_ID),
+    limit: int = Query(100, ge=1, le=1000),
+    app: Container = Depends(container),
+    _: Token = Depends(read_access),
+) -> Any:
+    """The journey's messages, oldest first: what became of each, and why."""
+    return {"messages": app.journey_engine.messages(journey, status, after=after, limit=limit)}
+
+
 @router.post("/journeys/{journey}/enrollments", responses=_ERRORS)
 def enter_journey(
     journey: str,
