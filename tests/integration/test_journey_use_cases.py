@@ -40,6 +40,22 @@ def send(client: TestClient, write_key: str, *messages: dict[str, Any]) -> None:
     assert sent.status_code == 200, sent.text
 
 
+def profile_of(client: TestClient, admin: dict[str, str], user: str = "ada") -> str:
+    view = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": user}, headers=admin
+    )
+    assert view.status_code == 200, view.text
+    found: str = view.json()["id"]
+    return found
+
+
+def timeline(client: TestClient, admin: dict[str, str], user: str = "ada") -> list[Any]:
+    """The person's events, newest first."""
+    page = client.get(f"/api/profiles/{profile_of(client, admin, user)}/events", headers=admin)
+    events: list[Any] = page.json()["events"]
+    return events
+
+
 def settle(container: Container) -> None:
     for _ in range(20):
         done = container.bus.drain()

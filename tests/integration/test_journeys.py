@@ -14,6 +14,7 @@ from ariane.bootstrap import Container
 from ariane.channels import Message
 from ariane.services.inbox import user_token
 from tests.conftest import FakeClock
+from tests.integration.test_journey_use_cases import profile_of, timeline
 from tests.integration.test_tracking import basic
 from tests.smtp import SMTPServer
 
@@ -148,11 +149,7 @@ def test_an_abandoned_cart_is_reminded_once_unless_its_order_comes(
     assert steps["arms"]["treated"]["revenue"] == 42.0
 
     # What became of the message is on Ada's timeline, where segments can count it.
-    view = client.get(
-        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
-    ).json()
-    timeline = client.get(f"/api/profiles/{view['id']}/events", headers=admin_token).json()
-    names = [event.get("event") for event in timeline["events"]]
+    names = [event.get("event") for event in timeline(client, admin_token)]
     assert names.count("Message Sent") == 1
 
 
@@ -264,10 +261,8 @@ def test_the_one_click_link_withdraws_the_channels_consent(
     # Opening it asks; the one-click POST a mail client sends withdraws.
     assert client.get(path).status_code == 200
     assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
-    view = client.get(
-        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
-    ).json()
-    consents = client.get(f"/api/profiles/{view['id']}/consents", headers=admin_token).json()
+    ada_id = profile_of(client, admin_token)
+    consents = client.get(f"/api/profiles/{ada_id}/consents", headers=admin_token).json()
     assert consents["current"]["marketing_email"]["status"] == "withdrawn"
     # The next cart's reminder is skipped, for that reason.
     send(client, write_key, cart("Cart Abandoned", "c2"))
@@ -363,11 +358,7 @@ def test_opens_and_clicks_go_on_the_timeline_once(
         assert seen.status_code == 200 and seen.headers["content-type"] == "image/gif"
     assert client.get(pixel.removeprefix(base)[:-4] + "abcd").status_code == 403
     settle(container)
-    view = client.get(
-        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
-    ).json()
-    timeline = client.get(f"/api/profiles/{view['id']}/events", headers=admin_token).json()
-    names = [e.get("event") for e in timeline["events"]]
+    names = [e.get("event") for e in timeline(client, admin_token)]
     assert names.count("Message Opened") == 1
     assert names.count("Message Clicked") == 1
 
@@ -380,13 +371,11 @@ def test_the_inbox_streams_new_messages_as_server_sent_events(
 ) -> None:
     container.inbox.secret = "inbox-s3cret"
     send(client, write_key, ada())
-    view = client.get(
-        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
-    ).json()
+    ada_id = profile_of(client, admin_token)
 
     def deliver(n: int) -> None:
         container.inbox.deliver(
-            Message(send_key=f"k{n}", profile_id=view["id"], address="", subject=f"S{n}", text="")
+            Message(send_key=f"k{n}", profile_id=ada_id, address="", subject=f"S{n}", text="")
         )
 
     deliver(1)

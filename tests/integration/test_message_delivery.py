@@ -16,7 +16,14 @@ from ariane.bootstrap import Container
 from ariane.channels import TYPES, Context, Message, Sent, register
 from ariane.services.bus import RetryPolicy
 from ariane.services.messaging import MAX_ATTEMPTS
-from tests.integration.test_journey_use_cases import apply, event, person, send, settle
+from tests.integration.test_journey_use_cases import (
+    apply,
+    event,
+    person,
+    send,
+    settle,
+    timeline,
+)
 from tests.receiver import Receiver, receiving
 
 
@@ -131,11 +138,7 @@ def test_a_hand_over_cut_short_is_unknown_where_the_key_is_not_carried(
     # which was not being handed over when the process died, is sent.
     assert [m.address for m in pigeon.handed] == ["ada", "bob"]
     assert statuses(client, admin_token) == {"unknown": 1, "sent": 1}
-    view = client.get(
-        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
-    ).json()
-    timeline = client.get(f"/api/profiles/{view['id']}/events", headers=admin_token).json()
-    assert [e.get("event") for e in timeline["events"]].count("Message Unknown") == 1
+    assert [e.get("event") for e in timeline(client, admin_token)].count("Message Unknown") == 1
 
 
 def test_a_message_that_keeps_failing_ends_failed_and_the_others_go(
@@ -220,9 +223,5 @@ def test_a_message_the_provider_refuses_ends_failed_with_its_answer(
     send(client, write_key, person("ada", name="Ada"), event("ada", "Go"))
     settle(container)
     assert statuses(client, admin_token) == {"failed": 1}
-    view = client.get(
-        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
-    ).json()
-    timeline = client.get(f"/api/profiles/{view['id']}/events", headers=admin_token).json()
-    failed = [e for e in timeline["events"] if e.get("event") == "Message Failed"]
+    failed = [e for e in timeline(client, admin_token) if e.get("event") == "Message Failed"]
     assert len(failed) == 1 and "no such user" in failed[0]["properties"]["reason"]

@@ -7,7 +7,7 @@ import base64
 import hashlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
@@ -187,26 +187,17 @@ async def stream_inbox(
     )
 
 
-@router.post("/inbox/{message}/read", responses=_INBOX)
-def read_message(
+@router.post("/inbox/{message}/{what}", responses=_INBOX)
+def mark_message(
     message: int = Path(ge=1, le=LARGEST_ID),
+    what: Literal["read", "dismiss"] = Path(description="read, or dismiss: it leaves the inbox"),
     x_ariane_user: str | None = Header(None),
     x_ariane_user_token: str | None = Header(None),
     app: Container = Depends(container),
 ) -> Any:
+    """Mark one of the person's messages read, or dismiss it."""
     profiles = _profiles(app, x_ariane_user, x_ariane_user_token)
-    return app.inbox.mark(profiles, message, "read")
-
-
-@router.post("/inbox/{message}/dismiss", responses=_INBOX)
-def dismiss_message(
-    message: int = Path(ge=1, le=LARGEST_ID),
-    x_ariane_user: str | None = Header(None),
-    x_ariane_user_token: str | None = Header(None),
-    app: Container = Depends(container),
-) -> Any:
-    profiles = _profiles(app, x_ariane_user, x_ariane_user_token)
-    return app.inbox.mark(profiles, message, "dismissed")
+    return app.inbox.mark(profiles, message, "read" if what == "read" else "dismissed")
 
 
 @router.post("/push/subscriptions", responses=_INBOX)
