@@ -536,3 +536,47 @@ def test_the_holdout_meets_quiet_hours_and_caps_as_the_treated_do(
     held = next(m for m in found if m["status"] == "held")
     assert held["created_at"].startswith("2026-03-03T07:00:01")
     assert smtp.mailbox.emails() == []
+
+
+def test_the_global_control_group_is_sent_transactional_messages_only(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    smtp: SMTPServer,
+) -> None:
+    # Nearly everyone in the global control group, and no marketing email allowed at all:
+    # the receipt, transactional, goes anyway; the newsletter, which the cap would have
+    # stopped for a treated person too, is recorded skipped rather than held.
+    apply(
+        client,
+        admin_token,
+        {
+            "channels": [email_channel(smtp)],
+            "global_control": 0.999,
+            "frequency_caps": [{"max": 0, "days": 1}],
+            "templates": [
+                {"name": "receipt", "subject": "Receipt", "text": "..."},
+                {"name": "news", "subject": "News", "text": "..."},
+            ],
+            "journeys": [
+                {
+                    "id": "after-order",
+                    "entry": {"event": "Order Completed"},
+                    "steps": [
+                        {"send": {"channel": "email", "template": "receipt",
+                                  "category": "transactional"}},
+                        {"send": {"channel": "email", "template": "news"}},
+                    ],
+                }
+            ],
+        },
+    )  # fmt: skip
+    send(client, write_key, person("ada", email="ada@example.com"), event("ada", "Order Completed"))
+    settle(container)
+    assert [str(m["Subject"]) for m in smtp.mailbox.emails()] == ["Receipt"]
+    found = client.get("/api/journeys/after-order/messages", headers=admin_token).json()
+    assert [(m["template"], m["arm"], m["status"]) for m in found["messages"]] == [
+        ("receipt", "control", "sent"),
+        ("news", "control", "skipped"),
+    ]
