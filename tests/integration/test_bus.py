@@ -24,6 +24,8 @@ from ariane.services.bus import Dispatcher, GiveUp, Handler, RetryLater, RetryPo
 from ariane.services.ingest import Envelope
 from ariane.storage import bus as store
 from ariane.storage.bus import Entry
+from ariane.storage.commits import wake_on_commit
+from ariane.storage.database import Database
 from ariane.storage.tables import events, outbox
 from tests.conftest import FakeClock
 from tests.integration.test_tracking import basic
@@ -288,6 +290,37 @@ def test_a_commit_wakes_the_running_handlers_at_once(
     finally:
         stop.set()
         runner.join()
+
+
+def test_a_commit_of_another_process_to_both_logs_wakes_the_outbox_handlers(
+    container: Container, clock: FakeClock, db_url: str
+) -> None:
+    # Another process's transaction that writes to the events log and then the outbox
+    # sends two notifications, which arrive together: neither may be dropped.
+    arrived = threading.Event()
+
+    def handle(entries: Sequence[Entry]) -> None:
+        if any(entry.event_id == "earned-7" for entry in entries):
+            arrived.set()
+
+    bus = dispatcher(container, Handler("awake", "outbox", handle))
+    stop = threading.Event()
+    runner = threading.Thread(target=bus.run, args=(stop,), kwargs={"idle": 60})
+    runner.start()
+    other = Database(db_url)
+    try:
+        time.sleep(0.3)
+
+        def both(conn: sa.Connection) -> None:
+            wake_on_commit(conn, "events")
+            store.record(conn, [earned(7, clock)])
+
+        other.write(both)
+        assert arrived.wait(20)
+    finally:
+        stop.set()
+        runner.join()
+        other.dispose()
 
 
 def test_a_process_runs_a_bounded_number_of_rounds_at_once(

@@ -102,9 +102,11 @@ class CommitSignal:
                     # Anything committed while no one listened is read at the next look.
                     self.committed()
                     while not stop.is_set():
+                        # Every notice to the end: those that arrive together (a
+                        # transaction that wrote to both logs) come in one read, and a
+                        # `break` after the first would drop the others.
                         for notice in conn.notifies(timeout=LISTEN_TIMEOUT):
                             self.committed([notice.payload] if notice.payload in LOGS else LOGS)
-                            break
             except psycopg.Error as error:
                 log.warning("bus: lost the commit notifications (%s); listening again", error)
                 stop.wait(1.0)
