@@ -9,7 +9,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.domain.consent import ConsentDecision, is_change
+from ariane.storage.dialect import chunked
 from ariane.storage.tables import consents
+
+# People a statement asks about at most: SQLite takes up to 32,766 parameters.
+_CHUNK = 400
 
 
 def _decision(row: Any) -> ConsentDecision:
@@ -38,6 +42,15 @@ def _ordered(profile_ids: Collection[str]) -> sa.Select[Any]:
 def history(conn: Connection, profile_id: str) -> list[ConsentDecision]:
     """Every decision about the person, oldest first."""
     return [_decision(row) for row in conn.execute(_ordered([profile_id]))]
+
+
+def histories(conn: Connection, profile_ids: Collection[str]) -> dict[str, list[ConsentDecision]]:
+    """`history` of each of these people (an empty one for those never asked), at once."""
+    found: dict[str, list[ConsentDecision]] = {person: [] for person in profile_ids}
+    for chunk in chunked(sorted(found), _CHUNK):
+        for row in conn.execute(_ordered(chunk)):
+            found[row.profile_id].append(_decision(row))
+    return found
 
 
 def insert(conn: Connection, profile_id: str, decision: ConsentDecision) -> Change:
