@@ -149,6 +149,45 @@ def test_reentry_after_a_cool_down(
     assert sent(client, admin_token, "nudge") == {"s": {"sent": 2}}
 
 
+def test_entries_in_one_batch_meet_the_reentry_rule_as_if_one_by_one(
+    client: TestClient, admin_token: dict[str, str], write_key: str, container: Container
+) -> None:
+    # The engine reads the batch's last entries at once: those made earlier in the same
+    # batch must count, whether the person is still in (a delay) or already out.
+    waits = {
+        "id": "waits",
+        "entry": {"event": "Go", "key": "properties.cart"},
+        "reentry": "always",
+        "steps": [{"id": "pause", "delay": {"for": "P1D"}}, send_step("s", "a")],
+    }
+    once = {"id": "once", "entry": {"event": "Go"}, "steps": [send_step("s", "b")]}
+    again = {
+        "id": "again",
+        "entry": {"event": "Go"},
+        "reentry": "always",
+        "steps": [send_step("s", "done")],
+    }
+    apply(
+        client,
+        admin_token,
+        {"channels": [INBOX], "templates": TEMPLATES, "journeys": [waits, once, again]},
+    )
+    send(
+        client,
+        write_key,
+        person("ada"),
+        *(event("ada", "Go", n, cart=cart) for n, cart in enumerate(["c1", "c1", "c2", "c1"])),
+    )
+    settle(container)
+    # One open enrollment per cart while the first waits; one entry ever; four in a row.
+    assert (
+        client.get("/api/journeys/waits/steps", headers=admin_token).json()["steps"][0]["waiting"]
+        == 2
+    )
+    assert sent(client, admin_token, "once") == {"s": {"sent": 1}}
+    assert sent(client, admin_token, "again") == {"s": {"sent": 4}}
+
+
 def test_an_admin_sees_who_waits_where_moves_them_on_takes_them_out_and_migrates(
     client: TestClient, admin_token: dict[str, str], write_key: str, container: Container
 ) -> None:

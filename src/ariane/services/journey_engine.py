@@ -22,7 +22,7 @@ the holdout's messages are recorded `held`, with the moment they would have been
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -43,6 +43,7 @@ from ariane.domain.events import (
 from ariane.domain.journeys import (
     EXIT,
     MAX_STEPS_AT_ONCE,
+    Exit,
     Journey,
     Step,
     in_global_control,
@@ -94,6 +95,11 @@ class _Round:
     conn: Connection
     now: datetime
     people: dict[str, _Person | None] = field(default_factory=dict)
+    # Each (journey, person, key)'s last entry and whether it is open, for the (journey,
+    # person) pairs in `entries_read`: read for a whole batch at once, kept up to date
+    # as people enter, read again from the database once one of theirs ends.
+    entries: dict[tuple[str, str, str], tuple[datetime, bool]] = field(default_factory=dict)
+    entries_read: set[tuple[str, str]] = field(default_factory=set)
     logged: list[dict[str, Any]] = field(default_factory=list)
     happened: list[DomainEvent] = field(default_factory=list)
 
@@ -200,6 +206,7 @@ class JourneyEngine:
 
         def work(conn: Connection) -> int:
             run = _Round(conn, self.clock())
+            self._read_ahead(run, [(journey.id, person) for person in people])
             made = sum(
                 self._enter(run, journey, person, key, f"schedule|{key}|{person}", context)
                 is not None
@@ -412,12 +419,22 @@ class JourneyEngine:
         owners = profile_store.resolve_profile_ids(conn, {e.profile_id for e in events})
         in_use = self.journeys.in_use()
         current = self.journeys.current()
+        reacts = _Reacts.of(in_use.values())
+        entering = [
+            (journey.id, person)
+            for event in events
+            if (person := owners.get(event.profile_id)) is not None
+            for journey in current.values()
+            if journey.entry.event is not None and journey.entry.event.matches(event)
+        ]
+        self._read_ahead(run, entering)
         for event in events:
             person = owners.get(event.profile_id)
             if person is None:
                 continue
             self._goals(run, person, in_use, event=event)
-            for row in store.open_of(conn, [person]):
+            exits = event.event in reacts.exit_events
+            for row in store.open_of(conn, [person]) if exits else ():
                 journey = in_use.get((row["journey_id"], row["version"]))
                 if journey is None:
                     continue
@@ -425,7 +442,8 @@ class JourneyEngine:
                 if reason is not None:
                     self._log(run, row, "exited", reason)
                     self._end(run, row, "exited", reason)
-            for row in store.waiting_for(conn, [person], [f"event:{event.event}"]):
+            waits = [f"event:{event.event}"] if event.event in reacts.wait_events else []
+            for row in store.waiting_for(conn, [person], waits):
                 journey = in_use.get((row["journey_id"], row["version"]))
                 step = journey.step(row["step"]) if journey else None
                 if journey is None or step is None or step.event is None:
@@ -457,6 +475,16 @@ class JourneyEngine:
         )
         in_use = self.journeys.in_use()
         current = self.journeys.current()
+        reacts = _Reacts.of(in_use.values())
+        entering = [
+            (journey.id, person)
+            for change in changes
+            if isinstance(change, SegmentEntered)
+            and (person := owners.get(change.profile_id or "")) is not None
+            for journey in current.values()
+            if journey.entry.kind == "segment" and journey.entry.segment == change.segment
+        ]
+        self._read_ahead(run, entering)
         for change in changes:
             person = owners.get(change.profile_id or "")
             if person is None:
@@ -464,7 +492,9 @@ class JourneyEngine:
             entered = isinstance(change, SegmentEntered)
             if entered:
                 self._goals(run, person, in_use, segment=change.segment, at=change.at)
-                for row in store.waiting_for(conn, [person], [f"segment:{change.segment}"]):
+                waited = change.segment in reacts.wait_segments
+                waits = [f"segment:{change.segment}"] if waited else []
+                for row in store.waiting_for(conn, [person], waits):
                     journey = in_use.get((row["journey_id"], row["version"]))
                     step = journey.step(row["step"]) if journey else None
                     if journey is None or step is None:
@@ -477,7 +507,7 @@ class JourneyEngine:
                     if journey.entry.kind == "segment" and journey.entry.segment == change.segment:
                         entered_by: dict[str, Any] = {"segment": change.segment, "properties": {}}
                         self._enter(run, journey, person, "", change.event_id, entered_by)
-            else:
+            elif change.segment in reacts.exit_segments:
                 for row in store.open_of(conn, [person]):
                     journey = in_use.get((row["journey_id"], row["version"]))
                     if journey and any(e.left == change.segment for e in journey.exits):
@@ -554,10 +584,10 @@ class JourneyEngine:
         cause: str,
         context: Mapping[str, Any],
     ) -> int | None:
-        last, active = store.last_entry(run.conn, journey.id, person, key)
+        last, active = self._last_entry(run, journey.id, person, key)
         if not journey.reentry.allows(last, active, run.now):
             return None
-        version = self.journeys.current_version(journey.id) or 1
+        version = self.journeys.live_version(journey.id) or 1
         arm = TREATED
         if in_global_control(person, self.channels.policies().global_control):
             arm = CONTROL
@@ -585,6 +615,8 @@ class JourneyEngine:
         if made is None:
             return None
         row["id"] = made
+        if (journey.id, person) in run.entries_read:
+            run.entries[(journey.id, person, key)] = (run.now, True)
         self._log(run, row, "entered")
         self._advance(run, journey, row)
         return made
@@ -780,13 +812,38 @@ class JourneyEngine:
 
     def _person(self, run: _Round, profile_id: str) -> _Person | None:
         if profile_id not in run.people:
-            states = profile_store.read_profiles(run.conn, [profile_id])
-            state = states.get(profile_id)
-            run.people[profile_id] = None
-            if state is not None:
-                history = consent_store.history(run.conn, profile_id)
-                run.people[profile_id] = _Person(state, latest_decisions(history))
+            self._read_people(run, [profile_id])
         return run.people[profile_id]
+
+    def _read_people(self, run: _Round, profile_ids: Collection[str]) -> None:
+        """Read the people not read yet in this round, in a few statements."""
+        wanted = {person for person in profile_ids if person not in run.people}
+        if not wanted:
+            return
+        states = profile_store.read_profiles(run.conn, wanted)
+        histories = consent_store.histories(run.conn, list(states))
+        for person in wanted:
+            state = states.get(person)
+            run.people[person] = (
+                None if state is None else _Person(state, latest_decisions(histories[person]))
+            )
+
+    def _read_ahead(self, run: _Round, entering: Sequence[tuple[str, str]]) -> None:
+        """Before a batch, read at once what entering these (journey, person) pairs
+        needs: the people, and their last entries in those journeys."""
+        if not entering:
+            return
+        people = {person for _, person in entering}
+        self._read_people(run, people)
+        run.entries.update(store.last_entries(run.conn, {j for j, _ in entering}, people))
+        run.entries_read |= set(entering)
+
+    def _last_entry(
+        self, run: _Round, journey: str, person: str, key: str
+    ) -> tuple[datetime | None, bool]:
+        if (journey, person) in run.entries_read:
+            return run.entries.get((journey, person, key), (None, False))
+        return store.last_entry(run.conn, journey, person, key)
 
     def _zone(self, run: _Round, row: Mapping[str, Any]) -> Any:
         """The person's time zone: their `timezone` trait, else the zone of the event
@@ -865,6 +922,7 @@ class JourneyEngine:
         )
 
     def _end(self, run: _Round, row: dict[str, Any], status: str, reason: str) -> None:
+        run.entries_read.discard((row["journey_id"], row["profile_id"]))
         row.update(
             status=status,
             due_at=None,
@@ -889,6 +947,31 @@ class JourneyEngine:
     def _finish(self, run: _Round) -> None:
         store.log_steps(run.conn, run.logged)
         bus_store.record(run.conn, run.happened)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reacts:
+    """What the journeys in use exit on or wait for: an event or an audience change
+    that none names is not looked up in anyone's enrollments."""
+
+    exit_events: frozenset[str]
+    wait_events: frozenset[str]
+    exit_segments: frozenset[str]
+    wait_segments: frozenset[str]
+
+    @classmethod
+    def of(cls, journeys: Iterable[Journey]) -> _Reacts:
+        exits: list[Exit] = []
+        waits: list[Step] = []
+        for journey in journeys:
+            exits.extend(journey.exits)
+            waits.extend(step for step in journey.steps if step.kind == "wait")
+        return cls(
+            frozenset(e.event.name for e in exits if e.event),
+            frozenset(step.event.name for step in waits if step.event),
+            frozenset(e.left for e in exits if e.left),
+            frozenset(step.segment for step in waits if step.segment),
+        )
 
 
 def _exit_by_event(journey: Journey, row: Mapping[str, Any], event: StoredEvent) -> str | None:

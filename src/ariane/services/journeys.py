@@ -44,6 +44,7 @@ class Journeys:
         self._read_at = -1.0
         self._versions: dict[tuple[str, int], Journey] = {}
         self._current: dict[str, Journey] = {}
+        self._current_versions: dict[str, int] = {}
         self._since: dict[str, datetime] = {}
 
     # --- declared -------------------------------------------------------------------------
@@ -141,8 +142,10 @@ class Journeys:
             for ident, (version, enabled) in current.items()
             if enabled and (ident, version) in versions
         }
+        live_versions = {ident: version for ident, (version, _) in current.items() if ident in live}
         with self._lock:
             self._versions, self._current, self._since = versions, live, since
+            self._current_versions = live_versions
             self._read_at = time.monotonic()
 
     def version(self, ident: str, version: int) -> Journey | None:
@@ -159,7 +162,13 @@ class Journeys:
         self._refresh()
         return self._since.get(ident)
 
+    def live_version(self, ident: str) -> int | None:
+        """The version of the journey `current` gives: the one people enter now."""
+        self._refresh()
+        return self._current_versions.get(ident)
+
     def current_version(self, ident: str) -> int | None:
+        """The journey's latest version, as stored now (not as kept for a second)."""
         with self.db.read() as conn:
             rows = [row for row in store.every(conn) if row["id"] == ident]
         return rows[0]["version"] if rows else None

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.storage.database import dialect_of
+from ariane.storage.dialect import chunked
 from ariane.storage.tables import (
     enrollments,
     journey_conversions,
@@ -21,6 +22,8 @@ from ariane.storage.tables import (
 
 # Statuses of an enrollment still in its journey.
 OPEN = ("active", "waiting")
+# People a statement asks about at most: SQLite takes up to 32,766 parameters.
+_CHUNK = 400
 
 # --- definitions ------------------------------------------------------------------------
 
@@ -150,6 +153,27 @@ def last_entry(
     if row is None:
         return None, False
     return row.entered_at, row.status in OPEN
+
+
+def last_entries(
+    conn: Connection, journeys: Collection[str], profile_ids: Collection[str]
+) -> dict[tuple[str, str, str], tuple[datetime, bool]]:
+    """`last_entry` of these people in these journeys, by (journey, person, key), for
+    every key they entered with."""
+    found: dict[tuple[str, str, str], tuple[datetime, bool, int]] = {}
+    if not journeys or not profile_ids:
+        return {}
+    c = enrollments.c
+    for chunk in chunked(sorted(profile_ids), _CHUNK):
+        query = sa.select(
+            c.journey_id, c.profile_id, c.entry_key, c.entered_at, c.status, c.id
+        ).where(c.profile_id.in_(chunk), c.journey_id.in_(sorted(journeys)))
+        for row in conn.execute(query):
+            key = (row.journey_id, row.profile_id, row.entry_key)
+            known = found.get(key)
+            if known is None or (row.entered_at, row.id) > (known[0], known[2]):
+                found[key] = (row.entered_at, row.status in OPEN, row.id)
+    return {key: (at, active) for key, (at, active, _) in found.items()}
 
 
 def claim_due(conn: Connection, now: datetime, limit: int) -> list[dict[str, Any]]:
