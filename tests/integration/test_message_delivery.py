@@ -225,3 +225,80 @@ def test_a_message_the_provider_refuses_ends_failed_with_its_answer(
     assert statuses(client, admin_token) == {"failed": 1}
     failed = [e for e in timeline(client, admin_token) if e.get("event") == "Message Failed"]
     assert len(failed) == 1 and "no such user" in failed[0]["properties"]["reason"]
+
+
+def member(user: str, *, pigeon_consent: bool, **traits: Any) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "userId": user,
+        "traits": traits,
+        "context": {"consent": {"categoryPreferences": {"marketing_pigeon": pigeon_consent}}},
+        "messageId": f"identify-{user}",
+    }
+
+
+def test_each_message_of_a_batch_is_made_from_its_own_person(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    pigeons: dict[str, Pigeon],
+) -> None:
+    container.channels.types["pigeon"] = TYPES["pigeon"]
+    apply(
+        client,
+        admin_token,
+        {
+            "channels": [
+                {"name": "pigeon", "type": "pigeon", "purpose": "marketing_pigeon",
+                 "address": "traits.handle", "settings": {"flock": "f", "carries_key": True}}
+            ],
+            # Loyalty shown in a data part only, and in brackets: it is read all the same.
+            "templates": [{"name": "note", "subject": "{{ traits.name }}", "text": "Hello",
+                           "data": {"points": "{{ ['loyalty'].balance | default: 'none' }}"}}],
+            "journeys": [
+                {"id": "notes", "entry": {"event": "Go"},
+                 "steps": [{"send": {"channel": "pigeon", "template": "note"}}]}
+            ],
+        },
+    )  # fmt: skip
+    send(
+        client,
+        write_key,
+        member("ada", pigeon_consent=True, name="Ada", handle="@ada"),
+        member("bob", pigeon_consent=False, name="Bob", handle="@bob"),
+        member("eve", pigeon_consent=True, name="Eve"),
+        member("dan", pigeon_consent=True, name="Dan", handle="@dan"),
+    )
+    club = {"earn_rules": [{"id": "buy", "event": "Order Completed", "points_per_unit": 1}]}
+    assert client.put("/api/loyalty/programmes/club", json=club, headers=admin_token).is_success
+    ada = client.get(
+        "/api/profiles/lookup", params={"type": "user_id", "value": "ada"}, headers=admin_token
+    ).json()["id"]
+    earned = client.post(
+        f"/api/loyalty/programmes/club/members/{ada}/earn",
+        json={"points": 120},
+        headers={**admin_token, "Idempotency-Key": "gift-1"},
+    )
+    assert earned.status_code == 200, earned.text
+    people = ("ada", "bob", "eve", "dan")
+    send(client, write_key, *(event(p, "Go") for p in people))
+    settle(container)
+    pigeon = pigeons["f"]
+    handed = [(m.address, m.subject, m.data["points"]) for m in pigeon.handed]
+    assert handed == [("@ada", "Ada", "120"), ("@dan", "Dan", "none")]
+    assert statuses(client, admin_token) == {"sent": 2, "skipped": 2}
+    skipped = {
+        user: [
+            e["properties"]["reason"]
+            for e in timeline(client, admin_token, user)
+            if e.get("event") == "Message Skipped"
+        ]
+        for user in people
+    }
+    assert skipped == {
+        "ada": [],
+        "bob": ["consent marketing_pigeon is denied"],
+        "eve": ["no address at traits.handle"],
+        "dan": [],
+    }

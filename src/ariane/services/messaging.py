@@ -41,7 +41,7 @@ import orjson
 from ariane.channels import Message, Sent
 from ariane.destinations.http import Pacer
 from ariane.domain.channels import ChannelConfig
-from ariane.domain.consent import latest_decisions
+from ariane.domain.consent import ConsentDecision, latest_decisions
 from ariane.domain.definitions import keyed
 from ariane.domain.errors import DomainError, NotFound, ProviderFailed
 from ariane.domain.events import (
@@ -55,9 +55,10 @@ from ariane.domain.events import (
     Unsubscribed,
 )
 from ariane.domain.loyalty import balance
-from ariane.domain.message_templates import parse_message_template
+from ariane.domain.message_templates import MessageTemplate, parse_message_template
 from ariane.domain.predicates import lookup
 from ariane.domain.profiles import ProfileState
+from ariane.domain.segments import Catalogue
 from ariane.domain.templates import TemplateError, template_context
 from ariane.services.bus import GiveUp, Handler, Partial, RetryLater
 from ariane.services.channels import Channels
@@ -139,8 +140,8 @@ class Messaging:
             return
         channel = self.channels.built(config)
         # Made before the transaction: the first time, it writes the secret in its own.
-        self.links()
-        outgoing = self.db.write(lambda conn: self._prepare(conn, config, channel, wanted))
+        links = self.links()
+        outgoing = self.db.write(lambda conn: self._prepare(conn, config, channel, links, wanted))
         pacer = self._pacers.setdefault(name, Pacer())
         size = SEND_GROUP if channel.carries_key else 1
         handed: list[tuple[_Outgoing, Sent]] = []
@@ -166,51 +167,68 @@ class Messaging:
     # --- before the hand-over -------------------------------------------------------------
 
     def _prepare(
-        self, conn: Connection, config: ChannelConfig, channel: Any, wanted: Mapping[int, int]
+        self,
+        conn: Connection,
+        config: ChannelConfig,
+        channel: Any,
+        links: Links,
+        wanted: Mapping[int, int],
     ) -> list[_Outgoing]:
         now = self.clock()
         rows = store.lock(conn, list(wanted))
+        ordered = [rows[ident] for ident in sorted(rows, key=lambda i: wanted[i])]
+        due = [row for row in ordered if row["status"] in ("queued", "sending")]
+        known = _read_people(conn, config, self.segments.catalogue(conn), due)
         happened: list[DomainEvent] = []
+        changes: list[dict[str, Any]] = []
         outgoing: list[_Outgoing] = []
-        for ident in sorted(rows, key=lambda i: wanted[i]):
-            row = rows[ident]
+        for row in due:
             if row["status"] == "sending" and not channel.carries_key:
-                store.update(conn, [ident], {"status": "unknown", "updated_at": now})
+                changes.append({"id": row["id"], "status": "unknown", "updated_at": now})
                 happened.append(_told(MessageUnknown, row, now, reason="interrupted hand-over"))
                 continue
-            if row["status"] not in ("queued", "sending"):
-                continue
-            why, message = self._message(conn, config, row, now)
+            why, message = self._message(conn, config, known, links, row, now)
             if message is None:
-                store.update(conn, [ident], {"status": "skipped", "reason": why, "updated_at": now})
+                changes.append(
+                    {"id": row["id"], "status": "skipped", "reason": why, "updated_at": now}
+                )
                 happened.append(_told(MessageSkipped, row, now, reason=why))
                 continue
-            outgoing.append(_Outgoing(dict(row), message, wanted[ident]))
+            outgoing.append(_Outgoing(dict(row), message, wanted[row["id"]]))
+        store.update_each(conn, changes)
         bus_store.record(conn, happened)
         return outgoing
 
     def _message(
-        self, conn: Connection, config: ChannelConfig, row: Mapping[str, Any], now: datetime
+        self,
+        conn: Connection,
+        config: ChannelConfig,
+        known: _Known,
+        links: Links,
+        row: Mapping[str, Any],
+        now: datetime,
     ) -> tuple[str, Message | None]:
         """The message to hand over, or why there is none."""
         person = row["profile_id"]
-        state = profile_store.read_profiles(conn, [person]).get(person)
+        state = known.states.get(person)
         if state is None:
             return "the person is gone", None
         if row["category"] == "marketing":
-            decision = latest_decisions(consent_store.history(conn, person)).get(config.purpose)
+            decision = latest_decisions(known.histories[person]).get(config.purpose)
             status = "unknown" if decision is None else decision.status_at(now)
             if status != "granted":
                 return f"consent {config.purpose} is {status}", None
-        identifiers = profile_store.identifiers_of(conn, [person], per_type=5).get(person, {})
-        address = self._address(conn, config, person, state.trait_values(), identifiers)
+        identifiers = known.identifiers.get(person, {})
+        address = _address(
+            config, person, state.trait_values(), identifiers, known.subscriptions.get(person)
+        )
         if address is None:
             return f"no address at {'.'.join(config.address)}", None
         template = self.channels.template(row["template"])
         if template is None:
             return f"no template {row['template']}", None
         unsubscribe = (
-            self.links().unsubscribe(person, config.purpose, row["send_key"])
+            links.unsubscribe(person, config.purpose, row["send_key"])
             if row["category"] == "marketing"
             else None
         )
@@ -219,8 +237,17 @@ class Messaging:
             "step": row["step"],
             "variants": row["context"].get("variants", {}),
         }
-        context = self._context(
-            conn, state, identifiers, now, row["context"].get("entry"), journey, unsubscribe
+        # A template that does not show it renders the same without it.
+        loyalty = _loyalty(conn, person, now) if _shows_loyalty(template) else None
+        context = _context(
+            known.catalogue,
+            state,
+            identifiers,
+            loyalty,
+            now,
+            row["context"].get("entry"),
+            journey,
+            unsubscribe,
         )
         try:
             rendered = template.render(context)
@@ -228,7 +255,7 @@ class Messaging:
             return f"template {row['template']}: {error.message}", None
         html = rendered.html
         if html is not None:
-            html = self.links().tracked(html, person, row["send_key"])
+            html = links.tracked(html, person, row["send_key"])
         return "", Message(
             send_key=row["send_key"],
             profile_id=person,
@@ -241,31 +268,6 @@ class Messaging:
             unsubscribe_url=unsubscribe,
             journey=row["journey_id"],
             step=row["step"],
-        )
-
-    def _context(
-        self,
-        conn: Connection,
-        state: ProfileState,
-        identifiers: Mapping[str, list[str]],
-        now: datetime,
-        event: Mapping[str, Any] | None,
-        journey: Mapping[str, Any] | None,
-        unsubscribe: str | None,
-    ) -> dict[str, Any]:
-        """What a template sees of the person, the event and the journey."""
-        catalogue = self.segments.catalogue(conn)
-        members = state.computed.get("segments", {})
-        return template_context(
-            profile_id=state.id,
-            traits=state.trait_values(),
-            identifiers=[(kind, value) for kind, values in identifiers.items() for value in values],
-            computed=catalogue.computed_values(state, now),
-            segments=[s.name for s in catalogue.by_id.values() if s.id in members],
-            loyalty=_loyalty(conn, state.id, now),
-            event=event,
-            journey=journey,
-            links={"unsubscribe": unsubscribe or ""},
         )
 
     # --- on demand ------------------------------------------------------------------------
@@ -295,7 +297,9 @@ class Messaging:
             if state is None:
                 raise NotFound(f"no profile {person!r}", field="profile_id")
             identifiers = profile_store.identifiers_of(conn, [state.id], per_type=5)[state.id]
-            context = self._context(conn, state, identifiers, now, event, None, None)
+            catalogue = self.segments.catalogue(conn)
+            loyalty = _loyalty(conn, state.id, now)
+            context = _context(catalogue, state, identifiers, loyalty, now, event, None, None)
         rendered = template.render(context)
         return {
             "subject": rendered.subject,
@@ -387,27 +391,6 @@ class Messaging:
         self.db.write(lambda conn: bus_store.record_once(conn, [told]))
         return {"stop": True, "unsubscribed": [person]}
 
-    def _address(
-        self,
-        conn: Connection,
-        config: ChannelConfig,
-        person: str,
-        traits: Mapping[str, Any],
-        identifiers: Mapping[str, list[str]],
-    ) -> str | None:
-        where = config.address
-        if where == ("profile_id",):
-            return person
-        if where == ("user_id",):
-            return identifiers.get("user_id", [None])[0]
-        if where == ("push_subscriptions",):
-            found = store.subscriptions_of(conn, person)
-            return orjson.dumps(found).decode() if found else None
-        if where[0] == "identifiers":
-            return identifiers.get(where[1], [None])[0]
-        value = lookup(traits, where[1:])
-        return str(value) if isinstance(value, str | int) and str(value).strip() else None
-
     # --- after it -------------------------------------------------------------------------
 
     def _record(
@@ -425,72 +408,151 @@ class Messaging:
         now = self.clock()
         for item in sending:
             item.row["attempts"] += 1
-
-        def work(conn: Connection) -> None:
-            happened: list[DomainEvent] = []
-            for item in sending:
-                store.update(
-                    conn,
-                    [item.row["id"]],
-                    {"status": "sending", "attempts": item.row["attempts"], "updated_at": now},
-                )
-            for item, sent in handed:
-                store.update(
-                    conn,
-                    [item.row["id"]],
+        changes: list[dict[str, Any]] = []
+        happened: list[DomainEvent] = []
+        for item in sending:
+            changes.append(
+                {
+                    "id": item.row["id"],
+                    "status": "sending",
+                    "attempts": item.row["attempts"],
+                    "updated_at": now,
+                }
+            )
+        for item, sent in handed:
+            changes.append(
+                {
+                    "id": item.row["id"],
+                    "status": "sent",
+                    "sent_at": now,
+                    "provider_id": sent.provider_id,
+                    "reason": None,
+                    "updated_at": now,
+                }
+            )
+            happened.append(_told(MessageSent, item.row, now, address_kind=None))
+        if failed is not None:
+            item, why = failed
+            changes.append(
+                {"id": item.row["id"], "status": "failed", "reason": why, "updated_at": now}
+            )
+            happened.append(_told(MessageFailed, item.row, now, reason=why))
+        if failing is not None:
+            item, error = failing
+            why = str(error) or type(error).__name__
+            later = isinstance(error, RetryLater)
+            if later or item.row["attempts"] < MAX_ATTEMPTS:
+                # Not handed over: it goes back in the queue, and the bus tries again.
+                changes.append(
                     {
-                        "status": "sent",
-                        "sent_at": now,
-                        "provider_id": sent.provider_id,
-                        "reason": None,
+                        "id": item.row["id"],
+                        "status": "queued",
+                        "reason": why,
+                        "attempts": item.row["attempts"] - (1 if later else 0),
                         "updated_at": now,
-                    },
+                    }
                 )
-                happened.append(_told(MessageSent, item.row, now, address_kind=None))
-                store.forget_subscriptions(conn, sent.gone)
-            if failed is not None:
-                item, why = failed
-                store.update(
-                    conn, [item.row["id"]], {"status": "failed", "reason": why, "updated_at": now}
+            else:
+                changes.append(
+                    {"id": item.row["id"], "status": "failed", "reason": why, "updated_at": now}
                 )
                 happened.append(_told(MessageFailed, item.row, now, reason=why))
-            if failing is not None:
-                item, error = failing
-                why = str(error) or type(error).__name__
-                later = isinstance(error, RetryLater)
-                if later or item.row["attempts"] < MAX_ATTEMPTS:
-                    # Not handed over: it goes back in the queue, and the bus tries again.
-                    store.update(
-                        conn,
-                        [item.row["id"]],
-                        {
-                            "status": "queued",
-                            "reason": why,
-                            "attempts": item.row["attempts"] - (1 if later else 0),
-                            "updated_at": now,
-                        },
-                    )
-                else:
-                    store.update(
-                        conn,
-                        [item.row["id"]],
-                        {"status": "failed", "reason": why, "updated_at": now},
-                    )
-                    happened.append(_told(MessageFailed, item.row, now, reason=why))
-            if back:
-                for item in back:
-                    store.update(
-                        conn,
-                        [item.row["id"]],
-                        {
-                            "status": "queued",
-                            "attempts": item.row["attempts"] - 1,
-                            "updated_at": now,
-                        },
-                    )
+        for item in back:
+            changes.append(
+                {
+                    "id": item.row["id"],
+                    "status": "queued",
+                    "attempts": item.row["attempts"] - 1,
+                    "updated_at": now,
+                }
+            )
+        gone = [endpoint for _, sent in handed for endpoint in sent.gone]
+
+        def work(conn: Connection) -> None:
+            store.update_each(conn, changes)
+            store.forget_subscriptions(conn, gone)
             bus_store.record(conn, happened)
 
         self.db.write(work)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What the messages of a batch need of their people, read for all at once."""
+
+    catalogue: Catalogue
+    states: Mapping[str, ProfileState]
+    histories: Mapping[str, list[ConsentDecision]]
+    identifiers: Mapping[str, dict[str, list[str]]]
+    subscriptions: Mapping[str, list[dict[str, Any]]]
+
+
+def _read_people(
+    conn: Connection, config: ChannelConfig, catalogue: Catalogue, rows: Sequence[Mapping[str, Any]]
+) -> _Known:
+    people = {row["profile_id"] for row in rows}
+    asked = {row["profile_id"] for row in rows if row["category"] == "marketing"}
+    pushed = config.address == ("push_subscriptions",)
+    return _Known(
+        catalogue=catalogue,
+        states=profile_store.read_profiles(conn, people),
+        histories=consent_store.histories(conn, asked) if asked else {},
+        identifiers=profile_store.identifiers_of(conn, people, per_type=5),
+        subscriptions=store.subscriptions_of(conn, people) if pushed else {},
+    )
+
+
+def _address(
+    config: ChannelConfig,
+    person: str,
+    traits: Mapping[str, Any],
+    identifiers: Mapping[str, list[str]],
+    subscriptions: Sequence[Mapping[str, Any]] | None,
+) -> str | None:
+    where = config.address
+    if where == ("profile_id",):
+        return person
+    if where == ("user_id",):
+        return identifiers.get("user_id", [None])[0]
+    if where == ("push_subscriptions",):
+        return orjson.dumps(subscriptions).decode() if subscriptions else None
+    if where[0] == "identifiers":
+        return identifiers.get(where[1], [None])[0]
+    value = lookup(traits, where[1:])
+    return str(value) if isinstance(value, str | int) and str(value).strip() else None
+
+
+def _context(
+    catalogue: Catalogue,
+    state: ProfileState,
+    identifiers: Mapping[str, list[str]],
+    loyalty: Mapping[str, Any] | None,
+    now: datetime,
+    event: Mapping[str, Any] | None,
+    journey: Mapping[str, Any] | None,
+    unsubscribe: str | None,
+) -> dict[str, Any]:
+    """What a template sees of the person, the event and the journey."""
+    members = state.computed.get("segments", {})
+    return template_context(
+        profile_id=state.id,
+        traits=state.trait_values(),
+        identifiers=[(kind, value) for kind, values in identifiers.items() for value in values],
+        computed=catalogue.computed_values(state, now),
+        segments=[s.name for s in catalogue.by_id.values() if s.id in members],
+        loyalty=loyalty,
+        event=event,
+        journey=journey,
+        links={"unsubscribe": unsubscribe or ""},
+    )
+
+
+def _shows_loyalty(template: MessageTemplate) -> bool:
+    """Whether the template may show the person's loyalty, which takes a few statements
+    a person to read. A template names every variable it uses in its source, as it is
+    spelled: `compile_template` refuses any other."""
+    parts = (*template.parts.values(), *template.data.values())
+    return any("loyalty" in part.source for part in parts)
 
 
 def _loyalty(conn: Connection, profile_id: str, now: datetime) -> dict[str, Any] | None:

@@ -10,11 +10,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ariane.storage.database import dialect_of
+from ariane.storage.dialect import chunked
 from ariane.storage.tables import inbox, messages, push_subscriptions
 
 # A message that counts towards a frequency cap: made due, whatever became of it since,
 # unless it was skipped or failed before reaching the person.
 COUNTED = ("queued", "sending", "sent", "unknown")
+# People a statement asks about at most: SQLite takes up to 32,766 parameters.
+_CHUNK = 400
 
 
 def add(conn: Connection, row: Mapping[str, Any]) -> int | None:
@@ -51,9 +54,19 @@ def by_key(conn: Connection, send_key: str) -> dict[str, Any] | None:
     return None if row is None else dict(row._mapping)
 
 
-def update(conn: Connection, ids: Collection[int], values: Mapping[str, Any]) -> None:
-    if ids:
-        conn.execute(messages.update().where(messages.c.id.in_(sorted(ids))).values(**values))
+# Run with a list of parameters, one a message: `b_id` names it, the others are columns.
+_UPDATE_EACH = messages.update().where(messages.c.id == sa.bindparam("b_id"))
+
+
+def update_each(conn: Connection, changes: Sequence[Mapping[str, Any]]) -> None:
+    """Set the values of each message (`id` names it): one statement run for every
+    message that sets the same columns."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in changes:
+        values = {name: value for name, value in change.items() if name != "id"}
+        by_columns.setdefault(tuple(sorted(values)), []).append({"b_id": change["id"], **values})
+    for parameters in by_columns.values():
+        conn.execute(_UPDATE_EACH, parameters)
 
 
 def recent(
@@ -152,13 +165,21 @@ def subscribe(conn: Connection, row: Mapping[str, Any]) -> None:
     )
 
 
-def subscriptions_of(conn: Connection, profile_id: str) -> list[dict[str, Any]]:
-    query = (
-        sa.select(push_subscriptions.c.endpoint, push_subscriptions.c["keys"])
-        .where(push_subscriptions.c.profile_id == profile_id)
-        .order_by(push_subscriptions.c.id)
-    )
-    return [{"endpoint": row[0], "keys": row[1]} for row in conn.execute(query)]
+def subscriptions_of(
+    conn: Connection, profile_ids: Collection[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each person's subscriptions, oldest first (none for those without)."""
+    found: dict[str, list[dict[str, Any]]] = {person: [] for person in profile_ids}
+    c = push_subscriptions.c
+    for chunk in chunked(sorted(found), _CHUNK):
+        query = (
+            sa.select(c.profile_id, c.endpoint, c["keys"])
+            .where(c.profile_id.in_(chunk))
+            .order_by(c.id)
+        )
+        for profile_id, endpoint, keys in conn.execute(query):
+            found[profile_id].append({"endpoint": endpoint, "keys": keys})
+    return found
 
 
 def forget_subscriptions(conn: Connection, endpoints: Sequence[str]) -> None:
