@@ -55,6 +55,7 @@ def handler_table(container: Container) -> Callable[[], Sequence[Handler]]:
             "events",
             container.journey_engine.on_events,
             asleep=container.journey_engine.asleep,
+            wants=container.journey_engine.wants,
         ),
         Handler(
             "journeys:audiences",

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
@@ -321,6 +322,42 @@ def test_a_commit_of_another_process_to_both_logs_wakes_the_outbox_handlers(
         stop.set()
         runner.join()
         other.dispose()
+
+
+def test_entries_behind_a_transaction_that_writes_no_log_are_read_when_it_ends(
+    container: Container, clock: FakeClock, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's writers commit one after the other: nothing is held back")
+    # An older transaction still running holds the entry back from the handler that
+    # its commit woke; that transaction's own commit writes to no log and wakes no one.
+    arrived = threading.Event()
+
+    def handle(entries: Sequence[Entry]) -> None:
+        if any(entry.event_id == "earned-5" for entry in entries):
+            arrived.set()
+
+    bus = dispatcher(container, Handler("held", "outbox", handle))
+    stop = threading.Event()
+    runner = threading.Thread(target=bus.run, args=(stop,), kwargs={"idle": 60})
+    engine = sa.create_engine(db_url)
+    older = engine.connect()
+    runner.start()
+    try:
+        time.sleep(0.3)
+        transaction = older.begin()
+        older.execute(sa.text("SELECT pg_current_xact_id()"))
+        record(container, earned(5, clock))
+        time.sleep(0.3)
+        assert not arrived.is_set()
+        transaction.commit()
+        # Without a look soon after, it would wait for its next look, a minute away.
+        assert arrived.wait(20)
+    finally:
+        stop.set()
+        runner.join()
+        older.close()
+        engine.dispose()
 
 
 def test_a_process_runs_a_bounded_number_of_rounds_at_once(

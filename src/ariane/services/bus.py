@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 # thread per handler and two handlers per destination, unbounded rounds would take the
 # connections the requests need as soon as there are a few destinations.
 CONCURRENT_ROUNDS = 4
+# A handler that only went past entries it has nothing to do with keeps its new position
+# in memory, and writes it at most this often: a commit wakes every handler of its log,
+# and each writing that it read nothing would queue them all for the database's writer.
+SKIPPED_SAVE_EVERY = 1.0
+# How soon a handler looks again when entries wait behind a transaction still running
+# (`storage.bus.held_back`), rather than at its next wake-up, which that transaction may
+# never send.
+HELD_BACK_PAUSE = 0.005
 
 
 class RetryLater(Exception):
@@ -73,6 +81,9 @@ class Handler:
     # Whether the handler has nothing to do whatever the log holds (earn rules while no
     # programme has any): its position then moves to the log's head, unread.
     asleep: Callable[[], bool] | None = None
+    # Which of the entries of its kinds it has something to do with (a channel's
+    # messages among every channel's); the others are gone past as other kinds are.
+    wants: Callable[[Entry], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +144,12 @@ class Dispatcher:
         # The handlers found asleep at their last round (`Handler.asleep`).
         self._asleep: set[str] = set()
         self._rounds = threading.BoundedSemaphore(concurrent)
+        # Positions gone past but not written yet (`SKIPPED_SAVE_EVERY`), and when each
+        # handler's position was last written.
+        self._unsaved: dict[str, Position] = {}
+        self._saved_at: dict[str, float] = {}
+        # The handlers whose last round found entries not readable yet.
+        self._held_back: set[str] = set()
 
     # --- one round ------------------------------------------------------------------------
 
@@ -162,9 +179,17 @@ class Dispatcher:
                     entries, read_to = store.read(
                         conn, handler.stream, position, handler.batch, horizon, handler.kinds
                     )
+                    if not entries and store.held_back(
+                        conn, handler.stream, read_to, horizon, handler.kinds
+                    ):
+                        self._held_back.add(handler.name)
+                    else:
+                        self._held_back.discard(handler.name)
+            if entries and handler.wants is not None:
+                entries = [entry for entry in entries if handler.wants(entry)]
             if not entries:
-                if read_to != position or not known:
-                    self._save(handler, read_to)
+                if read_to != position or not known or handler.name in self._unsaved:
+                    self._skip_to(handler, read_to, known)
                 return 0
             trying = entries if failing is None else entries[:1]
             try:
@@ -263,13 +288,26 @@ class Dispatcher:
         """Where the handler is, and whether it was saved (else it is where it starts)."""
         found = store.positions(conn, [handler.name]).get(handler.name)
         if found is not None:
-            return found, True
+            # Another process may have moved it further since this one went past.
+            return max(found, self._unsaved.get(handler.name, found)), True
         if handler.from_head:
             return store.head(conn, handler.stream, horizon), False
         return store.START, False
 
     def _save(self, handler: Handler, position: Position) -> None:
         self.db.write(lambda conn: store.save_position(conn, handler.name, position, self.clock()))
+        self._unsaved.pop(handler.name, None)
+        self._saved_at[handler.name] = time.monotonic()
+
+    def _skip_to(self, handler: Handler, position: Position, known: bool) -> None:
+        """Go past entries the handler has nothing to do with: at once in memory, in the
+        database at most every `SKIPPED_SAVE_EVERY` seconds. Lost in a crash, they are
+        read again and gone past again."""
+        recently = time.monotonic() - self._saved_at.get(handler.name, -SKIPPED_SAVE_EVERY)
+        if known and recently < SKIPPED_SAVE_EVERY:
+            self._unsaved[handler.name] = position
+            return
+        self._save(handler, position)
 
     # --- until there is nothing left ------------------------------------------------------
 
@@ -394,9 +432,9 @@ class Dispatcher:
             if done:
                 continue
             failing = self._failing.get(handler.name)
-            wait = idle
+            wait = HELD_BACK_PAUSE if handler.name in self._held_back else idle
             if failing is not None:
-                wait = min(idle, max(0.0, failing.not_before - time.monotonic()))
+                wait = min(wait, max(0.0, failing.not_before - time.monotonic()))
             if handler.name in self._asleep:
                 # Asleep, it has nothing to do whatever commits: it looks again at its
                 # next idle round, rather than costing every batch stored a round of

@@ -120,24 +120,39 @@ class JourneyEngine:
         self.segments = segments
         # The latest scheduled moment each scheduled journey's members were entered at.
         self._scheduled: dict[str, datetime] = {}
+        # The event names the journeys in use react to, and the journeys they are of.
+        self._names_of: Mapping[tuple[str, int], Journey] | None = None
+        self._names: frozenset[str] = frozenset()
 
     # --- the bus's handlers ----------------------------------------------------------------
 
     def asleep(self) -> bool:
         return not self.journeys.in_use()
 
-    def on_events(self, entries: Sequence[Entry]) -> None:
+    def wants(self, entry: Entry) -> bool:
+        """Whether a stored event is one a journey in use reacts to."""
+        event = entry.event
+        return (
+            isinstance(event, StoredEvent)
+            and event.type == "track"
+            and event.source_id != INTERNAL_SOURCE
+            and event.event in self._event_names()
+        )
+
+    def _event_names(self) -> frozenset[str]:
         in_use = self.journeys.in_use()
-        names: set[str] = set()
-        for journey in in_use.values():
-            names |= journey.events()
+        if self._names_of is not in_use:
+            names: set[str] = set()
+            for journey in in_use.values():
+                names |= journey.events()
+            self._names_of, self._names = in_use, frozenset(names)
+        return self._names
+
+    def on_events(self, entries: Sequence[Entry]) -> None:
         found = [
             entry.event
             for entry in entries
-            if isinstance(entry.event, StoredEvent)
-            and entry.event.type == "track"
-            and entry.event.event in names
-            and entry.event.source_id != INTERNAL_SOURCE
+            if self.wants(entry) and isinstance(entry.event, StoredEvent)
         ]
         if found:
             self.db.write(lambda conn: self._events(conn, found))

@@ -122,6 +122,7 @@ class Messaging:
                 partial(self.deliver, name),
                 kinds=QUEUED_KINDS,
                 batch=100,
+                wants=partial(_for_channel, name),
             )
             for name, config in sorted(self.channels.configs().items())
             if config.enabled
@@ -654,3 +655,7 @@ def _unb64(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as error:
         raise ValueError("not base64") from error
+
+
+def _for_channel(name: str, entry: Entry) -> bool:
+    return isinstance(entry.event, MessageQueued) and entry.event.channel == name

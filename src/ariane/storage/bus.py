@@ -142,6 +142,27 @@ def head(conn: Connection, stream: Stream, horizon: int) -> Position:
     return START if last is None else (last.tx, last.id)
 
 
+def held_back(
+    conn: Connection,
+    stream: Stream,
+    after: Position,
+    horizon: int,
+    kinds: Collection[str] | None = None,
+) -> bool:
+    """Whether entries after `after` (of `kinds`, in the outbox) are committed or being
+    written but not readable yet, behind a transaction older than theirs still running
+    (`Dialect.log_horizon`): they will be readable once it ends, which may write nothing
+    to either log and so wake no one."""
+    table = _LOGS[stream]
+    behind = dialect_of(conn).log_held_back(table, after, horizon)
+    if behind is None:
+        return False
+    query = sa.select(table.c.id).where(behind)
+    if stream == "outbox":
+        query = query.where(outbox.c.topic.in_(sorted(KINDS if kinds is None else kinds)))
+    return conn.execute(query.limit(1)).first() is not None
+
+
 def oldest_after(conn: Connection, stream: Stream, after: Position) -> datetime | None:
     """When the first entry after `after` was written (None: there is none)."""
     dialect = dialect_of(conn)

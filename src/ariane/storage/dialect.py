@@ -206,6 +206,13 @@ class Dialect:
         """The rows of a log after `after` that no row committed later can come before."""
         return table.c.id > after[1]
 
+    def log_held_back(
+        self, table: sa.Table, after: tuple[int, int], horizon: int
+    ) -> sa.ColumnElement[bool] | None:
+        """The rows of a log after `after` that `log_after` leaves for later, behind a
+        transaction still running; None where there can be none."""
+        return None
+
     def log_order(self, table: sa.Table) -> list[sa.ColumnElement[Any]]:
         return [table.c.id]
 

@@ -140,6 +140,11 @@ class PostgresDialect(Dialect):
         # in (transaction, id) order; one still running takes a later place than them.
         return sa.and_(table.c.tx < horizon, sa.tuple_(table.c.tx, table.c.id) > sa.tuple_(*after))
 
+    def log_held_back(
+        self, table: sa.Table, after: tuple[int, int], horizon: int
+    ) -> sa.ColumnElement[bool] | None:
+        return sa.and_(table.c.tx >= horizon, sa.tuple_(table.c.tx, table.c.id) > sa.tuple_(*after))
+
     def log_order(self, table: sa.Table) -> list[sa.ColumnElement[Any]]:
         return [table.c.tx, table.c.id]
 
