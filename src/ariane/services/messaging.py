@@ -142,14 +142,18 @@ class Messaging:
         channel = self.channels.built(config)
         # Made before the transaction: the first time, it writes the secret in its own.
         links = self.links()
-        outgoing = self.db.write(lambda conn: self._prepare(conn, config, channel, links, wanted))
-        pacer = self._pacers.setdefault(name, Pacer())
         size = SEND_GROUP if channel.carries_key else 1
+        # The first group is marked `sending` in the transaction that prepares them all.
+        outgoing = self.db.write(
+            lambda conn: self._prepare(conn, config, channel, links, wanted, size)
+        )
+        pacer = self._pacers.setdefault(name, Pacer())
         handed: list[tuple[_Outgoing, Sent]] = []
         for start in range(0, len(outgoing), size):
             group = outgoing[start : start + size]
-            # What the last group did, and this one marked `sending`, in one transaction.
-            self._record(handed, sending=group)
+            if start:
+                # What the last group did, and this one marked `sending`, at once.
+                self._record(handed, sending=group)
             handed = []
             for position, item in enumerate(group):
                 pacer.wait(config.rate_limit)
@@ -174,6 +178,7 @@ class Messaging:
         channel: Any,
         links: Links,
         wanted: Mapping[int, int],
+        first_group: int,
     ) -> list[_Outgoing]:
         now = self.clock()
         rows = store.lock(conn, list(wanted))
@@ -196,6 +201,8 @@ class Messaging:
                 happened.append(_told(MessageSkipped, row, now, reason=why))
                 continue
             outgoing.append(_Outgoing(dict(row), message, wanted[row["id"]]))
+        # On the copies made above: a transaction tried again reads the rows afresh.
+        changes.extend(_sending(outgoing[:first_group], now))
         store.update_each(conn, changes)
         bus_store.record(conn, happened)
         return outgoing
@@ -407,19 +414,8 @@ class Messaging:
         if not (handed or failed or failing or back or sending):
             return
         now = self.clock()
-        for item in sending:
-            item.row["attempts"] += 1
-        changes: list[dict[str, Any]] = []
+        changes = _sending(sending, now)
         happened: list[DomainEvent] = []
-        for item in sending:
-            changes.append(
-                {
-                    "id": item.row["id"],
-                    "status": "sending",
-                    "attempts": item.row["attempts"],
-                    "updated_at": now,
-                }
-            )
         for item, sent in handed:
             changes.append(
                 {
@@ -659,3 +655,18 @@ def _unb64(text: str) -> bytes:
 
 def _for_channel(name: str, entry: Entry) -> bool:
     return isinstance(entry.event, MessageQueued) and entry.event.channel == name
+
+
+def _sending(group: Sequence[_Outgoing], now: datetime) -> list[dict[str, Any]]:
+    """Mark the group `sending`, one more attempt each."""
+    for item in group:
+        item.row["attempts"] += 1
+    return [
+        {
+            "id": item.row["id"],
+            "status": "sending",
+            "attempts": item.row["attempts"],
+            "updated_at": now,
+        }
+        for item in group
+    ]
