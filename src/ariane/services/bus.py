@@ -421,7 +421,7 @@ class Dispatcher:
             current = self._current()
             if current and handler.name not in {known.name for known in current}:
                 return
-            seen = commits.generation(handler.stream)
+            seen = commits.generation(handler.stream, handler.kinds)
             try:
                 with self._rounds:
                     done = self.run_once(handler)
@@ -442,6 +442,6 @@ class Dispatcher:
                 # then, at most `idle` seconds behind the log's head.
                 stop.wait(wait)
             else:
-                commits.wait(handler.stream, seen, wait)
+                commits.wait(handler.stream, seen, wait, handler.kinds)
             if stop.is_set():
                 return

@@ -65,7 +65,7 @@ def record(conn: Connection, happened: Sequence[DomainEvent]) -> None:
     if not happened:
         return
     conn.execute(_RECORD, [_row(event) for event in happened])
-    wake_on_commit(conn, "outbox")
+    wake_on_commit(conn, "outbox", {event.kind for event in happened})
 
 
 def record_once(conn: Connection, happened: Sequence[DomainEvent]) -> None:
@@ -74,7 +74,7 @@ def record_once(conn: Connection, happened: Sequence[DomainEvent]) -> None:
     if not happened:
         return
     dialect.insert_ignoring_conflicts(conn, outbox, [_row(event) for event in happened])
-    wake_on_commit(conn, "outbox")
+    wake_on_commit(conn, "outbox", {event.kind for event in happened})
 
 
 def _row(event: DomainEvent) -> dict[str, Any]:

@@ -1,6 +1,11 @@
 """Word that something the bus carries has committed, so that its handlers react in
 milliseconds rather than at their next look.
 
+Word names the log, and for the outbox the kinds written (`outbox:MessageQueued`): a
+commit wakes only the handlers of what it wrote, not every handler of its log, which
+would each spend a round of queries finding nothing to do. Word that names no kind (a
+commit of another process seen on SQLite) wakes every handler of the log.
+
 A transaction that writes to the outbox or the events table marks its connection
 (`mark`); once it commits, `Database.write` tells the waiting handlers of this process
 at once. Other processes hear of it from PostgreSQL's NOTIFY, which is delivered when
@@ -14,7 +19,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import closing, contextmanager
 
 import psycopg
@@ -33,16 +38,18 @@ LISTEN_TIMEOUT = 0.5
 _MARK = "ariane.bus.wakes"
 
 
-def wake_on_commit(conn: Connection, log: str) -> None:
-    """Have the bus's handlers of `log` ("events" or "outbox") woken once `conn`'s
-    transaction commits."""
+def wake_on_commit(conn: Connection, log: str, kinds: Iterable[str] = ()) -> None:
+    """Have the bus's handlers of `log` ("events" or "outbox"), of `kinds` if given,
+    woken once `conn`'s transaction commits."""
     marked: set[str] = conn.info.setdefault(_MARK, set())
-    if log in marked:
-        return
-    marked.add(log)
-    if conn.dialect.name == "postgresql":
-        # Notifications of one transaction with the same payload are delivered once.
-        conn.exec_driver_sql(f"NOTIFY {CHANNEL}, '{log}'")
+    for word in [f"{log}:{kind}" for kind in kinds] or [log]:
+        if word in marked:
+            continue
+        marked.add(word)
+        if conn.dialect.name == "postgresql":
+            # Kinds are class names; notifications of one transaction with the same
+            # payload are delivered once.
+            conn.exec_driver_sql(f"NOTIFY {CHANNEL}, '{word}'")
 
 
 class CommitSignal:
@@ -61,24 +68,40 @@ class CommitSignal:
         found: set[str] = conn.info.pop(_MARK, set())
         return found
 
-    def committed(self, logs: Iterable[str] = LOGS) -> None:
-        """Wake those waiting for a commit to `logs` (all of them, when a change of some
-        other process is all that is known)."""
+    def committed(self, words: Iterable[str] = LOGS) -> None:
+        """Wake those waiting for what `words` name: a log, or a log and a kind
+        (`outbox:MessageQueued`); every handler of both logs when a change of some other
+        process is all that is known."""
         with self._changed:
-            for log in logs:
-                self._generations[log] = self._generations.get(log, 0) + 1
+            for word in words:
+                log, _, kind = word.partition(":")
+                if log not in LOGS:
+                    continue
+                # The log's count moves with each word; a word with no kind moves every
+                # kind's (`log:*`).
+                self._bump(log)
+                self._bump(f"{log}:{kind or '*'}")
             self._changed.notify_all()
 
-    def generation(self, log: str) -> int:
-        """A number that changes with every commit to `log` heard of."""
-        return self._generations.get(log, 0)
+    def _bump(self, key: str) -> None:
+        self._generations[key] = self._generations.get(key, 0) + 1
 
-    def wait(self, log: str, seen: int, timeout: float) -> int:
-        """Wait until a commit to `log` after `seen` (a `generation`) is heard of, or
-        `timeout` seconds; the generation then."""
+    def generation(self, log: str, kinds: Iterable[str] | None = None) -> int:
+        """A number that changes with every commit to `log` heard of (of one of
+        `kinds`, if given)."""
+        if kinds is None:
+            return self._generations.get(log, 0)
+        keys = [f"{log}:*", *(f"{log}:{kind}" for kind in kinds)]
+        return sum(self._generations.get(key, 0) for key in keys)
+
+    def wait(
+        self, log: str, seen: int, timeout: float, kinds: Collection[str] | None = None
+    ) -> int:
+        """Wait until a commit to `log` (of one of `kinds`) after `seen` (a
+        `generation`) is heard of, or `timeout` seconds; the generation then."""
         with self._changed:
-            self._changed.wait_for(lambda: self.generation(log) != seen, timeout)
-            return self.generation(log)
+            self._changed.wait_for(lambda: self.generation(log, kinds) != seen, timeout)
+            return self.generation(log, kinds)
 
     @contextmanager
     def listening(self) -> Iterator[None]:
@@ -106,7 +129,7 @@ class CommitSignal:
                         # transaction that wrote to both logs) come in one read, and a
                         # `break` after the first would drop the others.
                         for notice in conn.notifies(timeout=LISTEN_TIMEOUT):
-                            self.committed([notice.payload] if notice.payload in LOGS else LOGS)
+                            self.committed([notice.payload])
             except psycopg.Error as error:
                 log.warning("bus: lost the commit notifications (%s); listening again", error)
                 stop.wait(1.0)
