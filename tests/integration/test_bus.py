@@ -360,6 +360,32 @@ def test_entries_behind_a_transaction_that_writes_no_log_are_read_when_it_ends(
         engine.dispose()
 
 
+def test_a_handler_goes_past_batches_it_wants_none_of_without_waiting(
+    container: Container, clock: FakeClock
+) -> None:
+    arrived = threading.Event()
+
+    def handle(entries: Sequence[Entry]) -> None:
+        if any(entry.event_id == "earned-35" for entry in entries):
+            arrived.set()
+
+    picky = Handler(
+        "picky", "outbox", handle, batch=10, wants=lambda entry: entry.event_id == "earned-35"
+    )
+    bus = dispatcher(container, picky)
+    stop = threading.Event()
+    runner = threading.Thread(target=bus.run, args=(stop,), kwargs={"idle": 60})
+    runner.start()
+    try:
+        time.sleep(0.3)
+        record(container, *(earned(n, clock) for n in range(36)))
+        # Three batches of ten it wants none of, then its entry: not three looks later.
+        assert arrived.wait(20)
+    finally:
+        stop.set()
+        runner.join()
+
+
 def test_a_process_runs_a_bounded_number_of_rounds_at_once(
     container: Container, clock: FakeClock
 ) -> None:

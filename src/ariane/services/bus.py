@@ -155,7 +155,8 @@ class Dispatcher:
 
     def run_once(self, handler: Handler) -> int:
         """Give `handler` the entries after its position, once; how many it dealt with
-        (0 when there were none, it is waiting to retry, or another process has it)."""
+        or went past unwanted (0 when there were none, it is waiting to retry, or another
+        process has it)."""
         with self.db.alone(f"bus-{handler.name}") as mine:
             if not mine:
                 return 0
@@ -185,12 +186,14 @@ class Dispatcher:
                         self._held_back.add(handler.name)
                     else:
                         self._held_back.discard(handler.name)
+            read = len(entries)
             if entries and handler.wants is not None:
                 entries = [entry for entry in entries if handler.wants(entry)]
             if not entries:
                 if read_to != position or not known or handler.name in self._unsaved:
                     self._skip_to(handler, read_to, known)
-                return 0
+                # Gone past a batch it wants none of: more may follow at once.
+                return read
             trying = entries if failing is None else entries[:1]
             try:
                 handler.handle(trying)
