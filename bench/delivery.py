@@ -41,22 +41,22 @@ from bench.ingest import VENV_BIN, Server, drop_postgres, machine, postgres_data
 SEGMENT = "bench-audience"
 
 
-class Receiver:
-    """An HTTP server that notes when each message arrives, by its messageId."""
+class PostReceiver:
+    """An HTTP server on a free local port whose every POST body is given to `note`,
+    with the moment it arrived (`time.perf_counter()`); answered 200 at once."""
+
+    # "HTTP/1.1" keeps connections open, as a provider's server would.
+    protocol = "HTTP/1.0"
 
     def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-        self.changed = threading.Condition()
         receiver = self
 
         class Handle(BaseHTTPRequestHandler):
+            protocol_version = receiver.protocol
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                now = time.perf_counter()
-                message_id = orjson.loads(body).get("messageId", "")
-                with receiver.changed:
-                    receiver.arrived.setdefault(message_id, now)
-                    receiver.changed.notify_all()
+                receiver.note(body, time.perf_counter())
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -69,15 +69,33 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def note(self, body: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(PostReceiver):
+    """Notes when each message arrives, by its messageId."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.changed = threading.Condition()
+        super().__init__()
+
+    def note(self, body: bytes, now: float) -> None:
+        message_id = orjson.loads(body).get("messageId", "")
+        with self.changed:
+            self.arrived.setdefault(message_id, now)
+            self.changed.notify_all()
+
     def wait_for(self, message_id: str, timeout: float = 10.0) -> float:
         with self.changed:
             if not self.changed.wait_for(lambda: message_id in self.arrived, timeout):
                 raise RuntimeError(f"{message_id} was not delivered within {timeout} s")
             return self.arrived[message_id]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def summary(samples: list[float]) -> dict[str, float]:

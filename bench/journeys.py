@@ -42,7 +42,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from ariane.storage.database import Database
 from ariane.storage.tables import messages
+from bench.delivery import PostReceiver
 from bench.ingest import (
     POSTGRES_URL,
     VENV_BIN,
@@ -124,33 +124,18 @@ class Tally:
             return self.counts.get(journey, 0)
 
 
-class Receiver:
-    """An HTTP server (keep-alive) that notes when each webhook arrives."""
+class Receiver(PostReceiver):
+    """Notes when each webhook arrives, kept alive as a provider's server would."""
+
+    protocol = "HTTP/1.1"
 
     def __init__(self, tally: Tally) -> None:
-        class Handle(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        self.tally = tally
+        super().__init__()
 
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                now = time.perf_counter()
-                message = orjson.loads(body)
-                tally.note(str(message.get("journey")), now, message)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handle)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def note(self, body: bytes, now: float) -> None:
+        message = orjson.loads(body)
+        self.tally.note(str(message.get("journey")), now, message)
 
 
 class Mailbox:
