@@ -28,7 +28,7 @@ from py_vapid import Vapid  # type: ignore[import-untyped]
 
 from ariane.channels import Context, Message
 from ariane.channels.apprise import AppriseChannel
-from ariane.channels.email import EmailChannel
+from ariane.channels.email import EmailChannel, message_id
 from ariane.channels.webhook import WebhookChannel
 from ariane.channels.webpush import WebPushChannel
 from ariane.services.bus import GiveUp, RetryLater
@@ -74,6 +74,127 @@ def test_an_email_reaches_the_smtp_server_as_text_and_html(smtp: SMTPServer) -> 
     assert got["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert got["X-Ariane-Send-Key"] == "welcome:1:e42:mail:0"
     assert sent.detail == "250 OK queued as q1"
+
+
+def received_bytes(mailbox: Mailbox) -> bytes:
+    [(envelope, _)] = mailbox.received
+    content = envelope.content
+    assert isinstance(content, bytes)
+    return content
+
+
+def test_an_email_in_any_language_reaches_the_server_with_every_header_and_both_parts(
+    smtp: SMTPServer,
+) -> None:
+    channel = email_channel(
+        smtp, **{"from": "Boutique Élodie <news@shop.test>", "reply_to": "Сервис <help@shop.test>"}
+    )
+    subject = "Adèle, votre panier vous attend — 购物车 — Ваша корзина ждёт вас 🛒"
+    text = "Bonjour Adèle,\n\nVotre panier : 3 articles. À très bientôt, ça vous dit ?\n"
+    html = "<p>Bonjour <b>Adèle</b>, votre panier&nbsp;: 3 articles. 購物車 — Корзина</p>"
+    url = "https://cdp.shop.test/v1/unsubscribe?t=" + "eyJwIjoicDQyIiwiYyI6Im5ld3MifQ" * 4
+    sent = channel.send(message(subject=subject, text=text, html=html, unsubscribe_url=url))
+    channel.close()
+    data = received_bytes(smtp.mailbox)
+    # As the server took it: ASCII, CRLF line ends, no line above 78 characters.
+    assert data.isascii()
+    lines = data.split(b"\r\n")
+    assert not any(b"\r" in line or b"\n" in line for line in lines)
+    assert max(len(line) for line in lines if not line.startswith(b"List-Unsubscribe:")) <= 78
+    assert f"List-Unsubscribe: <{url}>\r\n".encode() in data
+    [got] = smtp.mailbox.emails()
+    assert not got.defects
+    assert got["Subject"] == subject
+    assert got["From"] == "Boutique Élodie <news@shop.test>"
+    assert got["From"].addresses[0].display_name == "Boutique Élodie"
+    assert got["From"].addresses[0].addr_spec == "news@shop.test"
+    assert got["To"] == "ada@example.test"
+    assert got["Reply-To"] == "Сервис <help@shop.test>"
+    assert got["Date"] == "Mon, 02 Mar 2026 09:30:00 +0000"
+    assert got["Message-ID"] == sent.provider_id
+    assert sent.provider_id == message_id("welcome:1:e42:mail:0", "shop.test")
+    assert got["X-Ariane-Send-Key"] == "welcome:1:e42:mail:0"
+    assert got["List-Unsubscribe"] == f"<{url}>"
+    assert got["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert got["MIME-Version"] == "1.0"
+    assert got.get_content_type() == "multipart/alternative"
+    plain, rich = got.iter_parts()
+    assert plain.get_content_type() == "text/plain"
+    assert plain.get_content_charset() == "utf-8"
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"  # readable French
+    assert plain.get_content().replace("\r\n", "\n") == text
+    assert rich.get_content_type() == "text/html"
+    assert rich.get_content().replace("\r\n", "\n") == html + "\n"
+
+
+def test_a_transactional_email_without_html_is_its_text_alone_without_unsubscribe(
+    smtp: SMTPServer,
+) -> None:
+    channel = email_channel(smtp)
+    channel.send(message(category="transactional", text="Your code: 123456\nThanks"))
+    channel.close()
+    [got] = smtp.mailbox.emails()
+    assert not got.defects
+    assert got.get_content_type() == "text/plain"
+    assert got["Content-Transfer-Encoding"] == "7bit"
+    assert got.get_content().replace("\r\n", "\n") == "Your code: 123456\nThanks\n"
+    assert got["Subject"] == "Welcome, Ada"
+    assert got["From"] == "Shop <news@shop.test>"
+    assert "Reply-To" not in got
+    assert "List-Unsubscribe" not in got
+    assert "List-Unsubscribe-Post" not in got
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"subject": "Hi\r\nBcc: all@example.test"},
+        {"subject": "Hi\nBcc: all@example.test\n\nanother body"},
+        {"unsubscribe_url": "https://cdp.shop.test/u\r\nBcc: all@example.test"},
+    ],
+)
+def test_a_header_injected_into_an_email_is_refused_and_nothing_sent(
+    smtp: SMTPServer, changes: dict[str, str]
+) -> None:
+    channel = email_channel(smtp)
+    with pytest.raises(GiveUp, match="cannot be written as an email"):
+        channel.send(message(**changes))
+    channel.close()
+    assert smtp.mailbox.received == []
+
+
+def test_an_email_to_a_non_ascii_address_goes_with_smtputf8(smtp: SMTPServer) -> None:
+    # aiosmtpd's Controller offers SMTPUTF8 unless told not to.
+    channel = email_channel(smtp, **{"from": "Boutique Élodie <news@shop.test>"})
+    sent = channel.send(message(address="adèle@exämple.test", subject="Adèle", html="<p>Hi</p>"))
+    channel.close()
+    [(envelope, _)] = smtp.mailbox.received
+    assert envelope.mail_options == ["SMTPUTF8"]
+    assert envelope.rcpt_tos == ["adèle@exämple.test"]
+    assert b"\r\nTo: " + "adèle@exämple.test".encode() + b"\r\n" in received_bytes(smtp.mailbox)
+    [got] = smtp.mailbox.emails()
+    assert got["To"] == "adèle@exämple.test"
+    assert got["From"] == "Boutique Élodie <news@shop.test>"
+    assert got["Subject"] == "Adèle"
+    assert got["Message-ID"] == sent.provider_id
+    assert [part.get_content_type() for part in got.iter_parts()] == ["text/plain", "text/html"]
+
+
+def test_an_email_to_a_non_ascii_address_is_refused_by_a_server_without_smtputf8() -> None:
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(
+        mailbox, hostname="127.0.0.1", port=port, timeout=1, enable_SMTPUTF8=False
+    )
+    controller.start()
+    try:
+        channel = email_channel(SMTPServer(mailbox, port))
+        with pytest.raises(GiveUp, match="cannot take the non-ASCII address"):
+            channel.send(message(address="adèle@exämple.test"))
+        channel.close()
+    finally:
+        controller.stop()
+    assert mailbox.received == []
 
 
 def test_a_message_handed_twice_carries_the_same_message_id(smtp: SMTPServer) -> None:
