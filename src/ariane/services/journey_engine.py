@@ -102,6 +102,9 @@ class _Round:
     entries_read: set[tuple[str, str]] = field(default_factory=set)
     logged: list[dict[str, Any]] = field(default_factory=list)
     happened: list[DomainEvent] = field(default_factory=list)
+    # Where each enrollment moved, by id, not written yet: written in one statement per
+    # set of columns before anything reads enrollments again, and at the round's end.
+    saves: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class JourneyEngine:
@@ -449,7 +452,7 @@ class JourneyEngine:
                 continue
             self._goals(run, person, in_use, event=event)
             exits = event.event in reacts.exit_events
-            for row in store.open_of(conn, [person]) if exits else ():
+            for row in store.open_of(self._written(run), [person]) if exits else ():
                 journey = in_use.get((row["journey_id"], row["version"]))
                 if journey is None:
                     continue
@@ -458,7 +461,7 @@ class JourneyEngine:
                     self._log(run, row, "exited", reason)
                     self._end(run, row, "exited", reason)
             waits = [f"event:{event.event}"] if event.event in reacts.wait_events else []
-            for row in store.waiting_for(conn, [person], waits):
+            for row in store.waiting_for(self._written(run), [person], waits):
                 journey = in_use.get((row["journey_id"], row["version"]))
                 step = journey.step(row["step"]) if journey else None
                 if journey is None or step is None or step.event is None:
@@ -509,7 +512,7 @@ class JourneyEngine:
                 self._goals(run, person, in_use, segment=change.segment, at=change.at)
                 waited = change.segment in reacts.wait_segments
                 waits = [f"segment:{change.segment}"] if waited else []
-                for row in store.waiting_for(conn, [person], waits):
+                for row in store.waiting_for(self._written(run), [person], waits):
                     journey = in_use.get((row["journey_id"], row["version"]))
                     step = journey.step(row["step"]) if journey else None
                     if journey is None or step is None:
@@ -523,7 +526,7 @@ class JourneyEngine:
                         entered_by: dict[str, Any] = {"segment": change.segment, "properties": {}}
                         self._enter(run, journey, person, "", change.event_id, entered_by)
             elif change.segment in reacts.exit_segments:
-                for row in store.open_of(conn, [person]):
+                for row in store.open_of(self._written(run), [person]):
                     journey = in_use.get((row["journey_id"], row["version"]))
                     if journey and any(e.left == change.segment for e in journey.exits):
                         reason = f"left segment {change.segment}"
@@ -559,7 +562,9 @@ class JourneyEngine:
             return
         when = min(event.timestamp, event.received_at) if event else (at or run.now)
         widest = max(j.goal.within for j in reached.values() if j.goal)
-        rows = store.converting(run.conn, [person], {ident for ident, _ in reached}, when - widest)
+        rows = store.converting(
+            self._written(run), [person], {ident for ident, _ in reached}, when - widest
+        )
         # An event converts one enrollment per journey: the one it names by the entry's
         # key (the order of that cart), else the latest entered; its revenue counts once.
         chosen: dict[str, dict[str, Any]] = {}
@@ -858,7 +863,7 @@ class JourneyEngine:
     ) -> tuple[datetime | None, bool]:
         if (journey, person) in run.entries_read:
             return run.entries.get((journey, person, key), (None, False))
-        return store.last_entry(run.conn, journey, person, key)
+        return store.last_entry(self._written(run), journey, person, key)
 
     def _zone(self, run: _Round, row: Mapping[str, Any]) -> Any:
         """The person's time zone: their `timezone` trait, else the zone of the event
@@ -953,13 +958,20 @@ class JourneyEngine:
             "version", "step", "status", "due_at", "waiting_for", "visits", "variants",
             "active_key", "ended_at", "end_reason",
         )  # fmt: skip
-        store.update(
-            run.conn,
-            row["id"],
-            {**{name: row.get(name) for name in names if name in row}, "updated_at": run.now},
-        )
+        values = run.saves.setdefault(row["id"], {})
+        values.update({name: row.get(name) for name in names if name in row})
+        values["updated_at"] = run.now
+
+    def _written(self, run: _Round) -> Connection:
+        """The round's connection, once the enrollments moved are written: before a
+        statement that reads them."""
+        if run.saves:
+            store.update_each(run.conn, run.saves)
+            run.saves.clear()
+        return run.conn
 
     def _finish(self, run: _Round) -> None:
+        self._written(run)
         store.log_steps(run.conn, run.logged)
         bus_store.record(run.conn, run.happened)
 

@@ -22,14 +22,20 @@ _CHUNK = 400
 
 def add(conn: Connection, row: Mapping[str, Any]) -> int | None:
     """The new message's id; None when its send key is taken (sent once)."""
-    dialect = dialect_of(conn)
-    statement = (
-        dialect.insert_statement(messages)
-        .values(**row)
-        .on_conflict_do_nothing(index_elements=["send_key"])
-        .returning(messages.c.id)
-    )
-    return conn.execute(statement).scalar()
+    name = conn.dialect.name
+    statement = _ADD.get(name)
+    if statement is None:
+        # Built once per database, the values bound at execution (`journeys.enroll`).
+        statement = _ADD[name] = (
+            dialect_of(conn)
+            .insert_statement(messages)
+            .on_conflict_do_nothing(index_elements=["send_key"])
+            .returning(messages.c.id)
+        )
+    return conn.execute(statement, dict(row)).scalar()
+
+
+_ADD: dict[str, Any] = {}
 
 
 def lock(conn: Connection, ids: Collection[int]) -> dict[int, dict[str, Any]]:
