@@ -10,9 +10,10 @@ from typing import Any
 import orjson
 from fastapi.testclient import TestClient
 
-from ariane.bootstrap import Container
+from ariane.bootstrap import Container, build
 from ariane.channels import Message
 from ariane.services.inbox import user_token
+from ariane.settings import Settings
 from tests.conftest import FakeClock
 from tests.integration.test_journey_use_cases import profile_of, timeline
 from tests.integration.test_tracking import basic
@@ -396,3 +397,59 @@ def test_the_inbox_streams_new_messages_as_server_sent_events(
     )
     assert [f for f in again.text.split("\n\n") if f.startswith("id:")] == frames[1:]
     assert client.get("/v1/inbox/stream", params={"seconds": 0.2}).status_code == 403
+
+
+def waiting_journey(ident: str, event: str) -> dict[str, Any]:
+    """Sends a transactional in-app message to whoever does `event`, then waits a day;
+    with the channel and the template it sends, declared with it."""
+    return {
+        "channels": [{"name": f"in-app-{ident}", "type": "inbox"}],
+        "templates": [{"name": ident, "subject": ident, "text": "Hello"}],
+        "journeys": [
+            {
+                "id": ident,
+                "entry": {"event": event},
+                "steps": [
+                    {
+                        "send": {
+                            "channel": f"in-app-{ident}",
+                            "template": ident,
+                            "category": "transactional",
+                        }
+                    },
+                    {"delay": {"for": "P1D"}},
+                ],
+            }
+        ],
+    }
+
+
+def test_a_journey_declared_in_another_process_is_entered_by_what_follows_at_once(
+    client: TestClient,
+    write_key: str,
+    admin_token: dict[str, str],
+    settings: Settings,
+    clock: FakeClock,
+) -> None:
+    """The process that runs the bus keeps the journeys in memory for a second; one
+    declared through another process's API is entered by the events that follow it
+    even within that second, whether no journey was in use before (the handler asleep)
+    or others were (events of names none of them knew)."""
+    bus = build(settings, clock=clock)
+    try:
+        for n, (ident, event) in enumerate([("first", "Signed Up"), ("second", "Cart Viewed")]):
+            # The bus's process has looked at the journeys just now.
+            bus.bus.drain()
+            assert bus.journey_engine.asleep() is (n == 0)
+            declared = client.post(
+                "/api/journeys", json=waiting_journey(ident, event), headers=admin_token
+            )
+            assert declared.status_code == 200, declared.text
+            send(client, write_key, {"type": "track", "userId": f"u{n}", "event": event})
+            bus.bus.drain()
+            steps = client.get(f"/api/journeys/{ident}/steps", headers=admin_token).json()
+            # Sent on the channel declared with it, not skipped as on a channel off.
+            assert steps["steps"][0]["messages"] == {"sent": 1}, steps
+            assert steps["steps"][1]["waiting"] == 1, steps
+    finally:
+        bus.close()

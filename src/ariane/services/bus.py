@@ -170,22 +170,23 @@ class Dispatcher:
                 self._asleep.add(handler.name)
             else:
                 self._asleep.discard(handler.name)
+            entries: list[Entry] = []
             with self.db.read() as conn:
                 position, known = self._position(conn, handler, horizon)
-                entries: list[Entry] = []
                 if asleep:
-                    # Nothing to read: it moves to the head of the log, never back.
-                    read_to = max(position, store.head(conn, handler.stream, horizon))
+                    head = store.head(conn, handler.stream, horizon)
                 else:
-                    entries, read_to = store.read(
-                        conn, handler.stream, position, handler.batch, horizon, handler.kinds
-                    )
-                    if not entries and store.held_back(
-                        conn, handler.stream, read_to, horizon, handler.kinds
-                    ):
-                        self._held_back.add(handler.name)
-                    else:
-                        self._held_back.discard(handler.name)
+                    entries, read_to = self._read(conn, handler, position, horizon)
+            if asleep and handler.asleep is not None and not handler.asleep():
+                # Woken between its look and the head's read (a journey declared in
+                # another process): what followed is read, not gone past.
+                asleep = False
+                self._asleep.discard(handler.name)
+                with self.db.read() as conn:
+                    entries, read_to = self._read(conn, handler, position, horizon)
+            if asleep:
+                # Nothing to read: it moves to the head of the log, never back.
+                read_to = max(position, head)
             read = len(entries)
             if entries and handler.wants is not None:
                 entries = [entry for entry in entries if handler.wants(entry)]
@@ -212,6 +213,19 @@ class Dispatcher:
             self._failing.pop(handler.name, None)
             self._save(handler, read_to if failing is None else trying[0].position)
             return len(trying)
+
+    def _read(
+        self, conn: Any, handler: Handler, position: Position, horizon: int
+    ) -> tuple[list[Entry], Position]:
+        """The handler's next entries, and the position they take it to."""
+        entries, read_to = store.read(
+            conn, handler.stream, position, handler.batch, horizon, handler.kinds
+        )
+        if not entries and store.held_back(conn, handler.stream, read_to, horizon, handler.kinds):
+            self._held_back.add(handler.name)
+        else:
+            self._held_back.discard(handler.name)
+        return entries, read_to
 
     def _one_at_a_time(self, handler: Handler, entries: Sequence[Entry], read_to: Position) -> int:
         """Each entry on its own, to find which one the handler fails on."""

@@ -181,9 +181,12 @@ class Channels:
 
     # --- in force -------------------------------------------------------------------------
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, force: bool = False) -> None:
+        """Read the channels, templates and sending rules again if what is kept is more
+        than `REFRESH_SECONDS` old, or if `force`d: when the journeys changed, which
+        name them (`Journeys.fresh_for`)."""
         with self._lock:
-            if time.monotonic() - self._read_at < REFRESH_SECONDS:
+            if not force and time.monotonic() - self._read_at < REFRESH_SECONDS:
                 return
         with self.db.read() as conn:
             channel_rows = store.every_channel(conn)
@@ -209,6 +212,10 @@ class Channels:
         with self._lock:
             self._configs, self._templates, self._policies = configs, templates, policies
             self._read_at = time.monotonic()
+
+    def read_again(self) -> None:
+        """Read the channels, templates and sending rules again now."""
+        self._refresh(force=True)
 
     def configs(self) -> dict[str, ChannelConfig]:
         self._refresh()

@@ -130,17 +130,23 @@ class JourneyEngine:
     # --- the bus's handlers ----------------------------------------------------------------
 
     def asleep(self) -> bool:
+        """Whether no journey is in use, as stored now: the dispatcher asks again after
+        reading the log's head, so that a journey declared meanwhile is seen."""
+        self.journeys.fresh_for(self.clock())
         return not self.journeys.in_use()
 
     def wants(self, entry: Entry) -> bool:
-        """Whether a stored event is one a journey in use reacts to."""
+        """Whether a stored event is one a journey in use reacts to, among the journeys
+        declared up to when it was received."""
         event = entry.event
-        return (
+        if not (
             isinstance(event, StoredEvent)
             and event.type == "track"
             and event.source_id != INTERNAL_SOURCE
-            and event.event in self._event_names()
-        )
+        ):
+            return False
+        self.journeys.fresh_for(event.received_at)
+        return event.event in self._event_names()
 
     def _event_names(self) -> frozenset[str]:
         in_use = self.journeys.in_use()
@@ -161,6 +167,9 @@ class JourneyEngine:
             self.db.write(lambda conn: self._events(conn, found))
 
     def on_audiences(self, entries: Sequence[Entry]) -> None:
+        changes = [entry.event for entry in entries if isinstance(entry.event, AudienceChange)]
+        if changes:
+            self.journeys.fresh_for(max(change.at for change in changes))
         in_use = self.journeys.in_use()
         names: set[str] = set()
         for journey in in_use.values():

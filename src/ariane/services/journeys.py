@@ -42,6 +42,10 @@ class Journeys:
         self.channels = channels
         self._lock = threading.Lock()
         self._read_at = -1.0
+        # `store.stamp` when the journeys were last read, and the clock's time just
+        # before it was last looked at (`fresh_for`).
+        self._stamp: tuple[Any, ...] | None = None
+        self._known_at: datetime | None = None
         self._versions: dict[tuple[str, int], Journey] = {}
         self._current: dict[str, Journey] = {}
         self._current_versions: dict[str, int] = {}
@@ -116,11 +120,37 @@ class Journeys:
 
     # --- in force -------------------------------------------------------------------------
 
-    def _refresh(self) -> None:
+    def fresh_for(self, moment: datetime) -> None:
+        """Make sure the journeys kept in memory include every journey declared up to
+        `moment` (when an event was received, or an audience changed), whichever
+        process declared it: otherwise a journey declared in another process less than
+        `REFRESH_SECONDS` ago would not be entered by what follows it. One cheap read
+        (`store.stamp`) for the first moment after the last look; the journeys are
+        read again only if they changed."""
         with self._lock:
-            if time.monotonic() - self._read_at < REFRESH_SECONDS:
+            if self._known_at is not None and moment < self._known_at:
                 return
+            known = self._stamp
+        looked_at = self.clock()
         with self.db.read() as conn:
+            changed = store.stamp(conn) != known
+        if changed:
+            # A journey's channels and templates are declared before it (with it, in
+            # one document): kept as they were a second ago, its first sends would be
+            # skipped as sent on a channel that is off.
+            self.channels.read_again()
+            self._refresh(force=True)
+        with self._lock:
+            if self._known_at is None or looked_at > self._known_at:
+                self._known_at = looked_at
+
+    def _refresh(self, *, force: bool = False) -> None:
+        with self._lock:
+            if not force and time.monotonic() - self._read_at < REFRESH_SECONDS:
+                return
+        looked_at = self.clock()
+        with self.db.read() as conn:
+            stamp = store.stamp(conn)
             used = store.versions_in_use(conn)
             rows = store.every(conn)
             current = {row["id"]: (row["version"], row["enabled"]) for row in rows}
@@ -147,6 +177,9 @@ class Journeys:
             self._versions, self._current, self._since = versions, live, since
             self._current_versions = live_versions
             self._read_at = time.monotonic()
+            self._stamp = stamp
+            if self._known_at is None or looked_at > self._known_at:
+                self._known_at = looked_at
 
     def version(self, ident: str, version: int) -> Journey | None:
         self._refresh()

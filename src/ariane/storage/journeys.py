@@ -69,6 +69,20 @@ def save(
     return "updated", version
 
 
+def stamp(conn: Connection) -> tuple[Any, ...]:
+    """What changes whenever a journey is declared, changed, turned on or off, or
+    deleted: a cheap look at whether the journeys kept in memory are still those."""
+    found = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.sum(journeys.c.version),
+            sa.func.sum(sa.case((journeys.c.enabled, 1), else_=0)),
+            sa.func.max(journeys.c.updated_at),
+        )
+    ).one()
+    return tuple(found)
+
+
 def definition_of(conn: Connection, ident: str, version: int) -> dict[str, Any] | None:
     row = conn.execute(
         sa.select(journey_versions.c.definition).where(
