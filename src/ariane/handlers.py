@@ -9,11 +9,13 @@ than a commit.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 
 from ariane.bootstrap import Container
 from ariane.domain import events as happened
 from ariane.services.bus import Handler, Job
+from ariane.services.messaging import CHANNEL_PREFIX
 from ariane.storage import bus as bus_store
 
 # What happened                     who reacts
@@ -69,6 +71,24 @@ def handler_table(container: Container) -> Callable[[], Sequence[Handler]]:
         return [*table, *container.destinations.handlers(), *container.messaging.handlers()]
 
     return current
+
+
+def share(index: int, processes: int) -> Callable[[Handler], bool]:
+    """Which handlers bus process `index` (from 0) of `processes` runs: the channels'
+    hand-overs in processes 1 and up, each channel in one of them (by a stable hash of its
+    name); every other handler in process 0, which also runs the jobs. A campaign's
+    messages are then made due by the journeys' handler in one interpreter while they are
+    rendered and handed over in another, each on a core of its own."""
+    if processes <= 1:
+        return lambda handler: True
+    senders = processes - 1
+
+    def runs(handler: Handler) -> bool:
+        if not handler.name.startswith(CHANNEL_PREFIX):
+            return index == 0
+        return index == 1 + zlib.crc32(handler.name.encode()) % senders
+
+    return runs
 
 
 def jobs(container: Container) -> list[Job]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ariane.bootstrap import Container
-from ariane.handlers import jobs
+from ariane.handlers import jobs, share
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +35,36 @@ LOOP_NICENESS = 10
 
 
 @contextmanager
-def running_loops(container: Container, *, give_way: bool = False) -> Iterator[None]:
+def running_loops(
+    container: Container, *, give_way: bool = False, part: tuple[int, int] = (0, 1)
+) -> Iterator[None]:
     """The loops the settings turn on, running until the block ends; with `give_way`, at
     a lower CPU priority than the rest of the process, on Linux (elsewhere a priority
-    is the whole process's, and the workers it starts would inherit it)."""
+    is the whole process's, and the workers it starts would inherit it). `part` is
+    (index, count) when the bus runs in several processes: this one runs the handlers
+    `handlers.share` gives it, and the jobs if it is the first."""
     settings = container.settings
     niceness = LOOP_NICENESS if give_way and sys.platform.startswith("linux") else 0
+    index, count = part
     stop = threading.Event()
     threads = []
     if settings.bus_idle_interval > 0:
         threads.append(
             threading.Thread(
                 target=_in_background,
-                args=(container, niceness, container.bus.run, stop, settings.bus_idle_interval),
+                args=(
+                    container,
+                    niceness,
+                    container.bus.run,
+                    stop,
+                    settings.bus_idle_interval,
+                    share(index, count),
+                ),
                 name="bus",
                 daemon=True,
             )
         )
-    found = jobs(container)
+    found = jobs(container) if index == 0 else []
     if found:
         threads.append(
             threading.Thread(

@@ -122,6 +122,13 @@ class Settings(BaseSettings):
         description="Seconds a handler of the bus (destinations...) waits for word of a"
         " commit before it looks anyway; 0 turns the bus's dispatcher off in this process.",
     )
+    bus_processes: int = Field(
+        default=2,
+        ge=1,
+        description="Processes the bus's handlers run in under `ariane serve --workers N`"
+        " with N above 1: the channels' hand-overs in every one but the first, the other"
+        " handlers and the jobs in the first (the process that supervises the workers).",
+    )
     run_loops: bool = Field(
         default=True,
         description="Whether this process runs the background work (the bus's handlers:"

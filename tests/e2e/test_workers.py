@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from ariane.loops import LOOP_NICENESS
 from ariane.web.app import GC_THRESHOLDS
 from tests.e2e.conftest import ARIANE, Server, ariane, ariane_env, free_port, last_line
+from tests.receiver import receiving
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only"
@@ -251,3 +253,100 @@ def zombie(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return False
+
+
+def bus_processes(supervisor: int) -> dict[int, str]:
+    """The supervisor's children named `ariane-bus-N`, by pid (zombies aside)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        state, parent = text.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == supervisor and name.startswith("ariane-bus-") and state != "Z":
+            found[int(pid)] = name
+    return found
+
+
+def test_the_channels_hand_over_from_a_bus_process_started_again_when_it_dies(
+    db_url: str, tmp_path: Path
+) -> None:
+    """With several workers, a channel's messages are handed over by a bus process of
+    its own beside the supervisor (`bus_processes`); killed, it is started again and
+    the messages made due meanwhile go out; it ends with its supervisor."""
+    ariane(db_url, "migrate")
+    write_key = last_line(ariane(db_url, "sources", "create", "app"))
+    token = last_line(ariane(db_url, "tokens", "create", "--role", "admin"))
+    server = Server(db_url, tmp_path / "server.log", workers=2)
+    with receiving() as receiver:
+        server.start()
+        try:
+            assert server.process is not None
+            supervisor = server.process.pid
+            deadline = time.monotonic() + 30
+            while len(found := bus_processes(supervisor)) < 1:
+                assert time.monotonic() < deadline, server.log.read_text()
+                time.sleep(0.05)
+            assert list(found.values()) == ["ariane-bus-1"]
+            first = next(iter(found))
+            with httpx.Client(
+                base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            ) as admin:
+                admin.post("/api/journeys", json=pinged(receiver.url)).raise_for_status()
+
+                def ping(user: str) -> None:
+                    httpx.post(
+                        f"{server.url}/v1/track",
+                        json={"userId": user, "event": "Ping", "messageId": f"ping-{user}"},
+                        auth=(write_key, ""),
+                    ).raise_for_status()
+
+                def arrived(user: str) -> None:
+                    deadline = time.monotonic() + 20
+                    while user not in {r.json["address"] for r in receiver.delivered()}:
+                        assert time.monotonic() < deadline, server.log.read_text()
+                        time.sleep(0.05)
+
+                ping("ada")
+                arrived("ada")
+                os.kill(first, signal.SIGKILL)
+                ping("grace")
+                while not (again := bus_processes(supervisor)) or first in again:
+                    assert time.monotonic() < deadline + 20, server.log.read_text()
+                    time.sleep(0.05)
+                arrived("grace")
+                assert "bus process 1 ended" in server.log.read_text()
+            server.kill()
+            deadline = time.monotonic() + 20
+            while any(os.path.exists(f"/proc/{pid}") and not zombie(pid) for pid in again):
+                assert time.monotonic() < deadline, f"bus process {again} outlived the kill"
+                time.sleep(0.05)
+        finally:
+            server.stop()
+
+
+def pinged(receiver_url: str) -> dict[str, object]:
+    """A journey that sends a webhook to whoever tracks `Ping`."""
+    return {
+        "channels": [
+            {
+                "name": "hook",
+                "type": "webhook",
+                "address": "user_id",
+                "settings": {"url": f"{receiver_url}/messages", "secret": "s"},
+            }
+        ],
+        "templates": [{"name": "pong", "subject": "Pong", "text": "{{ profile.id }}"}],
+        "journeys": [
+            {
+                "id": "pong",
+                "entry": {"event": "Ping"},
+                "steps": [
+                    {"send": {"channel": "hook", "template": "pong", "category": "transactional"}}
+                ],
+            }
+        ],
+    }

@@ -377,13 +377,21 @@ class Dispatcher:
 
     # --- in a server ----------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, idle: float = 1.0) -> None:
-        """Run each handler in a thread of its own until `stop` is set, waking them when a
-        commit is heard of (`storage.commits`), and at least every `idle` seconds."""
+    def run(
+        self,
+        stop: threading.Event,
+        idle: float = 1.0,
+        runs: Callable[[Handler], bool] | None = None,
+    ) -> None:
+        """Run each handler (those `runs` keeps, if given: this process's share) in a
+        thread of its own until `stop` is set, waking them when a commit is heard of
+        (`storage.commits`), and at least every `idle` seconds."""
         running: dict[str, threading.Thread] = {}
         with self.db.commits.listening():
             while not stop.is_set():
                 for handler in self._current():
+                    if runs is not None and not runs(handler):
+                        continue
                     if handler.name not in running or not running[handler.name].is_alive():
                         thread = threading.Thread(
                             target=self._serve,

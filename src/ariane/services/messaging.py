@@ -87,6 +87,8 @@ SEND_GROUP = 20
 # Failures of one message other than "wait" (RetryLater) before it is failed for good.
 MAX_ATTEMPTS = 5
 QUEUED_KINDS = frozenset({MessageQueued.kind})
+# A channel's handler on the bus is named after it: `channel:email`.
+CHANNEL_PREFIX = "channel:"
 
 
 @dataclass(slots=True)
@@ -117,7 +119,7 @@ class Messaging:
     def handlers(self) -> list[Handler]:
         return [
             Handler(
-                f"channel:{name}",
+                f"{CHANNEL_PREFIX}{name}",
                 "outbox",
                 partial(self.deliver, name),
                 kinds=QUEUED_KINDS,

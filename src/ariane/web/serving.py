@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import sys
+import threading
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
@@ -37,6 +40,11 @@ from ariane.web.connections import PROTOCOL
 APP = "ariane.web.asgi:app_factory"
 # prctl(2): the signal a process receives when its parent dies (Linux).
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+# Seconds between two looks at whether a bus process is still alive, and that one is
+# given to end once asked.
+BUS_PROCESS_WATCH = 1.0
+BUS_PROCESS_GRACE = 10.0
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -92,7 +100,8 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
 
 def _supervise(supervisor: Multiprocess) -> None:
     """Run the workers, and the background loops here, giving way to the workers, if the
-    settings turn them on."""
+    settings turn them on; the channels' share of the bus in processes of their own
+    (`bus_processes`)."""
     settings = load_settings()
     if not settings.run_loops:
         supervisor.run()
@@ -100,9 +109,78 @@ def _supervise(supervisor: Multiprocess) -> None:
     # The workers read their settings from the environment they are spawned with.
     os.environ["ARIANE_RUN_LOOPS"] = "false"
     container = build(settings)
+    count = settings.bus_processes if settings.bus_idle_interval > 0 else 1
     try:
-        with running_loops(container, give_way=True):
+        with running_loops(container, give_way=True, part=(0, count)), BusProcesses(count):
             supervisor.run()
+    finally:
+        container.close()
+
+
+class BusProcesses:
+    """Bus processes 1 to `count` - 1 (`handlers.share`), started with the block, started
+    again when one dies, and stopped when it ends."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.processes: dict[int, BaseProcess] = {}
+        self.stopping = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, name="bus-processes", daemon=True)
+
+    def __enter__(self) -> BusProcesses:
+        for index in range(1, self.count):
+            self._start(index)
+        if self.count > 1:
+            self.watcher.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.join(timeout=BUS_PROCESS_GRACE)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=BUS_PROCESS_GRACE)
+
+    def _start(self, index: int) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        process = spawn.Process(
+            target=run_bus_process,
+            args=(index, self.count, os.getpid()),
+            name=f"ariane-bus-{index}",
+            daemon=True,
+        )
+        process.start()
+        self.processes[index] = process
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(BUS_PROCESS_WATCH):
+            for index, process in list(self.processes.items()):
+                if not process.is_alive() and not self.stopping.is_set():
+                    logger.warning(
+                        "bus process %d ended (exit code %s); starting it again",
+                        index,
+                        process.exitcode,
+                    )
+                    self._start(index)
+
+
+def run_bus_process(index: int, count: int, supervisor: int) -> None:
+    """A bus process's life: its share of the handlers (`handlers.share`) until it is
+    asked to stop, or its supervisor dies."""
+    # At once: what it was doing is taken up again from the database, as after a crash of
+    # the whole server, which its supervisor's death is.
+    _end_with(supervisor, signal.SIGKILL)
+    _name(f"ariane-bus-{index}")
+    stop = threading.Event()
+    for sign in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sign, lambda *_: stop.set())
+    container = build(load_settings())
+    try:
+        with running_loops(container, give_way=True, part=(index, count)):
+            stop.wait()
     finally:
         container.close()
 
@@ -132,16 +210,25 @@ def listener(family: int, address: tuple[Any, ...], supervisor: int) -> list[soc
     return [_bind(family, address)]
 
 
-def _end_with(supervisor: int) -> None:
-    """Have the kernel stop this worker when its supervisor dies, even by SIGKILL: the
-    worker's own listener would otherwise go on taking connections, beside those of the
-    server started in the dead one's place."""
+def _end_with(supervisor: int, sign: int = signal.SIGTERM) -> None:
+    """Have the kernel stop this process (a worker, a bus process) when its supervisor
+    dies, even by SIGKILL: a worker's own listener would otherwise go on taking
+    connections beside those of the server started in the dead one's place, and a bus
+    process would go on beside the new one's."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, sign) != 0:
         logger.warning("cannot ask to end with the supervisor: errno %d", ctypes.get_errno())
     if os.getppid() != supervisor:
         # It died before the request above was made.
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sign)
+
+
+def _name(name: str) -> None:
+    """Name the process as `ps`, `top` and `/proc/PID/comm` show it (Linux; at most 15
+    bytes), rather than the interpreter's command line every spawned process shares."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NAME, name.encode()[:15]) != 0:
+        logger.warning("cannot name the process %s: errno %d", name, ctypes.get_errno())
 
 
 def _address(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
