@@ -50,6 +50,8 @@ class Channels:
         self.context = Context(clock=clock, inbox=inbox)
         self._lock = threading.Lock()
         self._read_at = -1.0
+        # When the channels kept began to be read (`time.monotonic`).
+        self._read_from = -1.0
         self._configs: dict[str, ChannelConfig] = {}
         self._templates: dict[str, MessageTemplate] = {}
         self._policies = Policies()
@@ -188,6 +190,7 @@ class Channels:
         with self._lock:
             if not force and time.monotonic() - self._read_at < REFRESH_SECONDS:
                 return
+        started = time.monotonic()
         with self.db.read() as conn:
             channel_rows = store.every_channel(conn)
             template_rows = store.every_template(conn)
@@ -210,8 +213,12 @@ class Channels:
             log.error("the sending rules cannot be used: %s", error.message)
             policies = Policies()
         with self._lock:
+            if started < self._read_from:
+                # Another thread's read, begun later, is in place already.
+                return
             self._configs, self._templates, self._policies = configs, templates, policies
             self._read_at = time.monotonic()
+            self._read_from = started
 
     def read_again(self) -> None:
         """Read the channels, templates and sending rules again now."""

@@ -46,6 +46,8 @@ class Journeys:
         # before it was last looked at (`fresh_for`).
         self._stamp: tuple[Any, ...] | None = None
         self._known_at: datetime | None = None
+        # The clock's time when the journeys kept were read.
+        self._read_from: datetime | None = None
         self._versions: dict[tuple[str, int], Journey] = {}
         self._current: dict[str, Journey] = {}
         self._current_versions: dict[str, int] = {}
@@ -174,9 +176,14 @@ class Journeys:
         }
         live_versions = {ident: version for ident, (version, _) in current.items() if ident in live}
         with self._lock:
+            if self._read_from is not None and looked_at < self._read_from:
+                # Another thread's read, begun later, is in place already: this one's
+                # may miss a journey that one has.
+                return
             self._versions, self._current, self._since = versions, live, since
             self._current_versions = live_versions
             self._read_at = time.monotonic()
+            self._read_from = looked_at
             self._stamp = stamp
             if self._known_at is None or looked_at > self._known_at:
                 self._known_at = looked_at
