@@ -131,7 +131,10 @@ class JourneyEngine:
 
     def asleep(self) -> bool:
         """Whether no journey is in use, as stored now: the dispatcher asks again after
-        reading the log's head, so that a journey declared meanwhile is seen."""
+        reading the log's head, so that a journey declared meanwhile is seen. With
+        journeys in use it is awake, and each event is checked as it is read (`wants`)."""
+        if self.journeys.in_use():
+            return False
         self.journeys.fresh_for(self.clock())
         return not self.journeys.in_use()
 
