@@ -80,12 +80,21 @@ def read_answer(answer: httpx.Response, host: str, now: datetime) -> str:
     """What the receiver's answer means: its status and text when it took the request;
     `RetryLater` (honouring Retry-After) when it asks to try later or is down; `GiveUp`
     with its answer when it refuses the request as wrong."""
-    status = answer.status_code
-    said = answer.text[:500]
+    return read_status(
+        answer.status_code, answer.text, answer.headers.get("retry-after"), host, now
+    )
+
+
+def read_status(
+    status: int, text: str, retry_after_header: str | None, host: str, now: datetime
+) -> str:
+    """`read_answer` from the answer's status, text and Retry-After header, whichever
+    client got them."""
+    said = text[:500]
     if 200 <= status < 300:
         return f"{status} {said}"
     if status in _LATER or status >= 500:
-        wait = retry_after(answer.headers.get("retry-after"), now)
+        wait = retry_after(retry_after_header, now)
         raise RetryLater(f"{status} from {host}: {said}", retry_after=wait)
     raise GiveUp(f"{status} from {host}: {said}")
 
