@@ -13,7 +13,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -40,6 +40,31 @@ _DIALECTS: dict[str, Dialect] = {"sqlite": SQLiteDialect(), "postgresql": Postgr
 def dialect_of(conn: Connection) -> Dialect:
     """The dialect of the database `conn` is connected to."""
     return _DIALECTS[conn.dialect.name]
+
+
+def insert_new(
+    conn: Connection,
+    table: sa.Table,
+    row: Mapping[str, Any],
+    conflict: tuple[str, ...] | None = None,
+) -> Any:
+    """Insert `row` unless it conflicts (on `conflict`'s columns if given, else on any
+    unique constraint); the new row's id, or None. The statement is built once per
+    database and table, its values bound at execution: built with its values, a
+    statement costs more than it takes to run."""
+    key = (conn.dialect.name, table.name, conflict)
+    statement = _INSERT_NEW.get(key)
+    if statement is None:
+        statement = _INSERT_NEW[key] = (
+            dialect_of(conn)
+            .insert_statement(table)
+            .on_conflict_do_nothing(index_elements=list(conflict) if conflict else None)
+            .returning(table.c.id)
+        )
+    return conn.execute(statement, dict(row)).scalar()
+
+
+_INSERT_NEW: dict[tuple[str, str, tuple[str, ...] | None], Any] = {}
 
 
 class RetryTransaction(Exception):

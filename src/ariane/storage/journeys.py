@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ariane.storage.database import dialect_of
+from ariane.storage.database import dialect_of, insert_new
 from ariane.storage.dialect import chunked
 from ariane.storage.tables import (
     enrollments,
@@ -140,21 +140,8 @@ def delete(conn: Connection, ident: str) -> bool:
 def enroll(conn: Connection, row: Mapping[str, Any]) -> int | None:
     """A new enrollment's id; None when the person is in already for this key, or was
     entered by the same cause before."""
-    name = conn.dialect.name
-    statement = _ENROLL.get(name)
-    if statement is None:
-        # Built once per database, the values bound at execution: a statement built
-        # with its values costs more than its execution.
-        statement = _ENROLL[name] = (
-            dialect_of(conn)
-            .insert_statement(enrollments)
-            .on_conflict_do_nothing()
-            .returning(enrollments.c.id)
-        )
-    return conn.execute(statement, dict(row)).scalar()
-
-
-_ENROLL: dict[str, Any] = {}
+    made: int | None = insert_new(conn, enrollments, row)
+    return made
 
 
 def last_entry(

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ariane.storage.database import dialect_of
+from ariane.storage.database import dialect_of, insert_new
 from ariane.storage.dialect import chunked
 from ariane.storage.tables import inbox, messages, push_subscriptions
 
@@ -22,20 +22,8 @@ _CHUNK = 400
 
 def add(conn: Connection, row: Mapping[str, Any]) -> int | None:
     """The new message's id; None when its send key is taken (sent once)."""
-    name = conn.dialect.name
-    statement = _ADD.get(name)
-    if statement is None:
-        # Built once per database, the values bound at execution (`journeys.enroll`).
-        statement = _ADD[name] = (
-            dialect_of(conn)
-            .insert_statement(messages)
-            .on_conflict_do_nothing(index_elements=["send_key"])
-            .returning(messages.c.id)
-        )
-    return conn.execute(statement, dict(row)).scalar()
-
-
-_ADD: dict[str, Any] = {}
+    made: int | None = insert_new(conn, messages, row, ("send_key",))
+    return made
 
 
 def lock(conn: Connection, ids: Collection[int]) -> dict[int, dict[str, Any]]:
