@@ -137,10 +137,6 @@ class Journeys:
         with self.db.read() as conn:
             changed = store.stamp(conn) != known
         if changed:
-            # A journey's channels and templates are declared before it (with it, in
-            # one document): kept as they were a second ago, its first sends would be
-            # skipped as sent on a channel that is off.
-            self.channels.read_again()
             self._refresh(force=True)
         with self._lock:
             if self._known_at is None or looked_at > self._known_at:
@@ -158,6 +154,12 @@ class Journeys:
             current = {row["id"]: (row["version"], row["enabled"]) for row in rows}
             since = {row["id"]: row["created_at"] for row in rows}
             catalogue = self.segments.catalogue(conn)
+        if stamp != self._stamp:
+            # A journey's channels and templates are declared before it (with it, in
+            # one document): read again before the journeys are put in place, or, kept
+            # as they were a second ago, its first sends would be skipped as sent on a
+            # channel that is off.
+            self.channels.read_again()
         names = Names(set(catalogue.segments), set(catalogue.computed))
         versions: dict[tuple[str, int], Journey] = {}
         for ident, version, definition in used:
