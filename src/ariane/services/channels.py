@@ -186,7 +186,7 @@ class Channels:
     def _refresh(self, *, force: bool = False) -> None:
         """Read the channels, templates and sending rules again if what is kept is more
         than `REFRESH_SECONDS` old, or if `force`d: when the journeys changed, which
-        name them (`Journeys.fresh_for`)."""
+        name them (`Journeys._refresh`)."""
         with self._lock:
             if not force and time.monotonic() - self._read_at < REFRESH_SECONDS:
                 return

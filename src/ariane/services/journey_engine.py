@@ -753,11 +753,6 @@ class JourneyEngine:
                 return self._skip(run, journey, row, step, key, "quiet hours")
         config = self.channels.config(step.channel)
         if config is None or not config.enabled:
-            # Kept for a second: declared or turned on since in another process, it is
-            # not skipped for that.
-            self.channels.read_again()
-            config = self.channels.config(step.channel)
-        if config is None or not config.enabled:
             return self._skip(run, journey, row, step, key, f"channel {step.channel} is off")
         if step.category == "marketing":
             over = self._over_cap(run, row["profile_id"], step.channel, zone, held=held)
