@@ -505,6 +505,33 @@ def started(name: str, count: int, **properties: Any) -> list[dict[str, Any]]:
     ]
 
 
+def pace(url: str, journey: str) -> dict[str, float]:
+    """Messages a second the journey made due (their `created_at`) and handed over
+    (their `sent_at`), first to last, by the server's clock: which of the two held the
+    campaign back."""
+    db = Database(url)
+    try:
+        with db.read() as conn:
+            made, handed = (
+                conn.execute(
+                    sa.select(
+                        sa.func.min(column), sa.func.max(column), sa.func.count(column)
+                    ).where(messages.c.journey_id == journey)
+                ).one()
+                for column in (messages.c.created_at, messages.c.sent_at)
+            )
+    finally:
+        db.dispose()
+
+    def rate(first: Any, last: Any, count: int) -> float:
+        if count < 2 or first is None:
+            return 0.0
+        seconds: float = (last - first).total_seconds()
+        return round((count - 1) / max(seconds, 1e-3))
+
+    return {"made_due_per_s": rate(*made), "handed_over_per_s": rate(*handed)}
+
+
 def campaign(
     server: Server, admin: Admin, tally: Tally, meter: Meter, channel: str, count: int
 ) -> dict[str, Any]:
@@ -537,6 +564,7 @@ def campaign(
         "sends_per_s": round((received - 1) / (last - first)) if received > 1 else 0,
         "first_event_to_last_received_s": round(last - began, 1),
         "statuses": statuses,
+        **pace(server.env["ARIANE_DATABASE_URL"], journey),
         # Over the whole campaign, from the first event to the last message received.
         "cores_busy": {
             "supervisor": round(used.supervisor / used.at, 2),

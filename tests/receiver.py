@@ -37,6 +37,11 @@ class Receiver:
     # Seconds each request takes to answer: a slow receiver.
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Requests being answered now, the most there were at once, and when each arrived
+    # (`time.monotonic`).
+    in_flight: int = 0
+    most_in_flight: int = 0
+    arrived: list[float] = field(default_factory=list)
 
     def answer(self) -> tuple[int, dict[str, str], bytes]:
         with self.lock:
@@ -67,8 +72,14 @@ def receiving() -> Iterator[Receiver]:
                 self.close_connection = True
                 return
             status, headers, reply = receiver.answer()
+            with receiver.lock:
+                receiver.arrived.append(time.monotonic())
+                receiver.in_flight += 1
+                receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
             if receiver.delay:
                 time.sleep(receiver.delay)
+            with receiver.lock:
+                receiver.in_flight -= 1
             seen = {k.lower(): v for k, v in self.headers.items()}
             seen["x-answered"] = str(status)
             with receiver.lock:

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container, build
@@ -221,6 +222,18 @@ def test_a_journey_that_names_no_such_template_is_refused_with_its_path(
     refused = client.post("/api/journeys", json=broken, headers=admin_token)
     assert refused.status_code == 422
     assert refused.json()["field"] == "journeys[0].steps[0].send.template"
+
+
+@pytest.mark.parametrize("concurrency", [0, 65, 2.5, True, "4"])
+def test_a_channel_handing_over_an_impossible_number_at_once_is_refused(
+    client: TestClient, admin_token: dict[str, str], concurrency: Any
+) -> None:
+    channel = {"name": "hook", "type": "webhook", "concurrency": concurrency,
+               "settings": {"url": "http://127.0.0.1:9/hook"}}  # fmt: skip
+    refused = client.post("/api/channels", json={"channels": [channel]}, headers=admin_token)
+    assert refused.status_code == 422
+    assert refused.json()["field"] == "channels[0].concurrency"
+    assert "from 1 to 64" in refused.json()["message"]
 
 
 def test_a_new_version_leaves_people_on_theirs(

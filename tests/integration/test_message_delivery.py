@@ -59,8 +59,9 @@ def pigeons() -> Iterator[dict[str, Pigeon]]:
     made: dict[str, Pigeon] = {}
 
     def make(settings: Mapping[str, Any], context: Context) -> Pigeon:
-        found = made[settings["flock"]] = Pigeon(carries_key=settings["carries_key"])
-        return found
+        # One flock for every thread that hands messages over: what one was handed, all
+        # were.
+        return made.setdefault(settings["flock"], Pigeon(carries_key=settings["carries_key"]))
 
     register("pigeon", make, settings=("flock", "carries_key"), default_address="user_id")
     try:
@@ -70,7 +71,11 @@ def pigeons() -> Iterator[dict[str, Pigeon]]:
 
 
 def campaign(
-    client: TestClient, admin: dict[str, str], container: Container, carries_key: bool
+    client: TestClient,
+    admin: dict[str, str],
+    container: Container,
+    carries_key: bool,
+    concurrency: int = 4,
 ) -> None:
     container.channels.types["pigeon"] = TYPES["pigeon"]
     apply(
@@ -79,6 +84,7 @@ def campaign(
         {
             "channels": [
                 {"name": "pigeon", "type": "pigeon", "purpose": "marketing_pigeon",
+                 "concurrency": concurrency,
                  "settings": {"flock": "f", "carries_key": carries_key}}
             ],
             "templates": [{"name": "note", "subject": "Note", "text": "Hello"}],
@@ -127,7 +133,7 @@ def test_a_hand_over_cut_short_is_unknown_where_the_key_is_not_carried(
     container: Container,
     pigeons: dict[str, Pigeon],
 ) -> None:
-    campaign(client, admin_token, container, carries_key=False)
+    campaign(client, admin_token, container, carries_key=False, concurrency=1)
     pigeon = container.channels.built(container.channels.configs()["pigeon"])
     assert isinstance(pigeon, Pigeon)
     pigeon.crash_once = True
@@ -139,6 +145,27 @@ def test_a_hand_over_cut_short_is_unknown_where_the_key_is_not_carried(
     assert [m.address for m in pigeon.handed] == ["ada", "bob"]
     assert statuses(client, admin_token) == {"unknown": 1, "sent": 1}
     assert [e.get("event") for e in timeline(client, admin_token)].count("Message Unknown") == 1
+
+
+def test_handed_over_four_at_once_a_crash_leaves_unknown_only_those_four(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    pigeons: dict[str, Pigeon],
+) -> None:
+    campaign(client, admin_token, container, carries_key=False, concurrency=4)
+    pigeon = container.channels.built(container.channels.configs()["pigeon"])
+    assert isinstance(pigeon, Pigeon)
+    pigeon.crash_once = True
+    people = [f"p{n}" for n in range(10)]
+    send(client, write_key, *(person(p) for p in people), *(event(p, "Go") for p in people))
+    crash_during_hand_over(container)
+    settle(container)
+    handed = [m.address for m in pigeon.handed]
+    assert sorted(set(handed)) == sorted(people) and len(handed) == len(people)
+    found = statuses(client, admin_token)
+    assert found == {"unknown": 4, "sent": 6}
 
 
 def test_a_message_that_keeps_failing_ends_failed_and_the_others_go(
@@ -170,13 +197,15 @@ def receiver() -> Iterator[Receiver]:
         yield running
 
 
-def webhook_campaign(client: TestClient, admin: dict[str, str], receiver: Receiver) -> None:
+def webhook_campaign(
+    client: TestClient, admin: dict[str, str], receiver: Receiver, **limits: Any
+) -> None:
     apply(
         client,
         admin,
         {
             "channels": [
-                {"name": "hook", "type": "webhook", "purpose": "marketing_app",
+                {"name": "hook", "type": "webhook", "purpose": "marketing_app", **limits,
                  "settings": {"url": f"{receiver.url}/messages", "secret": "s3cret"}}
             ],
             "templates": [{"name": "note", "subject": "Note", "text": "Hello {{ traits.name }}"}],
@@ -209,6 +238,44 @@ def test_a_provider_that_asks_to_wait_is_waited_for_and_sent_once(
     assert len(keys) == 1
     assert receiver.delivered()[0].json["text"] == "Hello Ada"
     assert statuses(client, admin_token) == {"sent": 1}
+
+
+def test_messages_are_handed_over_as_many_at_once_as_the_channel_says(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    receiver: Receiver,
+) -> None:
+    webhook_campaign(client, admin_token, receiver, concurrency=3)
+    receiver.delay = 0.1
+    people = [f"p{n}" for n in range(9)]
+    send(client, write_key, *(person(p, name=p) for p in people))
+    send(client, write_key, *(event(p, "Go") for p in people))
+    settle(container)
+    # Three at once, over three connections: a slow provider is not waited for alone.
+    assert receiver.most_in_flight == 3
+    assert sorted(r.json["address"] for r in receiver.delivered()) == people
+    assert statuses(client, admin_token) == {"sent": 9}
+
+
+def test_the_rate_limit_holds_across_the_messages_handed_over_at_once(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    receiver: Receiver,
+) -> None:
+    webhook_campaign(client, admin_token, receiver, concurrency=4, rate_limit=20)
+    people = [f"p{n}" for n in range(9)]
+    send(client, write_key, *(person(p, name=p) for p in people))
+    send(client, write_key, *(event(p, "Go") for p in people))
+    settle(container)
+    assert statuses(client, admin_token) == {"sent": 9}
+    # Twenty a second, spread evenly: nine messages take at least 8/20 s from the first,
+    # however many connections carry them.
+    arrived = sorted(receiver.arrived)
+    assert arrived[-1] - arrived[0] >= 8 / 20 * 0.95
 
 
 def test_a_message_the_provider_refuses_ends_failed_with_its_answer(

@@ -10,6 +10,7 @@ A channel is declared as code (YAML or JSON) or through the API:
         address: traits.email            # what addresses the person: traits.<name>,
                                          # identifiers.<type>, user_id, profile_id
         rate_limit: 50                   # messages a second, shared by every process
+        concurrency: 4                   # messages handed over at once (connections)
         settings: {host: smtp.example.com, port: 587, from: "Shop <news@shop.example>",
                    security: starttls, username: news, password: ...}
     frequency_caps:                      # marketing messages, in the person's calendar days
@@ -35,7 +36,14 @@ from ariane.domain.predicates import InvalidDefinition, parse_path
 
 MASK = "********"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_KEYS = ("name", "type", "purpose", "address", "rate_limit", "settings", "enabled", "description")
+_KEYS = (
+    "name", "type", "purpose", "address", "rate_limit", "concurrency", "settings", "enabled",
+    "description",
+)  # fmt: skip
+# Messages a channel hands over at once, each over a connection of its own, unless it
+# says otherwise: what most providers allow a client without asking.
+CONCURRENCY = 4
+MAX_CONCURRENCY = 64
 
 
 class TypeInfo(Protocol):
@@ -67,6 +75,7 @@ class ChannelConfig:
     address: tuple[str, ...]
     settings: Mapping[str, Any]
     rate_limit: float | None = None
+    concurrency: int = CONCURRENCY
     enabled: bool = True
     description: str = ""
     definition: Mapping[str, Any] = field(default_factory=dict)
@@ -121,6 +130,16 @@ def parse_channel(
         raise InvalidDefinition(
             "needs messages a second, from above 0 to 100,000", field=f"{path}.rate_limit"
         )
+    concurrency = node.get("concurrency", CONCURRENCY)
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= MAX_CONCURRENCY
+    ):
+        raise InvalidDefinition(
+            f"needs how many messages to hand over at once, from 1 to {MAX_CONCURRENCY}",
+            field=f"{path}.concurrency",
+        )
     enabled = node.get("enabled", True)
     if not isinstance(enabled, bool):
         raise InvalidDefinition("needs true or false", field=f"{path}.enabled")
@@ -136,6 +155,7 @@ def parse_channel(
         address=parts,
         settings=settings,
         rate_limit=None if rate is None else float(rate),
+        concurrency=concurrency,
         enabled=enabled,
         description=description,
         definition=definition,

@@ -1,9 +1,11 @@
 """Channels, templates and the workspace's sending rules: declared as code (one YAML
 document, `ariane channels apply`) or through the API, checked before anything is saved.
 
-The channels in force are built once and kept (`Channels.built`): a channel holds its
+The channels in force are built once and kept (`Channels.senders`): a channel holds its
 connections (an SMTP session, an HTTP client) across messages; one whose settings
-changed is built again.
+changed is built again. A channel that hands `concurrency` messages over at once is
+built that many times, one for each thread that sends: a channel type need not be safe
+to share between threads.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Channels:
         self._configs: dict[str, ChannelConfig] = {}
         self._templates: dict[str, MessageTemplate] = {}
         self._policies = Policies()
-        self._built: dict[str, tuple[ChannelConfig, Channel]] = {}
+        self._built: dict[str, tuple[ChannelConfig, list[Channel]]] = {}
 
     # --- as code --------------------------------------------------------------------------
 
@@ -240,24 +242,33 @@ class Channels:
         return self._policies
 
     def built(self, config: ChannelConfig) -> Channel:
-        """The channel for `config`, built once and kept while its settings hold."""
+        """The channel for `config` (the first of its `senders`)."""
+        return self.senders(config)[0]
+
+    def senders(self, config: ChannelConfig) -> list[Channel]:
+        """The `config.concurrency` channels for `config`, built once and kept while its
+        settings hold: one for each message handed over at once."""
         with self._lock:
             found = self._built.get(config.name)
             if found is not None and found[0] == config:
                 return found[1]
-        channel = self.types[config.type].make(config.settings, self.context)
+        made = [
+            self.types[config.type].make(config.settings, self.context)
+            for _ in range(config.concurrency)
+        ]
         with self._lock:
             old = self._built.get(config.name)
-            self._built[config.name] = (config, channel)
-        if old is not None:
-            old[1].close()
-        return channel
+            self._built[config.name] = (config, made)
+        for channel in old[1] if old is not None else ():
+            channel.close()
+        return made
 
     def close(self) -> None:
         with self._lock:
             built, self._built = self._built, {}
-        for _, channel in built.values():
-            channel.close()
+        for _, made in built.values():
+            for channel in made:
+                channel.close()
 
 
 def _unique(names: list[str], path: str) -> None:

@@ -6,8 +6,9 @@ For a batch of messages, in three steps:
 1. In one transaction, each message is looked at as it is now. A marketing message whose
    channel's consent purpose is not granted (or has expired) now is skipped, as is one
    with no address; what remains is rendered and marked `sending`.
-2. Each is handed to the channel, at most `rate_limit` a second. A channel is run by one
-   process at a time (the bus's turn), so the limit holds across processes.
+2. Each is handed to the channel, `concurrency` at once (each over a connection of its
+   own), at most `rate_limit` a second. A channel is run by one process at a time (the
+   bus's turn), so both hold across processes.
 3. In one transaction, what became of each is recorded: `sent`, `failed` with the
    provider's answer, or back to `queued` for those not handed over because the provider
    asked to wait (429, an SMTP 4xx, `Retry-After`): the bus tries again after the pause.
@@ -29,8 +30,11 @@ import hmac
 import logging
 import re
 import secrets
+import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from html import unescape
@@ -80,9 +84,10 @@ STOP_WORDS = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "ARRET", "ARRÊT", "STOP SMS"}
 )
 # Messages marked `sending` together before they are handed over, on a channel that
-# carries the send key: a crash hands at most these again, with their keys. On one that
-# does not, each is marked on its own, so that a crash leaves `unknown` only the message
-# that was being handed over.
+# carries the send key: a crash hands at most these again, with their keys (rounded up
+# to a multiple of the channel's concurrency). On one that does not, as many as are
+# handed over at once are marked, so that a crash leaves `unknown` only messages that
+# were being handed over.
 SEND_GROUP = 20
 # Failures of one message other than "wait" (RetryLater) before it is failed for good.
 MAX_ATTEMPTS = 5
@@ -115,6 +120,8 @@ class Messaging:
         self.links = links
         self.profiles = profiles
         self._pacers: dict[str, Pacer] = {}
+        # The threads handing each channel's messages over, and how many.
+        self._pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
 
     def handlers(self) -> list[Handler]:
         return [
@@ -141,35 +148,41 @@ class Messaging:
         }
         if not wanted:
             return
-        channel = self.channels.built(config)
+        senders = self.channels.senders(config)
+        channel = senders[0]
         # Made before the transaction: the first time, it writes the secret in its own.
         links = self.links()
-        size = SEND_GROUP if channel.carries_key else 1
+        size = _group_size(channel.carries_key, len(senders))
         # The first group is marked `sending` in the transaction that prepares them all.
         outgoing = self.db.write(
             lambda conn: self._prepare(conn, config, channel, links, wanted, size)
         )
         pacer = self._pacers.setdefault(name, Pacer())
-        handed: list[tuple[_Outgoing, Sent]] = []
+        done = _Outcome()
         for start in range(0, len(outgoing), size):
             group = outgoing[start : start + size]
             if start:
                 # What the last group did, and this one marked `sending`, at once.
-                self._record(handed, sending=group)
-            handed = []
-            for position, item in enumerate(group):
-                pacer.wait(config.rate_limit)
-                try:
-                    handed.append((item, channel.send(item.message)))
-                except GiveUp as refused:
-                    self._record(handed, failed=(item, str(refused)))
-                    handed = []
-                except Exception as error:
-                    self._record(handed, failing=(item, error), back=group[position + 1 :])
-                    handed = []
-                    if isinstance(error, RetryLater) or item.row["attempts"] < MAX_ATTEMPTS:
-                        raise Partial(item.entry, error) from None
-        self._record(handed)
+                self._record(done, sending=group)
+            hand_over = _HandOver(group, pacer, config.rate_limit)
+            done = hand_over.run(senders, self._pool(name, len(senders)))
+            if hand_over.stopped is not None:
+                self._record(done)
+                raise Partial(hand_over.stopped.entry, done.cause_of(hand_over.stopped))
+        self._record(done)
+
+    def _pool(self, name: str, size: int) -> ThreadPoolExecutor | None:
+        """The threads that hand a channel's messages over, `size` at once."""
+        if size == 1:
+            return None
+        kept = self._pools.get(name)
+        if kept is not None and kept[0] == size:
+            return kept[1]
+        if kept is not None:
+            kept[1].shutdown(wait=False)
+        pool = ThreadPoolExecutor(size, f"ariane-send-{name}")
+        self._pools[name] = (size, pool)
+        return pool
 
     # --- before the hand-over -------------------------------------------------------------
 
@@ -403,22 +416,14 @@ class Messaging:
 
     # --- after it -------------------------------------------------------------------------
 
-    def _record(
-        self,
-        handed: Sequence[tuple[_Outgoing, Sent]],
-        *,
-        failed: tuple[_Outgoing, str] | None = None,
-        failing: tuple[_Outgoing, Exception] | None = None,
-        back: Sequence[_Outgoing] = (),
-        sending: Sequence[_Outgoing] = (),
-    ) -> None:
+    def _record(self, done: _Outcome, *, sending: Sequence[_Outgoing] = ()) -> None:
         """Record what became of the messages handed over, and mark those about to be."""
-        if not (handed or failed or failing or back or sending):
+        if not (done or sending):
             return
         now = self.clock()
         changes = _sending(sending, now)
         happened: list[DomainEvent] = []
-        for item, sent in handed:
+        for item, sent in done.handed:
             changes.append(
                 {
                     "id": item.row["id"],
@@ -430,33 +435,26 @@ class Messaging:
                 }
             )
             happened.append(_told(MessageSent, item.row, now, address_kind=None))
-        if failed is not None:
-            item, why = failed
+        failed = [*done.refused, *((i, _why(e)) for i, e in done.failing if not _again(i, e))]
+        for item, why in failed:
             changes.append(
                 {"id": item.row["id"], "status": "failed", "reason": why, "updated_at": now}
             )
             happened.append(_told(MessageFailed, item.row, now, reason=why))
-        if failing is not None:
-            item, error = failing
-            why = str(error) or type(error).__name__
-            later = isinstance(error, RetryLater)
-            if later or item.row["attempts"] < MAX_ATTEMPTS:
+        for item, error in done.failing:
+            if _again(item, error):
                 # Not handed over: it goes back in the queue, and the bus tries again.
+                later = isinstance(error, RetryLater)
                 changes.append(
                     {
                         "id": item.row["id"],
                         "status": "queued",
-                        "reason": why,
+                        "reason": _why(error),
                         "attempts": item.row["attempts"] - (1 if later else 0),
                         "updated_at": now,
                     }
                 )
-            else:
-                changes.append(
-                    {"id": item.row["id"], "status": "failed", "reason": why, "updated_at": now}
-                )
-                happened.append(_told(MessageFailed, item.row, now, reason=why))
-        for item in back:
+        for item in done.back:
             changes.append(
                 {
                     "id": item.row["id"],
@@ -465,7 +463,7 @@ class Messaging:
                     "updated_at": now,
                 }
             )
-        gone = [endpoint for _, sent in handed for endpoint in sent.gone]
+        gone = [endpoint for _, sent in done.handed for endpoint in sent.gone]
 
         def work(conn: Connection) -> None:
             store.update_each(conn, changes)
@@ -473,6 +471,96 @@ class Messaging:
             bus_store.record(conn, happened)
 
         self.db.write(work)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What became of a group of messages handed over."""
+
+    handed: list[tuple[_Outgoing, Sent]] = field(default_factory=list)
+    # Refused by the provider for good (`GiveUp`), with its answer.
+    refused: list[tuple[_Outgoing, str]] = field(default_factory=list)
+    # Failed otherwise: back in the queue, or failed for good after MAX_ATTEMPTS.
+    failing: list[tuple[_Outgoing, Exception]] = field(default_factory=list)
+    # Not handed over: a failure to be tried again stopped the group before them.
+    back: list[_Outgoing] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.handed or self.refused or self.failing or self.back)
+
+    def cause_of(self, item: _Outgoing) -> Exception:
+        return next(error for failed, error in self.failing if failed is item)
+
+
+class _HandOver:
+    """One group of messages handed over by as many threads as there are senders, each
+    with a channel of its own, in the group's order, at most `rate` a second in all. A
+    failure to be tried again (the provider asks to wait, or erred) stops the hand-over
+    of the messages not begun: they go back to the queue."""
+
+    def __init__(self, group: Sequence[_Outgoing], pacer: Pacer, rate: float | None) -> None:
+        self.todo = deque(group)
+        self.pacer = pacer
+        self.rate = rate
+        self.done = _Outcome()
+        # The first message, in the group's order, whose failure stopped the hand-over.
+        self.stopped: _Outgoing | None = None
+        self._lock = threading.Lock()
+
+    def run(self, senders: Sequence[Any], pool: ThreadPoolExecutor | None) -> _Outcome:
+        width = min(len(senders), len(self.todo))
+        if pool is None or width <= 1:
+            self._send_with(senders[0])
+        else:
+            running = [pool.submit(self._send_with, sender) for sender in senders[:width]]
+            wait(running)
+            for future in running:
+                # A crash of the process, or a bug: raised as if there were no threads.
+                future.result()
+        self.done.back = list(self.todo)
+        for found in (self.done.handed, self.done.refused, self.done.failing):
+            found.sort(key=lambda pair: pair[0].entry)
+        return self.done
+
+    def _next(self) -> _Outgoing | None:
+        with self._lock:
+            if self.stopped is not None or not self.todo:
+                return None
+            return self.todo.popleft()
+
+    def _send_with(self, channel: Any) -> None:
+        while (item := self._next()) is not None:
+            self.pacer.wait(self.rate)
+            try:
+                sent = channel.send(item.message)
+            except GiveUp as refused:
+                with self._lock:
+                    self.done.refused.append((item, str(refused)))
+            except Exception as error:
+                with self._lock:
+                    self.done.failing.append((item, error))
+                    if _again(item, error) and (
+                        self.stopped is None or item.entry < self.stopped.entry
+                    ):
+                        self.stopped = item
+            else:
+                with self._lock:
+                    self.done.handed.append((item, sent))
+
+
+def _group_size(carries_key: bool, concurrency: int) -> int:
+    if not carries_key:
+        return concurrency
+    return concurrency * -(-SEND_GROUP // concurrency)
+
+
+def _again(item: _Outgoing, error: Exception) -> bool:
+    """Whether a message whose hand-over failed with `error` is tried again."""
+    return isinstance(error, RetryLater) or item.row["attempts"] < MAX_ATTEMPTS
+
+
+def _why(error: Exception) -> str:
+    return str(error) or type(error).__name__
 
 
 @dataclass(frozen=True, slots=True)
