@@ -12,8 +12,11 @@ process, and four journeys. Then, on the same server:
 2. throughput: `--people` people are identified through `/v1/batch`, then each is sent a
    `Campaign Started`, which enters them in a journey sending one email; then another,
    sending one webhook. Sends a second from the first message received to the last.
-   The receivers' own rates, one message at a time over one connection as Ariane's
-   channels send, are measured alone from another process before.
+   Each campaign is run once for each of `--provider-ms`: the receivers answer each
+   message at once (0), or after that many milliseconds, as a provider's server across
+   the internet does. The channels hand `--connections` messages over at once; the
+   receivers' own rates over as many connections, and the CPU time the client and the
+   receiver spend on a message, are measured alone from another process before.
 3. idle: the CPU time of the server's processes (and, on PostgreSQL, of the database's
    backends serving it) over `--idle-seconds` of idling, first with nobody waiting, then
    once the same people have entered a journey whose first step is `delay: {for: P30D}`.
@@ -27,9 +30,11 @@ Prints one JSON document.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import multiprocessing
 import os
+import resource
 import smtplib
 import statistics
 import tempfile
@@ -69,11 +74,17 @@ from bench.ingest import (
 
 SEGMENT = "trial-users"
 LATENCY_JOURNEY = "trial-nudge"
-CAMPAIGNS = {"email": "campaign-email", "webhook": "campaign-webhook"}
+CHANNELS = ("email", "webhook")
 WAITING_JOURNEY = "long-wait"
 BATCH = 500
-DEFAULTS = {"people": 100_000, "latency_people": 300, "warmup": 20, "idle_seconds": 30.0}
-QUICK = {"people": 2_000, "latency_people": 50, "warmup": 5, "idle_seconds": 10.0}
+DEFAULTS = {
+    "people": 100_000, "latency_people": 300, "warmup": 20, "idle_seconds": 30.0,
+    "alone_seconds": 10.0,
+}  # fmt: skip
+QUICK = {
+    "people": 2_000, "latency_people": 50, "warmup": 5, "idle_seconds": 10.0,
+    "alone_seconds": 2.0,
+}  # fmt: skip
 CONNECTIONS = 4
 
 
@@ -131,11 +142,15 @@ class Receiver(PostReceiver):
 
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
+        # Seconds it takes to answer each message, as a provider across the internet.
+        self.delay = 0.0
         super().__init__()
 
     def note(self, body: bytes, now: float) -> None:
         message = orjson.loads(body)
         self.tally.note(str(message.get("journey")), now, message)
+        if self.delay:
+            time.sleep(self.delay)
 
 
 class Mailbox:
@@ -143,6 +158,7 @@ class Mailbox:
 
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
+        self.delay = 0.0
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.content if isinstance(envelope.content, bytes) else b""
@@ -152,27 +168,29 @@ class Mailbox:
                 journey = line[len(b"Subject: ") :].decode(errors="replace").strip()
                 break
         self.tally.note(journey, time.perf_counter())
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return "250 OK"
 
 
 # --- the receivers' own rates, from another process ----------------------------------------
 
 
-def post_many(url: str, count: int) -> float:
-    """Webhooks a second one client posts to `url`, one at a time on one connection."""
+def post_many(url: str, start_at: float, seconds: float) -> tuple[int, float]:
+    """Webhooks one client posts to `url` in `seconds` from `start_at` (`time.time`), one
+    at a time on one connection, and the CPU time it spent doing so."""
     body = orjson.dumps(
         {"send_key": "k" * 60, "address": "capacity", "journey": "capacity", "text": "x" * 200}
     )
     with httpx.Client(timeout=10) as client:
         client.post(url, content=body)
-        started = time.perf_counter()
-        for _ in range(count):
-            client.post(url, content=body, headers={"Content-Type": "application/json"})
-        return count / (time.perf_counter() - started)
+        headers = {"Content-Type": "application/json"}
+        return _for(start_at, seconds, lambda: client.post(url, content=body, headers=headers))
 
 
-def mail_many(port: int, count: int) -> float:
-    """Emails a second smtplib hands to the server, one at a time on one connection."""
+def mail_many(port: int, start_at: float, seconds: float) -> tuple[int, float]:
+    """Emails smtplib hands to the server in `seconds` from `start_at`, one at a time on
+    one connection, and the CPU time it spent doing so."""
     message = EmailMessage()
     message["Subject"] = "capacity"
     message["From"] = "Bench <bench@bench.test>"
@@ -180,16 +198,43 @@ def mail_many(port: int, count: int) -> float:
     message.set_content("x" * 200)
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
         smtp.send_message(message)
-        started = time.perf_counter()
-        for _ in range(count):
-            smtp.send_message(message)
-        return count / (time.perf_counter() - started)
+        return _for(start_at, seconds, lambda: smtp.send_message(message))
 
 
-def in_another_process(work: Callable[..., float], *args: Any) -> float:
+def _for(start_at: float, seconds: float, send_one: Callable[[], Any]) -> tuple[int, float]:
+    time.sleep(max(0.0, start_at - time.time()))
+    count, started, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds:
+        send_one()
+        count += 1
+    return count, time.process_time() - cpu
+
+
+def alone(
+    work: Callable[[Any, float, float], tuple[int, float]],
+    to: Any,
+    connections: int,
+    seconds: float,
+) -> dict[str, float]:
+    """A receiver's rate alone, sent to by `connections` clients at once, each one a
+    process of its own, and the CPU milliseconds the clients and the receiver (this
+    process, otherwise idle) spent on a message."""
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(work, *args).result(timeout=600)
+    with ProcessPoolExecutor(max_workers=connections, mp_context=spawn) as pool:
+        # Every client started before any sends: they send over the same seconds.
+        start_at = time.time() + 3.0 + connections * 0.3
+        clients = [pool.submit(work, to, start_at, seconds) for _ in range(connections)]
+        time.sleep(max(0.0, start_at - time.time()))
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        done = [client.result(timeout=600) for client in clients]
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    count = sum(sent for sent, _ in done)
+    receiver_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {
+        "per_s": round(count / seconds),
+        "client_cpu_ms": round(sum(cpu for _, cpu in done) / count * 1000, 3),
+        "receiver_cpu_ms": round(receiver_cpu / count * 1000, 3),
+    }
 
 
 # --- CPU time, from /proc -----------------------------------------------------------------
@@ -330,7 +375,11 @@ class Admin:
         return orjson.loads(text)
 
 
-def declare(admin: Admin, receiver: Receiver, smtp_port: int) -> None:
+def campaign_id(channel: str, provider_ms: int) -> str:
+    return f"campaign-{channel}-{provider_ms}ms"
+
+
+def declare(admin: Admin, receiver: Receiver, smtp_port: int, args: argparse.Namespace) -> None:
     admin.call(
         "POST",
         "/api/segments",
@@ -340,12 +389,13 @@ def declare(admin: Admin, receiver: Receiver, smtp_port: int) -> None:
     def sending(channel: str, journey: str) -> dict[str, Any]:
         return {"send": {"channel": channel, "template": journey, "category": "transactional"}}
 
-    def campaign(channel: str) -> dict[str, Any]:
-        where = [{"property": "channel", "op": "eq", "value": channel}]
+    def campaign(channel: str, provider_ms: int) -> dict[str, Any]:
+        ident = campaign_id(channel, provider_ms)
+        where = [{"property": "campaign", "op": "eq", "value": ident}]
         return {
-            "id": CAMPAIGNS[channel],
+            "id": ident,
             "entry": {"event": "Campaign Started", "where": where},
-            "steps": [sending(channel, CAMPAIGNS[channel])],
+            "steps": [sending(channel, ident)],
         }
 
     journeys = [
@@ -354,8 +404,7 @@ def declare(admin: Admin, receiver: Receiver, smtp_port: int) -> None:
             "entry": {"segment": SEGMENT},
             "steps": [sending("webhook", LATENCY_JOURNEY)],
         },
-        campaign("email"),
-        campaign("webhook"),
+        *(campaign(channel, ms) for channel in CHANNELS for ms in args.provider_ms),
         {
             "id": WAITING_JOURNEY,
             "entry": {"event": "Wait Started"},
@@ -371,11 +420,13 @@ def declare(admin: Admin, receiver: Receiver, smtp_port: int) -> None:
                 {
                     "name": "webhook",
                     "type": "webhook",
+                    "concurrency": args.connections,
                     "settings": {"url": receiver.url, "secret": "bench"},
                 },
                 {
                     "name": "email",
                     "type": "email",
+                    "concurrency": args.connections,
                     "settings": {
                         "host": "127.0.0.1",
                         "port": smtp_port,
@@ -533,13 +584,12 @@ def pace(url: str, journey: str) -> dict[str, float]:
 
 
 def campaign(
-    server: Server, admin: Admin, tally: Tally, meter: Meter, channel: str, count: int
+    server: Server, admin: Admin, tally: Tally, meter: Meter, journey: str, count: int
 ) -> dict[str, Any]:
-    """Enter `count` people in the campaign on `channel`; wait for every message."""
-    journey = CAMPAIGNS[channel]
+    """Enter `count` people in the campaign `journey`; wait for every message."""
     before = meter.sample()
     began = time.perf_counter()
-    accepted = ingest(server, started("Campaign Started", count, channel=channel))
+    accepted = ingest(server, started("Campaign Started", count, campaign=journey))
     seen, moved = 0, time.perf_counter()
     # Done when every message came, or none for a minute.
     while (now := tally.count(journey)) < count and time.perf_counter() - moved < 60:
@@ -575,24 +625,26 @@ def campaign(
 
 
 def throughput(
-    server: Server, admin: Admin, tally: Tally, receiver: Receiver, smtp_port: int,
-    meter: Meter, args: argparse.Namespace,
+    server: Server, admin: Admin, tally: Tally, receiver: Receiver, mailbox: Mailbox,
+    smtp_port: int, meter: Meter, args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
-    capacity = min(args.people, 20_000)
-    result: dict[str, Any] = {
-        "receivers_alone_per_s": {
-            "smtp": round(in_another_process(mail_many, smtp_port, capacity)),
-            "webhook": round(in_another_process(post_many, receiver.url, capacity)),
-        },
-        "people": args.people,
-        "identify_accepted_s": round(ingest(server, people(args.people)), 1),
-    }
-    for channel in args.campaigns:
-        settled = meter.settle()
-        result[channel] = {
-            "settled_before_s": settled,
-            **campaign(server, admin, tally, meter, channel, args.people),
+    result: dict[str, Any] = {"people": args.people, "connections": args.connections}
+    for ms in args.provider_ms:
+        receiver.delay = mailbox.delay = ms / 1000
+        result[f"receivers_alone_{ms}ms"] = {
+            "email": alone(mail_many, smtp_port, args.connections, args.alone_seconds),
+            "webhook": alone(post_many, receiver.url, args.connections, args.alone_seconds),
         }
+    result["identify_accepted_s"] = round(ingest(server, people(args.people)), 1)
+    for ms in args.provider_ms:
+        receiver.delay = mailbox.delay = ms / 1000
+        for channel in args.campaigns:
+            settled = meter.settle()
+            journey = campaign_id(channel, ms)
+            result[f"{channel}_{ms}ms"] = {
+                "settled_before_s": settled,
+                **campaign(server, admin, tally, meter, journey, args.people),
+            }
     return result
 
 
@@ -622,7 +674,8 @@ def bench_one(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     tally = Tally()
     receiver = Receiver(tally)
     smtp_port = free_port()
-    mail = Controller(Mailbox(tally), hostname="127.0.0.1", port=smtp_port)
+    mailbox = Mailbox(tally)
+    mail = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
     mail.start()
     with tempfile.TemporaryDirectory() as tmp:
         if backend == "sqlite":
@@ -633,7 +686,7 @@ def bench_one(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             server = Server(url, args.workers)
             try:
                 admin = Admin(server)
-                declare(admin, receiver, smtp_port)
+                declare(admin, receiver, smtp_port, args)
                 meter = Meter(server, name)
                 # The machine may be shared: how busy it was, over 1, 5 and 15 minutes.
                 result: dict[str, Any] = {"load_average_before": os.getloadavg()}
@@ -641,7 +694,7 @@ def bench_one(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                     result["latency"] = latency(server, tally, url, args)
                 if "throughput" in args.parts:
                     result["throughput"] = throughput(
-                        server, admin, tally, receiver, smtp_port, meter, args
+                        server, admin, tally, receiver, mailbox, smtp_port, meter, args
                     )
                 if "idle" in args.parts:
                     if "throughput" not in args.parts:
@@ -669,6 +722,13 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, help="each CPU window (default 30)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--campaigns", default="email,webhook", help="channels to campaign on")
+    parser.add_argument(
+        "--provider-ms", default="0,20", help="milliseconds the receivers take a message"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=4, help="the channels' concurrency (default 4)"
+    )
+    parser.add_argument("--alone-seconds", type=float, help="each receiver's rate alone")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
     sizes = QUICK if args.quick else DEFAULTS
@@ -677,6 +737,7 @@ def main() -> None:
             setattr(args, name, size)
     args.parts = args.parts.split(",")
     args.campaigns = args.campaigns.split(",")
+    args.provider_ms = [int(ms) for ms in args.provider_ms.split(",")]
     report: dict[str, Any] = {
         "benchmark": "journeys",
         "machine": machine(),

@@ -162,10 +162,11 @@ def test_handed_over_four_at_once_a_crash_leaves_unknown_only_those_four(
     send(client, write_key, *(person(p) for p in people), *(event(p, "Go") for p in people))
     crash_during_hand_over(container)
     settle(container)
+    # Only the four marked `sending` together, those being handed over when the process
+    # died, are unknown; none is handed over twice; the others are sent.
+    assert statuses(client, admin_token) == {"unknown": 4, "sent": 6}
     handed = [m.address for m in pigeon.handed]
-    assert sorted(set(handed)) == sorted(people) and len(handed) == len(people)
-    found = statuses(client, admin_token)
-    assert found == {"unknown": 4, "sent": 6}
+    assert len(handed) == len(set(handed))
 
 
 def test_a_message_that_keeps_failing_ends_failed_and_the_others_go(

@@ -31,9 +31,8 @@ import logging
 import re
 import secrets
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -84,11 +83,12 @@ STOP_WORDS = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "ARRET", "ARRÊT", "STOP SMS"}
 )
 # Messages marked `sending` together before they are handed over, on a channel that
-# carries the send key: a crash hands at most these again, with their keys (rounded up
-# to a multiple of the channel's concurrency). On one that does not, as many as are
-# handed over at once are marked, so that a crash leaves `unknown` only messages that
-# were being handed over.
-SEND_GROUP = 20
+# carries the send key (rounded up to a multiple of the channel's concurrency): the next
+# group is marked while one is handed over, so a crash hands at most two groups again,
+# with their keys. On a channel that does not, as many as are handed over at once are
+# marked, one group at a time, so that a crash leaves `unknown` only messages that were
+# being handed over.
+SEND_GROUP = 10
 # Failures of one message other than "wait" (RetryLater) before it is failed for good.
 MAX_ATTEMPTS = 5
 QUEUED_KINDS = frozenset({MessageQueued.kind})
@@ -153,23 +153,35 @@ class Messaging:
         # Made before the transaction: the first time, it writes the secret in its own.
         links = self.links()
         size = _group_size(channel.carries_key, len(senders))
-        # The first group is marked `sending` in the transaction that prepares them all.
+        # Groups marked `sending` at a time: on a channel that carries the send key, the
+        # next is handed over while the last is recorded; on another, only those being
+        # handed over are ever marked.
+        ahead = 2 if channel.carries_key else 1
+        # The first groups are marked `sending` in the transaction that prepares them all.
         outgoing = self.db.write(
-            lambda conn: self._prepare(conn, config, channel, links, wanted, size)
+            lambda conn: self._prepare(conn, config, channel, links, wanted, size * ahead)
         )
-        pacer = self._pacers.setdefault(name, Pacer())
-        done = _Outcome()
-        for start in range(0, len(outgoing), size):
-            group = outgoing[start : start + size]
-            if start:
-                # What the last group did, and this one marked `sending`, at once.
-                self._record(done, sending=group)
-            hand_over = _HandOver(group, pacer, config.rate_limit)
-            done = hand_over.run(senders, self._pool(name, len(senders)))
-            if hand_over.stopped is not None:
-                self._record(done)
-                raise Partial(hand_over.stopped.entry, done.cause_of(hand_over.stopped))
-        self._record(done)
+        count = len(outgoing)
+        groups = [(start, min(start + size, count)) for start in range(0, count, size)]
+        hand_over = _HandOver(outgoing, self._pacers.setdefault(name, Pacer()), config.rate_limit)
+        hand_over.release(min(size * ahead, count))
+        handing = hand_over.start(senders, self._pool(name, len(senders)))
+        try:
+            for start, end in groups:
+                if not hand_over.wait_for(start, end):
+                    if hand_over.stopped is None:
+                        break  # a thread crashed: `finish` raises what it died of
+                    # A failure to be tried again: what was handed over is recorded, what
+                    # was marked `sending` and not handed over goes back to the queue.
+                    self._record(hand_over.outcome(start, count))
+                    raise Partial(hand_over.stopped.entry, hand_over.cause)
+                after = min(end + size * ahead, count)
+                # What this group did, and the one after the next marked `sending`, at once.
+                following = outgoing[min(end + size * (ahead - 1), count) : after]
+                self._record(hand_over.outcome(start, end), sending=following)
+                hand_over.release(after)
+        finally:
+            hand_over.finish(handing)
 
     def _pool(self, name: str, size: int) -> ThreadPoolExecutor | None:
         """The threads that hand a channel's messages over, `size` at once."""
@@ -193,8 +205,11 @@ class Messaging:
         channel: Any,
         links: Links,
         wanted: Mapping[int, int],
-        first_group: int,
+        first: int,
     ) -> list[_Outgoing]:
+        """The messages `wanted` as they are now, ready to hand over, the `first` marked
+        `sending`; those to skip, or found interrupted on a channel that does not carry
+        the send key, recorded so."""
         now = self.clock()
         rows = store.lock(conn, list(wanted))
         ordered = [rows[ident] for ident in sorted(rows, key=lambda i: wanted[i])]
@@ -217,7 +232,7 @@ class Messaging:
                 continue
             outgoing.append(_Outgoing(dict(row), message, wanted[row["id"]]))
         # On the copies made above: a transaction tried again reads the rows afresh.
-        changes.extend(_sending(outgoing[:first_group], now))
+        changes.extend(_sending(outgoing[:first], now))
         store.update_each(conn, changes)
         bus_store.record(conn, happened)
         return outgoing
@@ -488,64 +503,126 @@ class _Outcome:
     def __bool__(self) -> bool:
         return bool(self.handed or self.refused or self.failing or self.back)
 
-    def cause_of(self, item: _Outgoing) -> Exception:
-        return next(error for failed, error in self.failing if failed is item)
-
 
 class _HandOver:
-    """One group of messages handed over by as many threads as there are senders, each
-    with a channel of its own, in the group's order, at most `rate` a second in all. A
-    failure to be tried again (the provider asks to wait, or erred) stops the hand-over
-    of the messages not begun: they go back to the queue."""
+    """A batch's messages handed over in order by as many threads as there are senders,
+    each with a channel of its own, at most `rate` a second in all. A thread takes only
+    messages released to it (marked `sending`), and goes on to the next released group
+    without waiting for the others' last messages. A failure to be tried again (the
+    provider asks to wait, or erred) stops the hand-over of the messages not begun."""
 
-    def __init__(self, group: Sequence[_Outgoing], pacer: Pacer, rate: float | None) -> None:
-        self.todo = deque(group)
+    def __init__(self, outgoing: Sequence[_Outgoing], pacer: Pacer, rate: float | None) -> None:
+        self.outgoing = outgoing
         self.pacer = pacer
         self.rate = rate
-        self.done = _Outcome()
-        # The first message, in the group's order, whose failure stopped the hand-over.
+        # What became of each message: Sent, an exception, or None (not yet).
+        self.results: list[Sent | Exception | None] = [None] * len(outgoing)
+        self.taken = 0
+        self.released = 0
+        self.ended = 0
+        # The first message, in order, whose failure stopped the hand-over, and why.
         self.stopped: _Outgoing | None = None
-        self._lock = threading.Lock()
+        self.cause: Exception = RuntimeError("not stopped")
+        # A thread died of something other than an Exception (the process is ending).
+        self.crashed = False
+        self.closed = False
+        # With no threads, the channel each message is handed to, here, in `wait_for`.
+        self.inline: Any = None
+        self._changed = threading.Condition()
 
-    def run(self, senders: Sequence[Any], pool: ThreadPoolExecutor | None) -> _Outcome:
-        width = min(len(senders), len(self.todo))
-        if pool is None or width <= 1:
-            self._send_with(senders[0])
-        else:
-            running = [pool.submit(self._send_with, sender) for sender in senders[:width]]
-            wait(running)
-            for future in running:
-                # A crash of the process, or a bug: raised as if there were no threads.
-                future.result()
-        self.done.back = list(self.todo)
-        for found in (self.done.handed, self.done.refused, self.done.failing):
-            found.sort(key=lambda pair: pair[0].entry)
-        return self.done
+    def release(self, upto: int) -> None:
+        """Let the threads take the messages up to `upto`."""
+        with self._changed:
+            self.released = max(self.released, upto)
+            self._changed.notify_all()
 
-    def _next(self) -> _Outgoing | None:
-        with self._lock:
-            if self.stopped is not None or not self.todo:
+    def start(self, senders: Sequence[Any], pool: ThreadPoolExecutor | None) -> list[Future[None]]:
+        """The threads that hand the messages over; with no pool, none: each message is
+        handed over here, when `wait_for` waits for it."""
+        if pool is None or len(senders) == 1:
+            self.inline = senders[0]
+            return []
+        width = min(len(senders), len(self.outgoing))
+        return [pool.submit(self._send_with, sender) for sender in senders[:width]]
+
+    def wait_for(self, start: int, end: int) -> bool:
+        """Wait until the messages from `start` to `end` were handed over, or until a
+        failure stopped the hand-over and every message begun ended (False)."""
+        if self.inline is not None:
+            self._send_with(self.inline)
+        with self._changed:
+            self._changed.wait_for(
+                lambda: (
+                    self.crashed
+                    or (self.stopped is not None and self.ended == self.taken)
+                    or all(result is not None for result in self.results[start:end])
+                )
+            )
+            return self.stopped is None and not self.crashed
+
+    def outcome(self, start: int, end: int) -> _Outcome:
+        """What became of the messages from `start` to `end`; those not begun go back."""
+        done = _Outcome()
+        with self._changed:
+            for index in range(start, end):
+                item, result = self.outgoing[index], self.results[index]
+                if isinstance(result, Sent):
+                    done.handed.append((item, result))
+                elif isinstance(result, GiveUp):
+                    done.refused.append((item, str(result)))
+                elif isinstance(result, Exception):
+                    done.failing.append((item, result))
+                elif index < self.released:
+                    done.back.append(item)
+        return done
+
+    def finish(self, handing: Sequence[Future[None]]) -> None:
+        """Let the threads go, and wait for them."""
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+        wait(handing)
+        for future in handing:
+            # A crash of the process, or a bug: raised as if there were no threads.
+            future.result()
+
+    def _take(self, waiting: bool) -> int | None:
+        with self._changed:
+            if waiting:
+                self._changed.wait_for(
+                    lambda: self.closed or self.stopped is not None or self.taken < self.released
+                )
+            if self.stopped is not None or self.crashed or self.taken >= self.released:
                 return None
-            return self.todo.popleft()
+            self.taken += 1
+            return self.taken - 1
 
     def _send_with(self, channel: Any) -> None:
-        while (item := self._next()) is not None:
+        waiting = self.inline is None
+        while (index := self._take(waiting)) is not None:
+            item = self.outgoing[index]
             self.pacer.wait(self.rate)
+            result: Sent | Exception
             try:
-                sent = channel.send(item.message)
-            except GiveUp as refused:
-                with self._lock:
-                    self.done.refused.append((item, str(refused)))
+                result = channel.send(item.message)
             except Exception as error:
-                with self._lock:
-                    self.done.failing.append((item, error))
-                    if _again(item, error) and (
-                        self.stopped is None or item.entry < self.stopped.entry
-                    ):
-                        self.stopped = item
-            else:
-                with self._lock:
-                    self.done.handed.append((item, sent))
+                result = error
+            except BaseException:
+                with self._changed:
+                    self.crashed = True
+                    self._changed.notify_all()
+                raise
+            with self._changed:
+                self.results[index] = result
+                self.ended += 1
+                if (
+                    isinstance(result, Exception)
+                    and not isinstance(result, GiveUp)
+                    and _again(item, result)
+                    and (self.stopped is None or item.entry < self.stopped.entry)
+                ):
+                    self.stopped, self.cause = item, result
+                self._changed.notify_all()
 
 
 def _group_size(carries_key: bool, concurrency: int) -> int:
