@@ -31,6 +31,7 @@ import logging
 import re
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ STOP_WORDS = frozenset(
 # marked, one group at a time, so that a crash leaves `unknown` only messages that were
 # being handed over.
 SEND_GROUP = 10
+# Messages made ready (read, rendered) in one transaction, while the others are handed over.
+PREPARED = 100
 # Failures of one message other than "wait" (RetryLater) before it is failed for good.
 MAX_ATTEMPTS = 5
 QUEUED_KINDS = frozenset({MessageQueued.kind})
@@ -130,7 +133,7 @@ class Messaging:
                 "outbox",
                 partial(self.deliver, name),
                 kinds=QUEUED_KINDS,
-                batch=100,
+                batch=500,
                 wants=partial(_for_channel, name),
             )
             for name, config in sorted(self.channels.configs().items())
@@ -157,29 +160,48 @@ class Messaging:
         # next is handed over while the last is recorded; on another, only those being
         # handed over are ever marked.
         ahead = 2 if channel.carries_key else 1
-        # The first groups are marked `sending` in the transaction that prepares them all.
-        outgoing = self.db.write(
-            lambda conn: self._prepare(conn, config, channel, links, wanted, size * ahead)
-        )
-        count = len(outgoing)
-        groups = [(start, min(start + size, count)) for start in range(0, count, size)]
+        ids = sorted(wanted, key=wanted.__getitem__)
+        # Made ready a chunk at a time: the first groups before the hand-over begins,
+        # marked `sending` in the same transaction; the others while it goes on.
+        chunks = deque(ids[at : at + PREPARED] for at in range(size * ahead, len(ids), PREPARED))
+
+        def ready(chunk: Sequence[int], mark: bool) -> list[_Outgoing]:
+            return self.db.write(
+                lambda conn: self._prepare(conn, config, channel, links, chunk, wanted, mark)
+            )
+
+        outgoing = ready(ids[: size * ahead], True)
         hand_over = _HandOver(outgoing, self._pacers.setdefault(name, Pacer()), config.rate_limit)
-        hand_over.release(min(size * ahead, count))
-        handing = hand_over.start(senders, self._pool(name, len(senders)))
+        marked = len(outgoing)
+        hand_over.release(marked)
+        handing = hand_over.start(senders, self._pool(name, len(senders)), len(ids))
         try:
-            for start, end in groups:
+            start = 0
+            while True:
+                while chunks and len(hand_over.outgoing) < start + size * (ahead + 1):
+                    hand_over.extend(ready(chunks.popleft(), False))
+                outgoing = hand_over.outgoing
+                end = min(start + size, len(outgoing))
+                if end == start:
+                    break
+                if marked < end:
+                    # Some of the first were skipped: the groups to hand over now.
+                    self._record(_Outcome(), sending=outgoing[marked:end])
+                    marked = end
+                    hand_over.release(marked)
                 if not hand_over.wait_for(start, end):
                     if hand_over.stopped is None:
                         break  # a thread crashed: `finish` raises what it died of
                     # A failure to be tried again: what was handed over is recorded, what
                     # was marked `sending` and not handed over goes back to the queue.
-                    self._record(hand_over.outcome(start, count))
+                    self._record(hand_over.outcome(start, len(outgoing)))
                     raise Partial(hand_over.stopped.entry, hand_over.cause)
-                after = min(end + size * ahead, count)
-                # What this group did, and the one after the next marked `sending`, at once.
-                following = outgoing[min(end + size * (ahead - 1), count) : after]
-                self._record(hand_over.outcome(start, end), sending=following)
-                hand_over.release(after)
+                after = max(marked, min(end + size * ahead, len(outgoing)))
+                # What this group did, and the groups after it marked `sending`, at once.
+                self._record(hand_over.outcome(start, end), sending=outgoing[marked:after])
+                marked = after
+                hand_over.release(marked)
+                start = end
         finally:
             hand_over.finish(handing)
 
@@ -204,14 +226,17 @@ class Messaging:
         config: ChannelConfig,
         channel: Any,
         links: Links,
+        ids: Sequence[int],
         wanted: Mapping[int, int],
-        first: int,
+        mark: bool,
     ) -> list[_Outgoing]:
-        """The messages `wanted` as they are now, ready to hand over, the `first` marked
-        `sending`; those to skip, or found interrupted on a channel that does not carry
-        the send key, recorded so."""
+        """The messages `ids` as they are now, ready to hand over, marked `sending` if
+        `mark`; those to skip, or found interrupted on a channel that does not carry the
+        send key, recorded so."""
+        if not ids:
+            return []
         now = self.clock()
-        rows = store.lock(conn, list(wanted))
+        rows = store.lock(conn, ids)
         ordered = [rows[ident] for ident in sorted(rows, key=lambda i: wanted[i])]
         due = [row for row in ordered if row["status"] in ("queued", "sending")]
         known = _read_people(conn, config, self.segments.catalogue(conn), due)
@@ -232,7 +257,8 @@ class Messaging:
                 continue
             outgoing.append(_Outgoing(dict(row), message, wanted[row["id"]]))
         # On the copies made above: a transaction tried again reads the rows afresh.
-        changes.extend(_sending(outgoing[:first], now))
+        if mark:
+            changes.extend(_sending(outgoing, now))
         store.update_each(conn, changes)
         bus_store.record(conn, happened)
         return outgoing
@@ -512,7 +538,7 @@ class _HandOver:
     provider asks to wait, or erred) stops the hand-over of the messages not begun."""
 
     def __init__(self, outgoing: Sequence[_Outgoing], pacer: Pacer, rate: float | None) -> None:
-        self.outgoing = outgoing
+        self.outgoing = list(outgoing)
         self.pacer = pacer
         self.rate = rate
         # What became of each message: Sent, an exception, or None (not yet).
@@ -530,20 +556,27 @@ class _HandOver:
         self.inline: Any = None
         self._changed = threading.Condition()
 
+    def extend(self, more: Sequence[_Outgoing]) -> None:
+        """More messages, made ready while the first are handed over."""
+        with self._changed:
+            self.outgoing.extend(more)
+            self.results.extend([None] * len(more))
+
     def release(self, upto: int) -> None:
         """Let the threads take the messages up to `upto`."""
         with self._changed:
             self.released = max(self.released, upto)
             self._changed.notify_all()
 
-    def start(self, senders: Sequence[Any], pool: ThreadPoolExecutor | None) -> list[Future[None]]:
-        """The threads that hand the messages over; with no pool, none: each message is
-        handed over here, when `wait_for` waits for it."""
+    def start(
+        self, senders: Sequence[Any], pool: ThreadPoolExecutor | None, most: int
+    ) -> list[Future[None]]:
+        """The threads that hand the messages over, no more than `most`; with no pool,
+        none: each message is handed over here, when `wait_for` waits for it."""
         if pool is None or len(senders) == 1:
             self.inline = senders[0]
             return []
-        width = min(len(senders), len(self.outgoing))
-        return [pool.submit(self._send_with, sender) for sender in senders[:width]]
+        return [pool.submit(self._send_with, sender) for sender in senders[:most]]
 
     def wait_for(self, start: int, end: int) -> bool:
         """Wait until the messages from `start` to `end` were handed over, or until a
@@ -598,6 +631,16 @@ class _HandOver:
             return self.taken - 1
 
     def _send_with(self, channel: Any) -> None:
+        try:
+            self._hand_with(channel)
+        except BaseException:
+            # The process is ending (or a bug): nobody waits for this thread's messages.
+            with self._changed:
+                self.crashed = True
+                self._changed.notify_all()
+            raise
+
+    def _hand_with(self, channel: Any) -> None:
         waiting = self.inline is None
         while (index := self._take(waiting)) is not None:
             item = self.outgoing[index]
@@ -607,11 +650,6 @@ class _HandOver:
                 result = channel.send(item.message)
             except Exception as error:
                 result = error
-            except BaseException:
-                with self._changed:
-                    self.crashed = True
-                    self._changed.notify_all()
-                raise
             with self._changed:
                 self.results[index] = result
                 self.ended += 1
