@@ -9,12 +9,14 @@ from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from ariane.bootstrap import Container, build
 from ariane.channels import Message
 from ariane.services.inbox import user_token
 from ariane.settings import Settings
+from ariane.storage.tables import enrollments
 from tests.conftest import FakeClock
 from tests.integration.test_journey_use_cases import profile_of, timeline
 from tests.integration.test_tracking import basic
@@ -222,6 +224,51 @@ def test_a_journey_that_names_no_such_template_is_refused_with_its_path(
     refused = client.post("/api/journeys", json=broken, headers=admin_token)
     assert refused.status_code == 422
     assert refused.json()["field"] == "journeys[0].steps[0].send.template"
+
+
+def test_a_merge_moves_a_visitors_cart_to_the_person_and_sends_a_shared_cart_once(
+    client: TestClient,
+    admin_token: dict[str, str],
+    write_key: str,
+    container: Container,
+    clock: FakeClock,
+    smtp: SMTPServer,
+) -> None:
+    setup(client, admin_token, smtp)
+    # On another device, before logging in, Ada is an anonymous visitor: she leaves cart
+    # c1 there too (a shared cart), and cart c2 only there.
+    visitor = [
+        {**cart("Cart Abandoned", cart_id), "userId": None, "anonymousId": "anon-1",
+         "messageId": f"anon-{cart_id}"}
+        for cart_id in ("c1", "c2")
+    ]  # fmt: skip
+    send(client, write_key, ada(), cart("Cart Abandoned", "c1"), *visitor)
+    settle(container)
+    before = client.get("/api/journeys/abandoned-cart/steps", headers=admin_token).json()
+    assert {s["id"]: s["waiting"] for s in before["steps"]}["wait-order"] == 3
+    # She logs in there: the visitor's profile is merged into hers.
+    login = {"type": "identify", "userId": "ada", "anonymousId": "anon-1", "messageId": "in"}
+    send(client, write_key, login)
+    settle(container)
+    clock.advance(hours=1, seconds=1)
+    settle(container)
+    # One reminder a cart, both to her address: the visitor's c2 is hers now, and of the
+    # two enrollments in c1 hers goes on, the visitor's ends.
+    emails = smtp.mailbox.emails()
+    assert sorted(e["To"] for e in emails) == ["ada@example.com"] * 2
+    carts = sorted(
+        text.get_content().strip() for e in emails if (text := e.get_body(("plain",))) is not None
+    )
+    assert carts == ["Cart c1 is still there.", "Cart c2 is still there."]
+    steps = client.get("/api/journeys/abandoned-cart/steps", headers=admin_token).json()
+    wait = {s["id"]: s for s in steps["steps"]}["wait-order"]
+    assert wait["exited"] == 1
+    assert steps["ended"] == {"exited": 1, "done": 2}
+    with container.db.read() as conn:
+        reasons = conn.execute(
+            sa.select(enrollments.c.end_reason).where(enrollments.c.status == "exited")
+        ).scalars()
+        assert [r.split(",")[0].startswith("merged into") for r in reasons] == [True]
 
 
 @pytest.mark.parametrize("concurrency", [0, 65, 2.5, True, "4"])

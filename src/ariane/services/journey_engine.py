@@ -630,7 +630,7 @@ class JourneyEngine:
             "version": version,
             "profile_id": person,
             "entry_key": key,
-            "active_key": f"{journey.id}|{person}|{key}",
+            "active_key": store.active_key(journey.id, person, key),
             "entry_id": f"{journey.id}|{cause}",
             "arm": arm,
             "variants": {},

@@ -323,6 +323,65 @@ def arm_counts(conn: Connection, journey: str) -> dict[str, int]:
     return {row[0]: row[1] for row in conn.execute(query)}
 
 
+# --- merges -----------------------------------------------------------------------------
+
+
+def merge_enrollments(conn: Connection, absorbed: str, survivor: str, now: datetime) -> None:
+    """Before the absorbed profile's enrollments go to the survivor (`record_merge`):
+    one in a journey, under an entry key, in which the survivor is too ends (the
+    survivor's own goes on: one person is not sent a journey twice); the others are
+    the survivor's from now on, under its active key."""
+    rows = conn.execute(
+        sa.select(
+            enrollments.c.id,
+            enrollments.c.journey_id,
+            enrollments.c.version,
+            enrollments.c.step,
+            enrollments.c.entry_key,
+        ).where(enrollments.c.profile_id == absorbed, enrollments.c.active_key.is_not(None))
+    ).all()
+    if not rows:
+        return
+    keys = {row.id: active_key(row.journey_id, survivor, row.entry_key) for row in rows}
+    taken = set(
+        conn.execute(
+            sa.select(enrollments.c.active_key).where(
+                enrollments.c.active_key.in_(sorted(set(keys.values())))
+            )
+        ).scalars()
+    )
+    reason = f"merged into {survivor}, already in this journey"
+    ended = [row for row in rows if keys[row.id] in taken]
+    gone = {row.id for row in ended}
+    update_each(
+        conn,
+        {
+            row.id: (
+                {"status": "exited", "due_at": None, "waiting_for": None, "active_key": None,
+                 "ended_at": now, "end_reason": reason, "updated_at": now}
+                if row.id in gone
+                else {"active_key": keys[row.id], "updated_at": now}
+            )
+            for row in rows
+        },
+    )  # fmt: skip
+    log_steps(
+        conn,
+        [
+            {"enrollment_id": row.id, "journey_id": row.journey_id, "version": row.version,
+             "profile_id": absorbed, "step": row.step, "outcome": "exited", "reason": reason,
+             "at": now}
+            for row in ended
+        ],
+    )  # fmt: skip
+
+
+def active_key(journey: str, profile_id: str, entry_key: str) -> str:
+    """What makes an enrollment the only open one of its person in its journey under its
+    entry key (unique while it is open)."""
+    return f"{journey}|{profile_id}|{entry_key}"
+
+
 # --- what the steps did -----------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from ariane.domain.conditions import Node
 from ariane.domain.identity import Identifier, Merge
 from ariane.domain.profiles import ProfileState, search_key
+from ariane.storage import journeys as journey_store
 from ariane.storage import loyalty as loyalty_store
 from ariane.storage import segment_sql
 from ariane.storage import segments as segment_store
@@ -204,6 +205,7 @@ def record_merge(
     # Memberships move as they stand: the changes recorded for either are applied first.
     segment_store.catch_up(conn, {merge.absorbed, merge.survivor})
     loyalty_store.merge_accounts(conn, merge.absorbed, merge.survivor, now)
+    journey_store.merge_enrollments(conn, merge.absorbed, merge.survivor, now)
     moved = conn.execute(
         identities.update()
         .where(identities.c.profile_id == merge.absorbed)
