@@ -155,11 +155,7 @@ class Messaging:
         channel = senders[0]
         # Made before the transaction: the first time, it writes the secret in its own.
         links = self.links()
-        size = _group_size(channel.carries_key, len(senders))
-        # Groups marked `sending` at a time: on a channel that carries the send key, the
-        # next is handed over while the last is recorded; on another, only those being
-        # handed over are ever marked.
-        ahead = 2 if channel.carries_key else 1
+        size, ahead = _grouping(channel.carries_key, len(senders))
         ids = sorted(wanted, key=wanted.__getitem__)
         # Made ready a chunk at a time: the first groups before the hand-over begins,
         # marked `sending` in the same transaction; the others while it goes on.
@@ -663,10 +659,17 @@ class _HandOver:
                 self._changed.notify_all()
 
 
-def _group_size(carries_key: bool, concurrency: int) -> int:
+def _grouping(carries_key: bool, concurrency: int) -> tuple[int, int]:
+    """How many messages are marked `sending` together, and how many such groups at a
+    time. On a channel that carries the send key and hands several over at once, the
+    next group is handed over while the last is recorded; on one that hands one at a
+    time nothing overlaps, and one group of twice the size costs half the transactions;
+    on one that does not carry the key, only those being handed over are marked."""
     if not carries_key:
-        return concurrency
-    return concurrency * -(-SEND_GROUP // concurrency)
+        return concurrency, 1
+    if concurrency == 1:
+        return 2 * SEND_GROUP, 1
+    return concurrency * -(-SEND_GROUP // concurrency), 2
 
 
 def _again(item: _Outgoing, error: Exception) -> bool:
